@@ -1,0 +1,424 @@
+"""``batch_norm``: the layer of ``tf.contrib.layers.batch_norm`` as a pure function.
+
+TensorFlow's layer is three implementations behind one signature, and they
+round differently, so the first job of every call is to pick the one TensorFlow
+would run (``plan_layer``):
+
+- ``slim_fused``: tf-slim's own fused path (fused, no weights, no renorm, rank
+  2 or 4, and rank 2 or zero-debias). Fused kernel, float32 variables.
+- ``keras_fused``: the Keras layer with the fused kernel (fused, no weights, no
+  zero-debias, no renorm, rank 4 or 5, a dtype the kernel takes).
+- ``keras_layer``: the Keras layer without the kernel (every other call without
+  weights or zero-debias, renorm included). float32 variables for half inputs.
+- ``legacy``: tf-slim's own composite (batch_weights or zero-debias without the
+  fused kernel). Variables in the input's dtype, float16 included.
+
+The fused kernel moves the moving variance toward the Bessel-corrected batch
+variance; every other path toward the biased one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from . import _layout
+from ._lib import _checks
+from ._lib._compat import device
+from ._lib._dtypes import compute_dtype, dtype_name, scalar, tf_constant
+from ._moments import batch_moments, batch_weighted_moments
+from ._moving_averages import moving_average, zero_debiased_average
+from ._normalize import (
+    FUSED_INPUT_DTYPES,
+    bessel_correction,
+    fused_inference,
+    fused_training_core,
+    normalize,
+)
+from ._state import INITIALIZED_FIELDS, BatchNormState, check_state, initial_state, required_fields
+
+RENORM_CLIPPING_KEYS = ("rmin", "rmax", "dmax")
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """The Python-level options of one call, validated."""
+
+    decay: float
+    center: bool
+    scale: bool
+    epsilon: float
+    activation_fn: Callable[[Any], Any] | None
+    param_initializers: Mapping[str, Any]
+    is_training: bool
+    fused: bool
+    data_format: str
+    zero_debias_moving_mean: bool
+    renorm: bool
+    renorm_clipping: Mapping[str, float]
+    renorm_decay: float
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Which TensorFlow implementation runs, and where the channels are."""
+
+    path: str
+    channel: int
+    axes: tuple[int, ...]
+    channels: int
+    state_dtype: Any
+    fields: tuple[str, ...]
+
+    @property
+    def fused_kernel(self) -> bool:
+        return self.path in ("slim_fused", "keras_fused")
+
+
+class Normalization(NamedTuple):
+    """What one step normalized with; the backward pass starts from it.
+
+    ``mean`` and ``variance`` are per channel (the batch's biased statistics in
+    training, the moving ones in inference); ``gamma`` and ``beta`` are the
+    layer's parameters (``None`` where absent); ``r`` and ``d`` the renorm
+    corrections (``None`` without renorm or in inference).
+    """
+
+    mean: Any
+    variance: Any
+    gamma: Any
+    beta: Any
+    r: Any = None
+    d: Any = None
+
+
+def batch_norm(
+    x: Any,
+    state: BatchNormState | None = None,
+    *,
+    decay: float = 0.999,
+    center: bool = True,
+    scale: bool = False,
+    epsilon: float = 0.001,
+    activation_fn: Callable[[Any], Any] | None = None,
+    param_initializers: Mapping[str, Any] | None = None,
+    is_training: bool = True,
+    batch_weights: Any = None,
+    fused: bool = False,
+    data_format: str = "NHWC",
+    zero_debias_moving_mean: bool = False,
+    renorm: bool = False,
+    renorm_clipping: Mapping[str, float] | None = None,
+    renorm_decay: float = 0.99,
+) -> tuple[Any, BatchNormState]:
+    """One call of ``tf.contrib.layers.batch_norm``; returns ``(y, new_state)``.
+
+    ``state=None`` creates the variables from ``x`` as TensorFlow does on the
+    first call (``param_initializers`` may give beta, gamma, moving_mean and
+    moving_variance as arrays, numbers or callables ``(shape, dtype)``). In
+    training the batch is normalized with its own mean and biased variance and
+    the moving statistics move toward it; in inference the moving statistics
+    are used and the state comes back unchanged. Nothing is mutated.
+
+    See the user guide for every argument; names and defaults are TensorFlow's.
+    """
+    options = layer_options(
+        decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,
+        param_initializers=param_initializers, is_training=is_training, fused=fused,
+        data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
+        renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
+        weighted=batch_weights is not None,
+    )
+    xp, plan, state = prepare(x, state, batch_weights, options)
+    y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp)
+    if options.activation_fn is not None:
+        y = options.activation_fn(y)
+    return y, new_state
+
+
+def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
+    """Validate the Python-level options of ``batch_norm``."""
+    for name in ("center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm"):
+        _checks.check_bool(name, arguments[name])
+    arguments["decay"] = _checks.check_real("decay", arguments["decay"], low=0.0, high=1.0)
+    arguments["renorm_decay"] = _checks.check_real(
+        "renorm_decay", arguments["renorm_decay"], low=0.0, high=1.0
+    )
+    arguments["epsilon"] = _checks.check_real(
+        "epsilon", arguments["epsilon"], low=0.0, high=math.inf, low_open=True
+    )
+    if math.isinf(arguments["epsilon"]):
+        raise ValueError(f"epsilon must be finite, got {arguments['epsilon']!r}")
+    _checks.check_callable("activation_fn", arguments["activation_fn"])
+    _checks.check_choice("data_format", arguments["data_format"], _layout.LAYER_DATA_FORMATS)
+    arguments["param_initializers"] = _param_initializers(arguments["param_initializers"])
+    arguments["renorm_clipping"] = _renorm_clipping(
+        arguments["renorm_clipping"], arguments["renorm"]
+    )
+    if arguments["renorm"] and (weighted or arguments["zero_debias_moving_mean"]):
+        raise ValueError(
+            "renorm=True cannot be combined with batch_weights or "
+            "zero_debias_moving_mean=True (TensorFlow rejects the combination too)"
+        )
+    return LayerOptions(**arguments)
+
+
+def prepare(x, state, batch_weights, options):
+    """Namespace, plan and (initial or checked) state for one call."""
+    xp = _checks.namespace(x=x, batch_weights=batch_weights)
+    _checks.check_floating("x", x, xp)
+    rank = _checks.check_rank("x", x, (2, 3, 4, 5))
+    if batch_weights is not None:
+        _checks.check_real_dtype("batch_weights", batch_weights, xp)
+        _checks.check_shape("batch_weights", batch_weights, (x.shape[0],), "one weight per sample of x")
+    plan = plan_layer(options, rank, x, batch_weights is not None, xp)
+    if state is None:
+        state = initial_state(
+            plan.fields, plan.channels, plan.state_dtype, options.param_initializers, xp, device(x)
+        )
+    else:
+        check_state(state, plan.fields, plan.channels, plan.state_dtype, xp, _describe(options))
+    return xp, plan, state
+
+
+def plan_layer(options: LayerOptions, rank: int, x: Any, weighted: bool, xp: Any) -> LayerPlan:
+    """Pick the implementation TensorFlow runs for this call (see the module doc)."""
+    dtype_is_fusable = dtype_name(x.dtype) in FUSED_INPUT_DTYPES
+    possible_to_fuse = not weighted and not options.renorm and rank in (2, 4)
+    if options.fused and possible_to_fuse and (options.zero_debias_moving_mean or rank == 2):
+        if not dtype_is_fusable:
+            raise TypeError(
+                f"x has dtype {dtype_name(x.dtype)}, but fused=True with a rank-{rank} input"
+                f"{' and zero_debias_moving_mean=True' if options.zero_debias_moving_mean else ''} "
+                "runs TensorFlow's fused kernel, which takes float16, bfloat16 or float32 "
+                "only (TensorFlow fails here too); pass fused=False"
+            )
+        path, state_dtype = "slim_fused", xp.float32
+    elif not weighted and not options.zero_debias_moving_mean:
+        fused_kernel = options.fused and rank in (4, 5) and not options.renorm and dtype_is_fusable
+        path, state_dtype = ("keras_fused" if fused_kernel else "keras_layer"), compute_dtype(xp, x.dtype)
+    else:
+        path, state_dtype = "legacy", x.dtype
+    channel = 1 if options.data_format == "NCHW" else rank - 1
+    fields = required_fields(
+        center=options.center,
+        scale=options.scale,
+        zero_debias=options.zero_debias_moving_mean,
+        renorm=options.renorm,
+    )
+    return LayerPlan(
+        path=path,
+        channel=channel,
+        axes=_layout.reduction_axes(rank, channel),
+        channels=x.shape[channel],
+        state_dtype=state_dtype,
+        fields=fields,
+    )
+
+
+def layer_step(x, state, batch_weights, options, plan, xp):
+    """``(y before activation, new_state, Normalization)`` for one call."""
+    if plan.fused_kernel:
+        return _fused_step(x, state, options, plan, xp)
+    if plan.path == "keras_layer":
+        return _keras_step(x, state, options, plan, xp)
+    return _legacy_step(x, state, batch_weights, options, plan, xp)
+
+
+def _fused_step(x, state, options, plan, xp):
+    """The fused kernel; the moving variance gets the Bessel-corrected variance."""
+    dev = device(x)
+    ones = xp.ones((plan.channels,), dtype=xp.float32, device=dev)
+    gamma = state.gamma if options.scale else ones
+    beta = state.beta if options.center else xp.zeros_like(ones)
+    if not options.is_training:
+        y = fused_inference(
+            x, gamma, beta, state.moving_mean, state.moving_variance, options.epsilon, plan.channel, xp
+        )
+        return y, state, Normalization(state.moving_mean, state.moving_variance, state.gamma, state.beta)
+    y, batch_mean, biased_variance, count = fused_training_core(
+        x, gamma, beta, options.epsilon, plan.channel, xp
+    )
+    unbiased_variance = biased_variance * bessel_correction(count, xp, dev)
+    # tf-slim's fused path rounds 1 - decay in double precision; the Keras
+    # layer's fused path makes decay a float32 tensor first.
+    rounding = "python" if plan.path == "slim_fused" else "float32"
+    new_state = _update_moving_mean(state, batch_mean, options, rounding, xp)._replace(
+        moving_variance=moving_average(
+            state.moving_variance, unbiased_variance, options.decay, rounding, xp
+        )
+    )
+    return y, new_state, Normalization(batch_mean, biased_variance, state.gamma, state.beta)
+
+
+def _keras_step(x, state, options, plan, xp):
+    """The Keras layer without the fused kernel, renorm included."""
+    rank = x.ndim
+    gamma, beta = state.gamma, state.beta
+    if options.is_training:
+        mean, variance = _per_channel_moments(xp.astype(x, plan.state_dtype), plan, xp)
+        new_state = _update_moving_mean(state, mean, options, "python", xp)
+        if options.renorm:
+            r, d, new_state = _renorm_step(mean, variance, new_state, state, options, xp)
+            scale, offset = _compose(r, d, gamma, beta)
+            used = Normalization(mean, variance, gamma, beta, r, d)
+        else:
+            new_state = new_state._replace(
+                moving_variance=moving_average(
+                    state.moving_variance, variance, options.decay, "python", xp
+                )
+            )
+            scale, offset = gamma, beta
+            used = Normalization(mean, variance, gamma, beta)
+    else:
+        mean, variance, scale, offset = state.moving_mean, state.moving_variance, gamma, beta
+        new_state, used = state, Normalization(mean, variance, gamma, beta)
+    # Keras casts the statistics and parameters to the input's dtype and
+    # normalizes there: half inputs are normalized in half precision.
+    parameters = [
+        None if value is None else _layout.per_channel(xp.astype(value, x.dtype), rank, plan.channel, xp)
+        for value in (mean, variance, offset, scale)
+    ]
+    y = normalize(x, *parameters, options.epsilon, xp)
+    return y, new_state, used
+
+
+def _legacy_step(x, state, batch_weights, options, plan, xp):
+    """tf-slim's own composite: weighted moments and zero-debias, input-dtype variables."""
+    rank = x.ndim
+    if options.is_training:
+        if batch_weights is None:
+            mean, variance = _per_channel_moments(x, plan, xp)
+        else:
+            weights = xp.reshape(batch_weights, (-1,) + (1,) * (rank - 1))
+            mean, variance = (
+                xp.reshape(s, (-1,)) for s in batch_weighted_moments(x, plan.axes, weights, xp)
+            )
+        # tf.nn.(weighted_)moments rounds half-precision statistics back to x's dtype.
+        mean, variance = xp.astype(mean, x.dtype), xp.astype(variance, x.dtype)
+        new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
+            moving_variance=moving_average(
+                state.moving_variance, variance, options.decay, "python", xp
+            )
+        )
+    else:
+        mean, variance, new_state = state.moving_mean, state.moving_variance, state
+    parameters = [
+        None if value is None else _layout.per_channel(value, rank, plan.channel, xp)
+        for value in (mean, variance, state.beta, state.gamma)
+    ]
+    y = normalize(x, *parameters, options.epsilon, xp)
+    return y, new_state, Normalization(mean, variance, state.gamma, state.beta)
+
+
+def _per_channel_moments(x, plan, xp):
+    mean, variance = batch_moments(x, plan.axes, xp)
+    return xp.reshape(mean, (-1,)), xp.reshape(variance, (-1,))
+
+
+def _update_moving_mean(state, batch_mean, options, rounding, xp):
+    """The moving mean's update, zero-debiased when asked."""
+    if not options.zero_debias_moving_mean:
+        return state._replace(
+            moving_mean=moving_average(state.moving_mean, batch_mean, options.decay, rounding, xp)
+        )
+    unbiased, biased, step = zero_debiased_average(
+        state.moving_mean_biased, state.local_step, batch_mean, options.decay, xp
+    )
+    return state._replace(moving_mean=unbiased, moving_mean_biased=biased, local_step=step)
+
+
+def _renorm_step(mean, variance, new_state, state, options, xp):
+    """Batch renormalization (Ioffe 2017) as tf-keras implements it.
+
+    r and d use the renorm statistics from before this step; the moving
+    variance is derived from the moving standard deviation, not averaged.
+    """
+    dev = device(mean)
+    epsilon = options.epsilon
+    stddev = xp.sqrt(variance + epsilon)
+    # tf.sqrt(epsilon) is a float32 tensor: TensorFlow rounds epsilon to float32 here.
+    floor = xp.astype(xp.sqrt(tf_constant(xp, epsilon, xp.float32, dev)), state.renorm_stddev.dtype)
+    renorm_stddev = xp.maximum(state.renorm_stddev, floor)
+    r = stddev / renorm_stddev
+    d = (mean - state.renorm_mean) / renorm_stddev
+    clipping = options.renorm_clipping
+    if "rmin" in clipping:
+        r = xp.maximum(r, scalar(xp, clipping["rmin"], r.dtype, dev))
+    if "rmax" in clipping:
+        r = xp.minimum(r, scalar(xp, clipping["rmax"], r.dtype, dev))
+    if "dmax" in clipping:
+        d = xp.maximum(d, scalar(xp, -clipping["dmax"], d.dtype, dev))
+        d = xp.minimum(d, scalar(xp, clipping["dmax"], d.dtype, dev))
+    moving_stddev = moving_average(state.moving_stddev, stddev, options.decay, "python", xp)
+    new_state = new_state._replace(
+        renorm_mean=moving_average(state.renorm_mean, mean, options.renorm_decay, "python", xp),
+        renorm_stddev=moving_average(state.renorm_stddev, stddev, options.renorm_decay, "python", xp),
+        moving_stddev=moving_stddev,
+        moving_variance=xp.maximum(moving_stddev * moving_stddev - epsilon, xp.zeros_like(moving_stddev)),
+    )
+    return r, d, new_state
+
+
+def _compose(r, d, gamma, beta):
+    """``(x̂·r + d)·γ + β`` as one affine map: scale ``r·γ``, offset ``d·γ + β``."""
+    scale, offset = r, d
+    if gamma is not None:
+        scale, offset = scale * gamma, offset * gamma
+    if beta is not None:
+        offset = offset + beta
+    return scale, offset
+
+
+def _param_initializers(value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"param_initializers must be a dict or None, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(INITIALIZED_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"param_initializers has unknown keys {unknown}; expected some of "
+            f"{', '.join(INITIALIZED_FIELDS)}"
+        )
+    return dict(value)
+
+
+def _renorm_clipping(value: Any, renorm: bool) -> Mapping[str, float]:
+    if value is None:
+        return {}
+    if not renorm:
+        raise ValueError("renorm_clipping is given but renorm=False; pass renorm=True or drop it")
+    if not isinstance(value, Mapping):
+        raise TypeError(f"renorm_clipping must be a dict or None, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(RENORM_CLIPPING_KEYS))
+    if unknown:
+        raise ValueError(
+            f"renorm_clipping has unknown keys {unknown}; expected some of rmin, rmax, dmax"
+        )
+    clipping = {
+        key: _checks.check_real(f"renorm_clipping[{key!r}]", value[key], low=0.0)
+        for key in RENORM_CLIPPING_KEYS
+        if value.get(key) is not None
+    }
+    if clipping.get("rmin", 0.0) > clipping.get("rmax", math.inf):
+        raise ValueError(
+            f"renorm_clipping must have rmin <= rmax, got rmin={clipping['rmin']} "
+            f"and rmax={clipping['rmax']}"
+        )
+    return clipping
+
+
+def _describe(options: LayerOptions) -> str:
+    flags = [
+        f"center={options.center}",
+        f"scale={options.scale}",
+        f"zero_debias_moving_mean={options.zero_debias_moving_mean}",
+        f"renorm={options.renorm}",
+    ]
+    return "batch_norm(" + ", ".join(flags) + ")"
+
+
+__all__ = ["BatchNormState", "batch_norm"]

@@ -1,0 +1,34 @@
+"""Where the channels are: data formats, reduction axes and parameter broadcasting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Channel position of every data format TensorFlow's fused kernel accepts.
+FUSED_CHANNEL_AXIS = {"NHWC": -1, "NDHWC": -1, "NCHW": 1, "NCDHW": 1}
+
+#: Data formats of ``batch_norm`` (tf.contrib / tf_slim), for every rank 2 to 5.
+LAYER_DATA_FORMATS = ("NHWC", "NCHW")
+
+
+def channel_axis(data_format: str, rank: int) -> int:
+    """Non-negative index of the channel axis for ``data_format`` at ``rank``."""
+    return FUSED_CHANNEL_AXIS[data_format] % rank
+
+
+def reduction_axes(rank: int, channel: int) -> tuple[int, ...]:
+    """Every axis but the channel axis: the batch statistics' axes."""
+    return tuple(axis for axis in range(rank) if axis != channel)
+
+
+def per_channel(array: Any, rank: int, channel: int, xp: Any) -> Any:
+    """A ``[C]`` parameter shaped to broadcast against an input of ``rank``.
+
+    Trailing channels broadcast as they are; any other position is reshaped
+    to ``[1, C, 1, ...]`` as TensorFlow does for NCHW.
+    """
+    if channel == rank - 1 or array.ndim != 1:
+        return array
+    shape = [1] * rank
+    shape[channel] = array.shape[0]
+    return xp.reshape(array, tuple(shape))

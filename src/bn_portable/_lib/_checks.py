@@ -1,0 +1,160 @@
+"""Argument validation shared by every public entry point.
+
+Every check raises ``TypeError`` (wrong kind of thing, dtype or library) or
+``ValueError`` (right kind, wrong value or shape) with a message that names the
+argument and says what was expected. Checks look at Python values, shapes and
+dtypes only, never at array contents, so they work on lazy and traced arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ._compat import array_namespace, is_array_api_obj
+from ._dtypes import dtype_name, is_half
+
+
+def namespace(**named: Any) -> Any:
+    """The array namespace shared by the named arrays; ``None`` values are skipped.
+
+    The first non-None argument sets the namespace; any other library is a
+    ``TypeError`` that names the argument.
+    """
+    xp, first = None, None
+    for name, value in named.items():
+        if value is None:
+            continue
+        if not is_array_api_obj(value):
+            raise TypeError(
+                f"{name} must be an array (NumPy, CuPy, PyTorch, JAX, Dask or "
+                f"array-api-strict), got {type(value).__name__}"
+            )
+        value_xp = array_namespace(value)
+        if xp is None:
+            xp, first = value_xp, name
+        elif value_xp is not xp:
+            raise TypeError(
+                f"{name} is a {value_xp.__name__} array but {first} is a "
+                f"{xp.__name__} array: pass arrays of one library"
+            )
+    return xp
+
+
+def check_namespace(name: str, value: Any, xp: Any, reference: str = "x") -> None:
+    """``value`` is an array of namespace ``xp`` (the one of ``reference``)."""
+    if not is_array_api_obj(value):
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    value_xp = array_namespace(value)
+    if value_xp is not xp:
+        raise TypeError(
+            f"{name} is a {value_xp.__name__} array but {reference} is a "
+            f"{xp.__name__} array: pass arrays of one library"
+        )
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a Python bool, got {value!r}")
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+) -> float:
+    """A real Python number in ``[low, high]`` (``(low, high]`` with low_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    below = value <= low if low_open else value < low
+    if math.isnan(value) or below or value > high:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_callable(name: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable or None, got {type(value).__name__}")
+
+
+def check_floating(name: str, array: Any, xp: Any, allowed: Iterable[str] | None = None) -> None:
+    """``array`` has a real floating dtype, one of ``allowed`` when given."""
+    name_of_dtype = dtype_name(array.dtype)
+    if allowed is not None:
+        allowed = tuple(allowed)
+        if name_of_dtype not in allowed:
+            raise TypeError(f"{name} must have dtype {' or '.join(allowed)}, got {name_of_dtype}")
+    elif not (is_half(array.dtype) or xp.isdtype(array.dtype, "real floating")):
+        raise TypeError(f"{name} must have a real floating dtype, got {name_of_dtype}")
+
+
+def check_real_dtype(name: str, array: Any, xp: Any) -> None:
+    """A real (integer or floating) dtype, as TensorFlow casts weights to x's dtype."""
+    if not (is_half(array.dtype) or xp.isdtype(array.dtype, ("real floating", "integral"))):
+        raise TypeError(f"{name} must have a real dtype, got {dtype_name(array.dtype)}")
+
+
+def check_broadcasts_to(name: str, array: Any, shape: tuple[int, ...]) -> None:
+    """``array`` broadcasts to ``shape`` without making it larger."""
+    padded = (1,) * (len(shape) - array.ndim) + tuple(array.shape)
+    if array.ndim > len(shape) or any(a not in (1, n) for a, n in zip(padded, shape)):
+        raise ValueError(f"{name} must broadcast to shape {shape}; got shape {tuple(array.shape)}")
+
+
+def check_rank(name: str, array: Any, ranks: Sequence[int]) -> int:
+    rank = array.ndim
+    if rank not in ranks:
+        expected = ", ".join(map(str, ranks))
+        raise ValueError(f"{name} must have rank {expected}; got shape {tuple(array.shape)}")
+    return rank
+
+
+def check_shape(name: str, array: Any, shape: tuple[int, ...], what: str) -> None:
+    if tuple(array.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} ({what}); got {tuple(array.shape)}")
+
+
+def check_same_dtype(named: dict[str, Any]) -> None:
+    """Every non-None array in ``named`` has the dtype of the first."""
+    present = [(name, value) for name, value in named.items() if value is not None]
+    if not present:
+        return
+    first_name, first = present[0]
+    for name, value in present[1:]:
+        if value.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {dtype_name(value.dtype)} but {first_name} has "
+                f"{dtype_name(first.dtype)}: they must match (TensorFlow does not mix them)"
+            )
+
+
+def normalize_axes(name: str, axes: Any, ndim: int) -> tuple[int, ...]:
+    """Axes as a sorted tuple of non-negative ints; rejects duplicates and out-of-range."""
+    if isinstance(axes, bool):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}")
+    if isinstance(axes, int):
+        axes = (axes,)
+    try:
+        items = tuple(axes)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}") from None
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in items):
+        raise TypeError(f"{name} must contain ints only, got {axes!r}")
+    if not all(-ndim <= a < ndim for a in items):
+        raise ValueError(f"{name} must be in [-{ndim}, {ndim}) for an input of rank {ndim}; got {axes!r}")
+    normalized = tuple(sorted(a % ndim for a in items))
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"{name} must not repeat an axis, got {axes!r}")
+    return normalized

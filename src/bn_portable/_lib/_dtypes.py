@@ -1,0 +1,41 @@
+"""Dtype rules shared by every entry point (TensorFlow's accumulation rules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def dtype_name(dtype: Any) -> str:
+    """``float32`` for any library's float32, for messages and dispatch."""
+    return str(dtype).rsplit(".", 1)[-1].removeprefix("dtype('").removesuffix("')")
+
+
+def is_half(dtype: Any) -> bool:
+    """True for float16 and bfloat16, which TensorFlow computes in float32."""
+    return dtype_name(dtype) in ("float16", "bfloat16")
+
+
+def compute_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype arithmetic happens in: float32 for the half types, else ``dtype``."""
+    return xp.float32 if is_half(dtype) else dtype
+
+
+def scalar(xp: Any, value: float, dtype: Any, device: Any) -> Any:
+    """A 0-d array holding ``value`` rounded once to ``dtype``.
+
+    Used where TensorFlow rounds a Python constant to the tensor's dtype before
+    the arithmetic (``1 - decay``, ``1 / n``): a bare Python float would be
+    combined at the array's precision too, but some backends promote it first.
+    """
+    return xp.asarray(value, dtype=dtype, device=device)
+
+
+def tf_constant(xp: Any, value: float, dtype: Any, device: Any) -> Any:
+    """A Python float converted the way ``tf.convert_to_tensor`` then ``tf.cast`` do.
+
+    TensorFlow turns a bare Python float into a float32 tensor and only then
+    casts it to the variable's dtype, so a float64 variable sees the float32
+    rounding of, for example, ``1 - decay``.
+    """
+    as_float32 = xp.asarray(value, dtype=xp.float32, device=device)
+    return xp.astype(as_float32, dtype) if dtype != xp.float32 else as_float32

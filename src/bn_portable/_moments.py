@@ -1,0 +1,112 @@
+"""``moments`` and ``weighted_moments``: TensorFlow's batch statistics.
+
+Both are two-pass (mean first, then the mean squared deviation from it), never
+the one-pass ``E[x²] − E[x]²`` that loses the variance when the mean is large
+against the spread. float16 and bfloat16 are computed in float32 and rounded
+once at the end, as ``tf.nn.moments`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._lib import _checks
+from ._lib._dtypes import compute_dtype
+from ._native import overridable
+
+
+def moments(x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False) -> tuple[Any, Any]:
+    """Mean and biased variance of ``x`` over ``axes`` (``tf.nn.moments``).
+
+    Parameters
+    ----------
+    x : array
+        Real floating input.
+    axes : int or sequence of int
+        Axes to reduce.
+    shift : ignored
+        Accepted for TensorFlow compatibility; TensorFlow ignores it too.
+    keepdims : bool
+        Keep the reduced axes with length 1.
+
+    Returns
+    -------
+    mean, variance : arrays of ``x``'s dtype
+        ``variance`` divides by the element count (biased).
+    """
+    xp = _checks.namespace(x=x)
+    _checks.check_floating("x", x, xp)
+    _checks.check_bool("keepdims", keepdims)
+    axes = _checks.normalize_axes("axes", axes, x.ndim)
+    mean, variance = batch_moments(x, axes, xp)
+    return _finish(mean, variance, axes, keepdims, x.dtype, xp)
+
+
+def weighted_moments(
+    x: Any, axes: Any, frequency_weights: Any, *, keepdims: bool = False
+) -> tuple[Any, Any]:
+    """Frequency-weighted mean and variance (``tf.nn.weighted_moments``).
+
+    ``mean = Σw·x / Σw`` and ``variance = Σw·(x − mean)² / Σw`` with the weights
+    broadcast to ``x``'s shape before summing. A zero total weight gives 0, not
+    NaN (TensorFlow's ``div_no_nan``).
+    """
+    xp = _checks.namespace(x=x, frequency_weights=frequency_weights)
+    _checks.check_floating("x", x, xp)
+    _checks.check_bool("keepdims", keepdims)
+    _checks.check_real_dtype("frequency_weights", frequency_weights, xp)
+    _checks.check_broadcasts_to("frequency_weights", frequency_weights, tuple(x.shape))
+    axes = _checks.normalize_axes("axes", axes, x.ndim)
+    mean, variance = batch_weighted_moments(x, axes, frequency_weights, xp)
+    return _finish(mean, variance, axes, keepdims, x.dtype, xp)
+
+
+@overridable
+def batch_moments(x: Any, axes: tuple[int, ...], xp: Any) -> tuple[Any, Any]:
+    """Two-pass mean and biased variance, keepdims, in the compute dtype.
+
+    The building block of every unweighted path (``moments``, the Keras and
+    legacy layer paths); validation is the caller's.
+    """
+    x = _to_compute_dtype(x, xp)
+    mean = xp.mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    return mean, xp.mean(centered * centered, axis=axes, keepdims=True)
+
+
+@overridable
+def batch_weighted_moments(
+    x: Any, axes: tuple[int, ...], frequency_weights: Any, xp: Any
+) -> tuple[Any, Any]:
+    """Weighted two-pass moments, keepdims, in the compute dtype (no validation)."""
+    x = _to_compute_dtype(x, xp)
+    weights = xp.astype(frequency_weights, x.dtype)
+    total_weight = xp.sum(xp.broadcast_to(weights, x.shape), axis=axes, keepdims=True)
+    mean = divide_no_nan(xp.sum(weights * x, axis=axes, keepdims=True), total_weight, xp)
+    centered = x - mean
+    weighted_square_distance = xp.sum(weights * (centered * centered), axis=axes, keepdims=True)
+    return mean, divide_no_nan(weighted_square_distance, total_weight, xp)
+
+
+def divide_no_nan(numerator: Any, denominator: Any, xp: Any) -> Any:
+    """``numerator / denominator``, and 0 where the denominator is 0.
+
+    The denominator is replaced before dividing so that no backend warns about
+    (or traps on) a division by zero that is thrown away anyway.
+    """
+    is_zero = denominator == 0
+    safe_denominator = xp.where(is_zero, xp.ones_like(denominator), denominator)
+    return xp.where(is_zero, xp.zeros_like(numerator), numerator / safe_denominator)
+
+
+def _to_compute_dtype(x: Any, xp: Any) -> Any:
+    dtype = compute_dtype(xp, x.dtype)
+    return x if dtype == x.dtype else xp.astype(x, dtype)
+
+
+def _finish(mean, variance, axes, keepdims, dtype, xp):
+    if not keepdims:
+        mean, variance = xp.squeeze(mean, axis=axes), xp.squeeze(variance, axis=axes)
+    if mean.dtype != dtype:
+        mean, variance = xp.astype(mean, dtype), xp.astype(variance, dtype)
+    return mean, variance

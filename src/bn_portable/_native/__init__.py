@@ -1,0 +1,81 @@
+"""Optional fast paths, one module per library, behind one switch.
+
+The generic, array-API implementation is the definition; a fast path replaces
+one of its kernels for one library where that library can do the same
+arithmetic faster (see each module for why it is exact). A kernel marked
+``@overridable`` looks for a function of the same name in the module of the
+input's library and calls it with the same arguments; the fast path may return
+``NotImplemented`` to hand the call back (an unsupported dtype, say).
+
+``fast_paths(False)`` (or ``BN_PORTABLE_FAST_PATHS=0`` in the environment)
+forces the generic path, which is how the conformance suite checks both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from .._lib._compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
+
+_enabled: ContextVar[bool] = ContextVar(
+    "bn_portable_fast_paths", default=os.environ.get("BN_PORTABLE_FAST_PATHS", "1") != "0"
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fast_paths_enabled() -> bool:
+    """Whether kernels may use a library's fast path (in this context)."""
+    return _enabled.get()
+
+
+@contextlib.contextmanager
+def fast_paths(enabled: bool) -> Iterator[None]:
+    """Turn the fast paths on or off inside a ``with`` block (context-local)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a Python bool, got {enabled!r}")
+    token = _enabled.set(enabled)
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
+
+
+def _backend_module(xp: Any) -> Any:
+    """The fast-path module for ``xp``'s library, or None (imported lazily)."""
+    for is_library, module in (
+        (is_torch_namespace, "_torch"),
+        (is_cupy_namespace, "_cupy"),
+        (is_numpy_namespace, "_numpy"),
+    ):
+        if is_library(xp):
+            try:
+                return importlib.import_module(f".{module}", __name__)
+            except ModuleNotFoundError:
+                return None
+    return None
+
+
+def overridable(generic: F) -> F:
+    """Let a library's fast path replace ``generic`` (whose last argument is ``xp``)."""
+    name = generic.__name__
+
+    @functools.wraps(generic)
+    def dispatch(*args: Any) -> Any:
+        if _enabled.get():
+            module = _backend_module(args[-1])
+            fast = getattr(module, name, None) if module is not None else None
+            if fast is not None:
+                result = fast(*args)
+                if result is not NotImplemented:
+                    return result
+        return generic(*args)
+
+    dispatch.generic = generic  # type: ignore[attr-defined]
+    return dispatch  # type: ignore[return-value]

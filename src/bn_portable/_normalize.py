@@ -1,0 +1,186 @@
+"""``batch_normalization`` and ``fused_batch_norm``: the normalizing kernels.
+
+The two differ in rounding, and TensorFlow's layer uses both, so both are kept
+exactly as TensorFlow writes them:
+
+- ``tf.nn.batch_normalization`` folds everything into ``x·inv + (offset − mean·inv)``
+  in the parameters' dtype and casts the two terms to x's dtype;
+- the fused kernel computes ``(x − mean)·(rsqrt(var + ε)·scale) + offset`` in
+  float32 and rounds once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _layout
+from ._lib import _checks
+from ._native import overridable
+from ._lib._compat import device
+from ._lib._dtypes import dtype_name, scalar
+
+FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def batch_normalization(
+    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: float
+) -> Any:
+    """Normalize ``x`` with given statistics (``tf.nn.batch_normalization``).
+
+    ``inv = rsqrt(variance + variance_epsilon)·scale`` and
+    ``y = x·inv + (offset − mean·inv)``, both terms cast to ``x``'s dtype.
+    ``mean``, ``variance``, ``offset`` and ``scale`` share one dtype, which may
+    differ from ``x``'s; they broadcast against ``x``. ``offset`` and ``scale``
+    may be ``None``.
+    """
+    xp = _checks.namespace(x=x, mean=mean, variance=variance, offset=offset, scale=scale)
+    _checks.check_floating("x", x, xp)
+    parameters = {"mean": mean, "variance": variance, "offset": offset, "scale": scale}
+    for name, value in parameters.items():
+        if value is None and name in ("mean", "variance"):
+            raise TypeError(f"{name} must be an array, got None")
+        if value is not None:
+            _checks.check_floating(name, value, xp)
+            _checks.check_broadcasts_to(name, value, tuple(x.shape))
+    _checks.check_same_dtype(parameters)
+    variance_epsilon = _checks.check_real("variance_epsilon", variance_epsilon, low=0.0)
+    return normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
+
+
+@overridable
+def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
+    """``tf.nn.batch_normalization`` without validation (the layer paths call it)."""
+    inv = rsqrt(variance + variance_epsilon, xp)
+    if scale is not None:
+        inv = inv * scale
+    shift = -mean * inv if offset is None else offset - mean * inv
+    return x * xp.astype(inv, x.dtype) + xp.astype(shift, x.dtype)
+
+
+def fused_batch_norm(
+    x: Any,
+    scale: Any,
+    offset: Any,
+    mean: Any = None,
+    variance: Any = None,
+    *,
+    epsilon: float = 0.001,
+    data_format: str = "NHWC",
+    is_training: bool = True,
+    exponential_avg_factor: float = 1.0,
+) -> tuple[Any, Any, Any]:
+    """TensorFlow's fused batch-norm kernel (``tf.compat.v1.nn.fused_batch_norm``).
+
+    ``x`` is float16, bfloat16 or float32 of rank 4 or 5; ``scale``, ``offset``,
+    ``mean`` and ``variance`` are float32 of shape ``[C]``. All arithmetic is
+    float32 and ``y`` is rounded once to ``x``'s dtype.
+
+    Training normalizes with the batch mean and biased variance and returns
+    ``(y, batch_mean, batch_variance)`` where ``batch_variance`` is Bessel-corrected
+    (``n / max(n − 1, 1)``); with ``exponential_avg_factor`` f ≠ 1 the returned
+    statistics are ``(1 − f)·old + f·batch``. Inference normalizes with ``mean`` and
+    ``variance`` and returns them unchanged.
+    """
+    xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
+    rank = _checks.check_rank("x", x, (4, 5))
+    _checks.check_choice("data_format", data_format, tuple(_layout.FUSED_CHANNEL_AXIS))
+    _checks.check_floating("x", x, xp, FUSED_INPUT_DTYPES)
+    _checks.check_bool("is_training", is_training)
+    epsilon = _checks.check_real("epsilon", epsilon, low=0.0)
+    factor = _checks.check_real("exponential_avg_factor", exponential_avg_factor, low=0.0, high=1.0)
+    channel = _layout.channel_axis(data_format, rank)
+    channels = x.shape[channel]
+    parameters = {"scale": scale, "offset": offset, "mean": mean, "variance": variance}
+    for name, value in parameters.items():
+        if value is None:
+            continue
+        _checks.check_floating(name, value, xp, ("float32",))
+        _checks.check_shape(name, value, (channels,), f"one value per channel of x in {data_format}")
+    for name in ("scale", "offset"):
+        if parameters[name] is None:
+            raise TypeError(f"{name} must be a float32 array of shape ({channels},), got None")
+    if (not is_training or factor != 1.0) and (mean is None or variance is None):
+        raise ValueError(
+            "mean and variance must be given when is_training is False or "
+            f"exponential_avg_factor != 1 (got is_training={is_training}, "
+            f"exponential_avg_factor={factor})"
+        )
+    if is_training:
+        return fused_training(x, scale, offset, mean, variance, epsilon, channel, factor, xp)
+    return fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp), mean, variance
+
+
+def fused_training(x, scale, offset, running_mean, running_variance, epsilon, channel, factor, xp):
+    """The fused kernel in training mode: y and the statistics it returns."""
+    y, batch_mean, biased_variance, count = fused_training_core(x, scale, offset, epsilon, channel, xp)
+    bessel = bessel_correction(count, xp, device(x))
+    if factor == 1.0:
+        return y, batch_mean, biased_variance * bessel
+    dev = device(x)
+    keep = scalar(xp, 1.0, xp.float32, dev) - scalar(xp, factor, xp.float32, dev)
+    new = scalar(xp, factor, xp.float32, dev)
+    mean_out = keep * running_mean + new * batch_mean
+    variance_out = keep * running_variance + (new * bessel) * biased_variance
+    return y, mean_out, variance_out
+
+
+@overridable
+def fused_training_core(x, scale, offset, epsilon, channel, xp):
+    """y, batch mean, biased batch variance and element count per channel."""
+    axes = _layout.reduction_axes(x.ndim, channel)
+    count = 1
+    for axis in axes:
+        count *= x.shape[axis]
+    x32 = _as_float32(x, xp)
+    batch_mean, biased_variance = fused_moments(x32, axes, count, xp)
+    mean_b = _layout.per_channel(batch_mean, x.ndim, channel, xp)
+    y = fused_affine(x32, mean_b, biased_variance, scale, offset, epsilon, x.ndim, channel, xp)
+    return xp.astype(y, x.dtype), batch_mean, biased_variance, count
+
+
+def bessel_correction(count, xp, dev):
+    """``n / max(n − 1, 1)`` in float32: TF's guard gives variance 0 when n = 1."""
+    return scalar(xp, count / max(count - 1, 1), xp.float32, dev)
+
+
+@overridable
+def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
+    """The fused kernel in inference mode: y from the given statistics."""
+    x32 = _as_float32(x, xp)
+    mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
+    y = fused_affine(x32, mean_b, variance, scale, offset, epsilon, x.ndim, channel, xp)
+    return xp.astype(y, x.dtype)
+
+
+def fused_moments(x32, axes, count, xp):
+    """Mean and biased variance as the fused kernel computes them (sum × 1/n)."""
+    if count == 0:
+        # TensorFlow's kernel returns NaN statistics for an empty batch.
+        nan = xp.full((x32.shape[_missing_axis(x32.ndim, axes)],), xp.nan, dtype=xp.float32, device=device(x32))
+        return nan, nan
+    inverse_count = scalar(xp, 1.0 / count, xp.float32, device(x32))
+    mean = xp.sum(x32, axis=axes, keepdims=True) * inverse_count
+    centered = x32 - mean
+    variance = xp.sum(centered * centered, axis=axes) * inverse_count
+    return xp.reshape(mean, (-1,)), variance
+
+
+def fused_affine(x32, mean_b, variance, scale, offset, epsilon, rank, channel, xp):
+    """``(x − mean)·(rsqrt(var + ε)·scale) + offset`` in float32."""
+    factor = rsqrt(variance + epsilon, xp) * scale
+    factor_b = _layout.per_channel(factor, rank, channel, xp)
+    offset_b = _layout.per_channel(offset, rank, channel, xp)
+    return (x32 - mean_b) * factor_b + offset_b
+
+
+def rsqrt(value: Any, xp: Any) -> Any:
+    """``1 / sqrt(value)``; the array API has no rsqrt."""
+    return 1 / xp.sqrt(value)
+
+
+def _as_float32(x, xp):
+    return x if dtype_name(x.dtype) == "float32" else xp.astype(x, xp.float32)
+
+
+def _missing_axis(rank, axes):
+    return next(axis for axis in range(rank) if axis not in axes)

@@ -1,0 +1,134 @@
+"""``BatchNormState``: the layer's variables, named as TensorFlow names them."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ._lib import _checks
+from ._lib._dtypes import dtype_name
+
+
+class BatchNormState(NamedTuple):
+    """The variables of one ``batch_norm`` layer; ``None`` where unused.
+
+    Field names are TensorFlow's variable names (``moving_mean/biased`` and
+    ``moving_mean/local_step`` become ``moving_mean_biased`` and ``local_step``),
+    so a checkpoint's values drop straight in. A ``NamedTuple`` is immutable and
+    is a pytree for JAX (``jit``, ``grad``) and PyTorch without registration.
+    """
+
+    beta: Any = None
+    gamma: Any = None
+    moving_mean: Any = None
+    moving_variance: Any = None
+    moving_mean_biased: Any = None
+    local_step: Any = None
+    moving_stddev: Any = None
+    renorm_mean: Any = None
+    renorm_stddev: Any = None
+
+
+#: Names accepted in ``param_initializers`` (TensorFlow's).
+INITIALIZED_FIELDS = ("beta", "gamma", "moving_mean", "moving_variance")
+
+#: Default initial value of each field (TensorFlow's zeros / ones initializers).
+_DEFAULTS = {"beta": 0.0, "gamma": 1.0, "moving_mean": 0.0, "moving_variance": 1.0}
+
+
+def required_fields(*, center: bool, scale: bool, zero_debias: bool, renorm: bool) -> tuple[str, ...]:
+    """The fields a layer of this configuration has, in ``BatchNormState`` order."""
+    wanted = {"moving_mean", "moving_variance"}
+    if center:
+        wanted.add("beta")
+    if scale:
+        wanted.add("gamma")
+    if zero_debias:
+        wanted |= {"moving_mean_biased", "local_step"}
+    if renorm:
+        wanted |= {"moving_stddev", "renorm_mean", "renorm_stddev"}
+    return tuple(field for field in BatchNormState._fields if field in wanted)
+
+
+def initial_state(
+    fields: tuple[str, ...],
+    channels: int,
+    dtype: Any,
+    param_initializers: dict[str, Any],
+    xp: Any,
+    device: Any,
+) -> BatchNormState:
+    """The variables as TensorFlow creates them on the layer's first call.
+
+    ``moving_mean_biased`` and ``local_step`` start at zero whatever the
+    initializers say; ``moving_stddev`` and ``renorm_stddev`` start at the square
+    root of the moving variance's initial value and ``renorm_mean`` at the moving
+    mean's (tf-keras' renorm initializers).
+    """
+    shape = (channels,)
+    initial = {
+        name: _initial_value(name, param_initializers.get(name), shape, dtype, xp, device)
+        for name in INITIALIZED_FIELDS
+    }
+    values = {
+        "moving_mean_biased": xp.zeros(shape, dtype=dtype, device=device),
+        "local_step": xp.zeros((), dtype=dtype, device=device),
+        "moving_stddev": xp.sqrt(initial["moving_variance"]),
+        "renorm_mean": initial["moving_mean"],
+        "renorm_stddev": xp.sqrt(initial["moving_variance"]),
+        **initial,
+    }
+    return BatchNormState(**{field: values[field] for field in fields})
+
+
+def check_state(
+    state: Any, fields: tuple[str, ...], channels: int, dtype: Any, xp: Any, configuration: str
+) -> None:
+    """``state`` has exactly ``fields``, each of this namespace, dtype and shape."""
+    if not isinstance(state, BatchNormState):
+        raise TypeError(f"state must be a BatchNormState or None, got {type(state).__name__}")
+    present = tuple(field for field in BatchNormState._fields if getattr(state, field) is not None)
+    if present != fields:
+        raise ValueError(
+            f"state was built for another configuration: {configuration} needs the "
+            f"fields {', '.join(fields)}, but state has {', '.join(present) or 'none'}"
+        )
+    for field in fields:
+        value = getattr(state, field)
+        _checks.check_namespace(f"state.{field}", value, xp)
+        if value.dtype != dtype:
+            raise TypeError(
+                f"state.{field} must have dtype {dtype_name(dtype)} for this input "
+                f"and configuration, got {dtype_name(value.dtype)}"
+            )
+        shape = () if field == "local_step" else (channels,)
+        _checks.check_shape(f"state.{field}", value, shape, "one value per channel")
+
+
+def _initial_value(name, initializer, shape, dtype, xp, device):
+    if initializer is None:
+        return xp.full(shape, _DEFAULTS[name], dtype=dtype, device=device)
+    value = initializer(shape, dtype) if callable(initializer) else initializer
+    try:
+        array = xp.asarray(value, device=device)
+        array = xp.astype(array, dtype) if array.dtype != dtype else array
+        return xp.broadcast_to(array, shape) if array.ndim == 0 else _exact(array, shape, name)
+    except (TypeError, ValueError, RuntimeError) as error:
+        if isinstance(error, _InitializerShapeError):
+            raise ValueError(str(error)) from None
+        raise TypeError(
+            f"param_initializers[{name!r}] must be an array, a number or a callable "
+            f"(shape, dtype) returning one; converting it failed: {error}"
+        ) from error
+
+
+class _InitializerShapeError(ValueError):
+    pass
+
+
+def _exact(array, shape, name):
+    if tuple(array.shape) != shape:
+        raise _InitializerShapeError(
+            f"param_initializers[{name!r}] must be a scalar or have shape {shape} "
+            f"(one value per channel); got shape {tuple(array.shape)}"
+        )
+    return array
