@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from . import _layout
 from ._lib import _checks
+from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import compute_dtype, dtype_name, scalar, tf_constant
 from ._moments import batch_moments, batch_weighted_moments
@@ -221,10 +222,26 @@ def plan_layer(options: LayerOptions, rank: int, x: Any, weighted: bool, xp: Any
 def layer_step(x, state, batch_weights, options, plan, xp):
     """``(y before activation, new_state, Normalization)`` for one call."""
     if plan.fused_kernel:
-        return _fused_step(x, state, options, plan, xp)
-    if plan.path == "keras_layer":
-        return _keras_step(x, state, options, plan, xp)
-    return _legacy_step(x, state, batch_weights, options, plan, xp)
+        y, new_state, used = _fused_step(x, state, options, plan, xp)
+    elif plan.path == "keras_layer":
+        y, new_state, used = _keras_step(x, state, options, plan, xp)
+    else:
+        y, new_state, used = _legacy_step(x, state, batch_weights, options, plan, xp)
+    return y, _without_gradient(new_state, state, xp), used
+
+
+def _without_gradient(new_state, state, xp):
+    """TensorFlow's variable updates carry no gradient; neither do ours."""
+    return new_state._replace(
+        **{
+            field: stop_gradient(getattr(new_state, field), xp)
+            for field in _STATISTICS
+            if getattr(new_state, field) is not getattr(state, field)
+        }
+    )
+
+
+_STATISTICS = tuple(f for f in BatchNormState._fields if f not in ("beta", "gamma"))
 
 
 def _fused_step(x, state, options, plan, xp):
@@ -262,6 +279,8 @@ def _keras_step(x, state, options, plan, xp):
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = _renorm_step(mean, variance, new_state, state, options, xp)
+            # r and d are constants for the gradient (tf.stop_gradient in tf-keras).
+            r, d = stop_gradient(r, xp), stop_gradient(d, xp)
             scale, offset = _compose(r, d, gamma, beta)
             used = Normalization(mean, variance, gamma, beta, r, d)
         else:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import _layout
 from ._lib import _checks
+from ._lib._autodiff import stop_gradient
 from ._native import overridable
 from ._lib._compat import device
 from ._lib._dtypes import dtype_name, scalar
@@ -106,7 +107,11 @@ def fused_batch_norm(
             f"exponential_avg_factor={factor})"
         )
     if is_training:
-        return fused_training(x, scale, offset, mean, variance, epsilon, channel, factor, xp)
+        y, mean_out, variance_out = fused_training(
+            x, scale, offset, mean, variance, epsilon, channel, factor, xp
+        )
+        # The fused op's gradient ignores its statistics outputs.
+        return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
     return fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp), mean, variance
 
 
