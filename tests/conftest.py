@@ -1,0 +1,42 @@
+"""The ``backend`` fixture: every test that takes it runs on every array library.
+
+Backends come from ``conformance.backends`` so that unit tests and the
+conformance suite cover the same libraries. ``--backend NAME`` (repeatable)
+restricts the run, as the per-backend nox sessions do.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.backends import BACKENDS, Backend
+
+# The fast-path variants and jit are exercised by the conformance suite; unit
+# tests run each library once, eagerly, plus jax-jit for tracing.
+_UNIT_BACKENDS = [b for b in BACKENDS if b.fast_paths]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        action="append",
+        default=None,
+        help="run backend-parametrized tests on this backend only (repeatable)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    wanted = metafunc.config.getoption("--backend")
+    chosen = [b for b in _UNIT_BACKENDS if wanted is None or b.name in wanted]
+    metafunc.parametrize("backend", chosen, ids=[b.name for b in chosen], indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    chosen: Backend = request.param
+    reason = chosen.absent_reason()
+    if reason is not None:
+        pytest.skip(f"{chosen.name}: {reason}")
+    return chosen

@@ -1,0 +1,203 @@
+"""Bad input raises ValueError or TypeError naming the argument; nothing is mutated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bn_portable as bn
+
+X = np.random.default_rng(7).normal(size=(4, 3, 2, 5)).astype(np.float32)
+C = X.shape[-1]
+ONES = np.ones(C, np.float32)
+ZEROS = np.zeros(C, np.float32)
+
+
+def _state(**options):
+    return bn.batch_norm(X, **options)[1]
+
+
+LAYER_ERRORS = [
+    ({"data_format": "NCDHW"}, ValueError, "data_format"),
+    ({"decay": 1.5}, ValueError, "decay"),
+    ({"decay": "0.9"}, TypeError, "decay"),
+    ({"renorm_decay": -0.1}, ValueError, "renorm_decay"),
+    ({"epsilon": 0.0}, ValueError, "epsilon"),
+    ({"epsilon": float("inf")}, ValueError, "epsilon"),
+    ({"is_training": 1}, TypeError, "is_training"),
+    ({"is_training": np.bool_(True)}, TypeError, "is_training"),
+    ({"center": None}, TypeError, "center"),
+    ({"fused": "yes"}, TypeError, "fused"),
+    ({"activation_fn": "relu"}, TypeError, "activation_fn"),
+    ({"param_initializers": {"moving_stddev": 1.0}}, ValueError, "param_initializers"),
+    ({"param_initializers": [1.0]}, TypeError, "param_initializers"),
+    ({"param_initializers": {"beta": np.ones(C + 1)}}, ValueError, "param_initializers['beta']"),
+    ({"param_initializers": {"beta": "zero"}}, TypeError, "param_initializers['beta']"),
+    ({"renorm_clipping": {"rmax": 2.0}}, ValueError, "renorm_clipping"),
+    ({"renorm": True, "renorm_clipping": {"r_max": 2.0}}, ValueError, "renorm_clipping"),
+    ({"renorm": True, "renorm_clipping": {"rmin": 2.0, "rmax": 1.0}}, ValueError, "rmin <= rmax"),
+    ({"renorm": True, "renorm_clipping": {"dmax": -1.0}}, ValueError, "dmax"),
+    ({"renorm": True, "zero_debias_moving_mean": True}, ValueError, "renorm"),
+    ({"renorm": True, "batch_weights": np.ones(4, np.float32)}, ValueError, "renorm"),
+    ({"batch_weights": np.ones(3, np.float32)}, ValueError, "batch_weights"),
+    ({"batch_weights": [1.0] * 4}, TypeError, "batch_weights"),
+    ({"batch_weights": np.array(["a"] * 4)}, TypeError, "batch_weights"),
+]
+
+
+@pytest.mark.parametrize(("options", "error", "names"), LAYER_ERRORS, ids=lambda v: str(v)[:40])
+def test_batch_norm_rejects_bad_options(options, error, names):
+    with pytest.raises(error, match=_pattern(names)):
+        bn.batch_norm(X, **options)
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "names"),
+    [
+        (X[0, 0, 0], ValueError, "x"),  # rank 1
+        (X[None], ValueError, "x"),  # rank 5 is fine; rank 6 is not
+        (X.astype(np.int32), TypeError, "x"),
+        (X.tolist(), TypeError, "x"),
+    ],
+    ids=["rank1", "rank5ok", "int", "list"],
+)
+def test_batch_norm_rejects_bad_inputs(x, error, names):
+    x = x if not isinstance(x, np.ndarray) or x.ndim != 5 else x[None]
+    with pytest.raises(error, match=_pattern(names)):
+        bn.batch_norm(x)
+
+
+def test_fused_kernel_paths_reject_float64_like_tensorflow():
+    with pytest.raises(TypeError, match="fused=True"):
+        bn.batch_norm(X.astype(np.float64), fused=True, zero_debias_moving_mean=True)
+    # Where TensorFlow silently falls back to the composite, so do we.
+    y, state = bn.batch_norm(X.astype(np.float64), fused=True)
+    assert y.dtype == np.float64 and state.moving_mean.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("state", "options", "error", "names"),
+    [
+        ("renorm", {}, ValueError, "another configuration"),
+        ("plain", {"scale": True}, ValueError, "another configuration"),
+        ("plain", {"zero_debias_moving_mean": True}, ValueError, "another configuration"),
+        ("float64", {}, TypeError, "state.beta"),
+        ("channels", {}, ValueError, "state.beta"),
+        ("tuple", {}, TypeError, "state"),
+        ("torch", {}, TypeError, "state.beta"),
+    ],
+)
+def test_batch_norm_rejects_a_state_of_another_configuration(state, options, error, names):
+    given = {
+        "renorm": lambda: _state(renorm=True),
+        "plain": lambda: _state(),
+        "float64": lambda: bn.batch_norm(X.astype(np.float64))[1],
+        "channels": lambda: bn.batch_norm(X[..., :2])[1],
+        "tuple": lambda: tuple(_state()),
+        "torch": lambda: _torch_state(),
+    }[state]()
+    with pytest.raises(error, match=_pattern(names)):
+        bn.batch_norm(X, given, **options)
+
+
+def _torch_state():
+    torch = pytest.importorskip("torch")
+    return bn.batch_norm(torch.from_numpy(X))[1]
+
+
+def test_mixed_libraries_are_a_type_error():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="batch_weights"):
+        bn.batch_norm(X, batch_weights=torch.ones(4))
+    with pytest.raises(TypeError, match="scale"):
+        bn.fused_batch_norm(X, torch.ones(C), ZEROS)
+
+
+FUSED_ERRORS = [
+    ({"x": X[0]}, ValueError, "x"),
+    ({"x": X.astype(np.float64)}, TypeError, "x"),
+    ({"data_format": "NCW"}, ValueError, "data_format"),
+    ({"scale": ONES.astype(np.float16)}, TypeError, "scale"),
+    ({"offset": np.zeros(C + 1, np.float32)}, ValueError, "offset"),
+    ({"is_training": False}, ValueError, "mean and variance"),
+    ({"exponential_avg_factor": 0.5}, ValueError, "mean and variance"),
+    ({"exponential_avg_factor": 1.5}, ValueError, "exponential_avg_factor"),
+    ({"epsilon": -1.0}, ValueError, "epsilon"),
+    ({"mean": ZEROS, "variance": ONES[:2]}, ValueError, "variance"),
+    ({"is_training": "no"}, TypeError, "is_training"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "error", "names"), FUSED_ERRORS, ids=lambda v: str(v)[:30])
+def test_fused_batch_norm_rejects_bad_arguments(arguments, error, names):
+    call = {"x": X, "scale": ONES, "offset": ZEROS, **arguments}
+    with pytest.raises(error, match=_pattern(names)):
+        bn.fused_batch_norm(**call)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "names"),
+    [
+        (lambda: bn.moments(X, [0, 4]), ValueError, "axes"),
+        (lambda: bn.moments(X, [0, 0]), ValueError, "axes"),
+        (lambda: bn.moments(X, "0"), TypeError, "axes"),
+        (lambda: bn.moments(X.astype(np.int64), [0]), TypeError, "x"),
+        (lambda: bn.moments(X, [0], keepdims=1), TypeError, "keepdims"),
+        (lambda: bn.weighted_moments(X, [0], np.ones((2, 3))), ValueError, "frequency_weights"),
+        (lambda: bn.weighted_moments(X, [0], np.ones((1, 1, 1, 1, 1))), ValueError, "frequency_weights"),
+        (lambda: bn.weighted_moments(X, [0], np.array(["w"])), TypeError, "frequency_weights"),
+        (lambda: bn.batch_normalization(X, ZEROS, ONES, None, None, -1.0), ValueError, "variance_epsilon"),
+        (lambda: bn.batch_normalization(X, ZEROS, ONES.astype(np.float64), None, None, 0.1), TypeError, "variance"),
+        (lambda: bn.batch_normalization(X, ZEROS, None, None, None, 0.1), TypeError, "variance"),
+        (lambda: bn.batch_normalization(X, ZEROS, np.ones(C + 2, np.float32), None, None, 0.1), ValueError, "variance"),
+    ],
+)
+def test_primitives_reject_bad_arguments(call, error, names):
+    with pytest.raises(error, match=_pattern(names)):
+        call()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"fused": True},
+        {"scale": True, "zero_debias_moving_mean": True},
+        {"renorm": True, "renorm_clipping": {"rmax": 1.5, "dmax": 0.5}},
+        {"batch_weights": "weights"},
+        {"is_training": False, "scale": True},
+    ],
+)
+def test_nothing_is_mutated(options):
+    """Read-only inputs: any in-place write would raise; values are compared too."""
+    options = dict(options)
+    x = X.copy()
+    if options.get("batch_weights") == "weights":
+        options["batch_weights"] = np.linspace(0.5, 2.0, X.shape[0]).astype(np.float32)
+    state_options = {k: v for k, v in options.items() if k != "is_training"}
+    _, state = bn.batch_norm(x, **state_options)
+    frozen = [x, *(v for v in state if v is not None)]
+    if "batch_weights" in options:
+        frozen.append(options["batch_weights"])
+    copies = [a.copy() for a in frozen]
+    for array in frozen:
+        array.flags.writeable = False
+    bn.batch_norm(x, state, **options)
+    for array, copy in zip(frozen, copies):
+        np.testing.assert_array_equal(array, copy)
+
+
+def test_a_failed_call_leaves_the_state_alone():
+    _, state = bn.batch_norm(X)
+    arrays = [a for a in state if a is not None]
+    before = [a.copy() for a in arrays]
+    with pytest.raises(ValueError, match="another configuration"):
+        bn.batch_norm(X, state, scale=True)
+    for array, copy in zip(arrays, before):
+        np.testing.assert_array_equal(array, copy)
+
+
+def _pattern(text: str) -> str:
+    import re
+
+    return re.escape(text)
