@@ -8,7 +8,6 @@ restricts the run, as the per-backend nox sessions do.
 from __future__ import annotations
 
 import pytest
-
 from conformance.backends import BACKENDS, Backend
 
 # The fast-path variants and jit are exercised by the conformance suite; unit

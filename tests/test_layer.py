@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conformance.backends import Backend
 
 import bn_portable as bn
-from conformance.backends import Backend
 
 RNG = np.random.default_rng(20261127)
 X4 = RNG.normal(3.0, 2.0, size=(6, 5, 4, 3)).astype(np.float32)

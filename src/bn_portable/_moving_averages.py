@@ -42,6 +42,7 @@ def zero_debiased_average(
     """
     weight = update_weight(decay, "python", biased.dtype, xp, device(biased))
     new_biased = biased - (biased - xp.astype(value, biased.dtype)) * weight
-    new_step = local_step + 1
+    # asarray: NumPy turns 0-d results into scalars; the state holds arrays.
+    new_step = xp.asarray(local_step + 1)
     bias_factor = 1 - xp.pow(1 - weight, new_step)
     return new_biased / bias_factor, new_biased, new_step

@@ -16,9 +16,9 @@ from typing import Any
 from . import _layout
 from ._lib import _checks
 from ._lib._autodiff import stop_gradient
-from ._native import overridable
 from ._lib._compat import device
 from ._lib._dtypes import dtype_name, scalar
+from ._native import overridable
 
 FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
 

@@ -1,0 +1,81 @@
+"""How close is close enough: errors in units of the dtype's epsilon.
+
+An error is measured as ``|actual − expected| / (eps · max(|expected|, rms))``,
+where ``eps`` is the dtype's machine epsilon and ``rms`` the root mean square of
+the expected array: relative to each value, but never relative to less than the
+array's typical magnitude, so that a value that happens to be near zero
+(a normalized output crossing zero) is judged on the scale of its neighbours.
+NaN must meet NaN and an infinity the same infinity, exactly.
+
+The tolerances, and why each is what it is, are stated in
+``docs/conformance.md`` (generated from ``TOLERANCES`` below).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Machine epsilon per dtype name (bfloat16 has an 8-bit significand).
+EPSILON = {
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-7,
+    "float32": float(np.finfo(np.float32).eps),
+    "float64": float(np.finfo(np.float64).eps),
+}
+
+#: Largest accepted error, in epsilons of the compared array's dtype.
+TOLERANCES = {
+    "float64": 64.0,
+    "float32": 64.0,
+    "float16": 4.0,
+    "bfloat16": 4.0,
+}
+
+#: Why the tolerances are what they are (rendered into the report).
+JUSTIFICATION = """\
+TensorFlow's CPU kernels (Eigen) and every backend here sum in different orders
+(Eigen's packet-wise tree, NumPy's pairwise sums, XLA's and PyTorch's own
+blocking), so a mean or variance over n elements may differ by a few epsilons
+(the worst case grows like log₂ n for pairwise sums). One such difference in a
+mean or a variance moves every normalized output of its channel by a relative
+error of the same order, amplified by |x − μ|/σ, and the moving averages carry
+it on through three training steps. `rsqrt` is not correctly rounded on either
+side (Eigen uses a fast approximation with a Newton step, backends divide by a
+square root). 64 epsilons of float32 (7.6e-6 relative) or float64 cover these
+sums over the catalogue's channel sizes with a wide margin while still failing
+any formula-level mistake (a wrong Bessel factor, a mis-rounded `1 − decay`,
+a one-pass variance, a missing epsilon), which are off by hundreds to millions
+of epsilons. float16 and bfloat16 outputs are rounded once from float32 (fused
+kernel) or computed op by op in half precision (layer paths): 4 half-precision
+epsilons allow a different rounding of the float32 intermediate and one
+different intermediate rounding, nothing more.
+"""
+
+
+def dtype_of(array: np.ndarray, declared: str | None = None) -> str:
+    """The dtype name whose epsilon applies (bfloat16 data arrives as float32)."""
+    return declared if declared == "bfloat16" else str(array.dtype)
+
+
+def error_in_epsilons(actual: np.ndarray, expected: np.ndarray, dtype: str) -> float:
+    """Worst element error in epsilons of ``dtype``; ``inf`` on a shape, NaN or Inf mismatch."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return float("inf")
+    if expected.size == 0:
+        return 0.0
+    expected_nan, actual_nan = np.isnan(expected), np.isnan(actual)
+    if np.any(expected_nan != actual_nan):
+        return float("inf")
+    expected_inf = np.isinf(expected)
+    if np.any(expected_inf != np.isinf(actual)) or np.any(expected[expected_inf] != actual[expected_inf]):
+        return float("inf")
+    finite = ~(expected_nan | expected_inf)
+    if not np.any(finite):
+        return 0.0
+    e, a = expected[finite], actual[finite]
+    rms = float(np.sqrt(np.mean(e * e)))
+    floor = max(rms, np.finfo(np.float64).tiny)
+    scale = EPSILON[dtype] * np.maximum(np.abs(e), floor)
+    return float(np.max(np.abs(a - e) / scale))

@@ -1,0 +1,93 @@
+"""Sessions: lint, tests (one per backend), golden, conformance, bench.
+
+``nox`` with no arguments runs what CI runs: lint, the unit tests on every
+backend, the golden check (regenerates TensorFlow's outputs and compares them
+with the committed goldens) and the conformance suite.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "golden_check", "conformance"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+#: The CPU build of PyTorch; an unpinned ``torch`` pulls a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+
+#: What each backend's environment installs besides ``.[test]``.
+BACKEND_PACKAGES = {
+    "numpy": [],
+    "array-api-strict": [".[array-api-strict]"],
+    "torch": [TORCH],
+    "jax": [".[jax]"],
+    "dask": [".[dask]"],
+    "cupy": [".[cupy]"],
+    "torch-cuda": ["torch"],
+}
+GPU_BACKENDS = ("cupy", "torch-cuda")
+
+#: The pytest ``--backend`` names each session covers (JAX also under jax.jit).
+TEST_BACKENDS = {"jax": ["jax", "jax-jit"]}
+
+#: TensorFlow's golden environment (shared/TF_REFERENCE.md): nothing else goes in it.
+GOLDEN_PACKAGES = ["tensorflow-cpu==2.15.1", "tf-keras==2.15.1", "tf-slim==1.1.0", "numpy<2"]
+
+
+def _skip_without_gpu(session: nox.Session, backend: str) -> None:
+    if shutil.which("nvidia-smi") is None:
+        session.skip(f"{backend} needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "conformance", "noxfile.py")
+
+
+@nox.session
+@nox.parametrize("backend", list(BACKEND_PACKAGES))
+def tests(session: nox.Session, backend: str) -> None:
+    """Unit tests on one backend, e.g. ``nox -s "tests(backend='torch')"``."""
+    if backend in GPU_BACKENDS:
+        _skip_without_gpu(session, backend)
+    session.install(".[test]", *BACKEND_PACKAGES[backend])
+    selected = [f"--backend={name}" for name in TEST_BACKENDS.get(backend, [backend])]
+    session.run("pytest", *selected, *session.posargs)
+
+
+def _golden(session: nox.Session, arguments: list[str]) -> None:
+    session.install(*GOLDEN_PACKAGES)
+    session.run(
+        "python", "-m", "conformance.generate", *arguments,
+        env={"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+@nox.session(python="3.11")
+def golden(session: nox.Session) -> None:
+    """Regenerate the goldens with TensorFlow (``-- --check`` compares instead)."""
+    _golden(session, session.posargs)
+
+
+@nox.session(python="3.11")
+def golden_check(session: nox.Session) -> None:
+    """Regenerate the goldens into a temporary folder; fail unless identical."""
+    _golden(session, ["--check"])
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """Every golden case on every backend present, fast paths on and off; writes the report."""
+    session.install(TORCH, ".[test,jax,dask,array-api-strict]")
+    session.run("python", "-m", "conformance.run", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark harness (``-- --quick`` for a short run)."""
+    session.install(TORCH, ".[bench,jax]")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
