@@ -6,9 +6,10 @@ of ``tf.nn`` and ``tf.contrib.layers.batch_norm`` (checked against goldens that
 TensorFlow generated).
 """
 
+from ._grad import batch_norm_vjp, fused_batch_norm_grad
 from ._layer import batch_norm
-from ._native import fast_paths, fast_paths_enabled
 from ._moments import moments, weighted_moments
+from ._native import fast_paths, fast_paths_enabled
 from ._normalize import batch_normalization, fused_batch_norm
 from ._state import BatchNormState
 
@@ -18,10 +19,12 @@ __all__ = [
     "BatchNormState",
     "__version__",
     "batch_norm",
+    "batch_norm_vjp",
     "batch_normalization",
     "fast_paths",
     "fast_paths_enabled",
     "fused_batch_norm",
+    "fused_batch_norm_grad",
     "moments",
     "weighted_moments",
 ]
