@@ -5,7 +5,9 @@ where ``eps`` is the dtype's machine epsilon and ``rms`` the root mean square of
 the expected array: relative to each value, but never relative to less than the
 array's typical magnitude, so that a value that happens to be near zero
 (a normalized output crossing zero) is judged on the scale of its neighbours.
-NaN must meet NaN and an infinity the same infinity, exactly.
+A normalized output is also judged against its input (see
+``error_in_epsilons``). NaN must meet NaN and an infinity the same infinity,
+exactly.
 
 The tolerances, and why each is what it is, are stated in
 ``docs/conformance.md`` (generated from ``TOLERANCES`` below).
@@ -31,6 +33,22 @@ TOLERANCES = {
     "bfloat16": 4.0,
 }
 
+#: Half-precision gradients where TensorFlow itself differentiates in half
+#: precision (tf-slim's legacy path keeps float16 variables, and its backward
+#: accumulates uncentered sums op by op in float16).
+HALF_PRECISION_BACKWARD_TOLERANCE = 32.0
+
+GRADIENT_OUTPUTS = ("dx", "dgamma", "dbeta", "dscale", "doffset")
+
+
+def tolerance(dtype: str, output: str, tf_path: str | None) -> float:
+    """The tolerance, in epsilons, of one output of one case."""
+    leaf = output.rsplit("/", 1)[-1]
+    if dtype in ("float16", "bfloat16") and leaf in GRADIENT_OUTPUTS and tf_path == "legacy":
+        return HALF_PRECISION_BACKWARD_TOLERANCE
+    return TOLERANCES[dtype]
+
+
 #: Why the tolerances are what they are (rendered into the report).
 JUSTIFICATION = """\
 TensorFlow's CPU kernels (Eigen) and every backend here sum in different orders
@@ -49,16 +67,32 @@ of epsilons. float16 and bfloat16 outputs are rounded once from float32 (fused
 kernel) or computed op by op in half precision (layer paths): 4 half-precision
 epsilons allow a different rounding of the float32 intermediate and one
 different intermediate rounding, nothing more.
+
+One exception, for gradients only: on tf-slim's legacy path with float16 input
+(batch_weights, or zero-debias without the fused kernel), TensorFlow keeps
+float16 variables and differentiates op by op in float16, through uncentered
+sums such as Σdy·x − μ·Σdy that cancel. Its float16 gradients there are off
+the exact gradient by up to 7e-3 (norm-wise), while bn_portable accumulates in
+float32 and is closer to the exact gradient in every such case (asserted by
+`tests/test_half_precision_gradients.py` against a float64 computation from the
+same inputs). Those outputs are compared with 32 float16 epsilons (3.1e-2):
+TensorFlow's own rounding noise, not ours.
 """
 
 
-def dtype_of(array: np.ndarray, declared: str | None = None) -> str:
-    """The dtype name whose epsilon applies (bfloat16 data arrives as float32)."""
-    return declared if declared == "bfloat16" else str(array.dtype)
+def error_in_epsilons(
+    actual: np.ndarray, expected: np.ndarray, dtype: str, source: np.ndarray | None = None
+) -> float:
+    """Worst element error in epsilons of ``dtype``; ``inf`` on a shape, NaN or Inf mismatch.
 
-
-def error_in_epsilons(actual: np.ndarray, expected: np.ndarray, dtype: str) -> float:
-    """Worst element error in epsilons of ``dtype``; ``inf`` on a shape, NaN or Inf mismatch."""
+    ``source``, for a normalized output ``y``, is the input ``x`` it was computed
+    from: ``y`` is then also allowed the error that perturbing each ``x`` by the
+    tolerance would cause, ``eps·|x|·|∂y/∂x|`` with ``|∂y/∂x|`` estimated as
+    ``std(y)/std(x)``. That only matters where normalizing is ill-conditioned
+    (a mean far larger than the spread, a variance far below epsilon): there
+    TensorFlow's own ``x·inv + (offset − mean·inv)`` cancels, and a one-ulp
+    difference in a statistic moves ``y`` by thousands of its own epsilons.
+    """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
@@ -76,6 +110,10 @@ def error_in_epsilons(actual: np.ndarray, expected: np.ndarray, dtype: str) -> f
         return 0.0
     e, a = expected[finite], actual[finite]
     rms = float(np.sqrt(np.mean(e * e)))
-    floor = max(rms, np.finfo(np.float64).tiny)
-    scale = EPSILON[dtype] * np.maximum(np.abs(e), floor)
-    return float(np.max(np.abs(a - e) / scale))
+    magnitude = np.maximum(np.abs(e), max(rms, np.finfo(np.float64).tiny))
+    if source is not None and source.shape == expected.shape:
+        x = np.asarray(source, dtype=np.float64)[finite]
+        spread = float(np.std(x))
+        if np.isfinite(spread) and spread > 0:
+            magnitude = np.maximum(magnitude, np.abs(x) * float(np.std(e)) / spread)
+    return float(np.max(np.abs(a - e) / (EPSILON[dtype] * magnitude)))

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         backend_started = time.perf_counter()
         for case in cases:
-            outcome = run_case(case, goldens.arrays(case), backend)
+            outcome = run_case(case, goldens.arrays(case), backend, goldens.meta(case))
             outcomes.append(outcome)
             if outcome.status == "fail" or args.verbose:
                 print(f"[{outcome.status}] {backend.name} {case['id']} "

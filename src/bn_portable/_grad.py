@@ -43,9 +43,6 @@ from ._native import overridable
 from ._normalize import FUSED_INPUT_DTYPES, rsqrt
 from ._state import BatchNormState
 
-#: The rank each of the fused kernel's data formats takes.
-_FORMAT_RANK = {"NHWC": 4, "NCHW": 4, "NDHWC": 5, "NCDHW": 5}
-
 #: ``vjp(dy) -> (dx, dgamma, dbeta)``
 VJP = Callable[[Any], tuple[Any, Any, Any]]
 
@@ -84,18 +81,11 @@ def fused_batch_norm_grad(
     xp = _checks.namespace(x=x, dy=dy, scale=scale, mean=mean, variance=variance)
     for name, value in (("x", x), ("dy", dy), ("scale", scale), ("mean", mean), ("variance", variance)):
         _require_array(name, value)
-    rank = _checks.check_rank("x", x, (4, 5))
-    _checks.check_choice("data_format", data_format, tuple(_layout.FUSED_CHANNEL_AXIS))
-    if rank != _FORMAT_RANK[data_format]:
-        raise ValueError(
-            f"x must have rank {_FORMAT_RANK[data_format]} for data_format {data_format!r} "
-            f"(TensorFlow's op rejects the mismatch); got shape {tuple(x.shape)}"
-        )
+    channel = _layout.fused_channel_axis(x, data_format)
     _checks.check_floating("x", x, xp, FUSED_INPUT_DTYPES)
     _check_cotangent(dy, x)
     _checks.check_bool("is_training", is_training)
     epsilon = _checks.check_real("epsilon", epsilon, low=0.0)
-    channel = _layout.channel_axis(data_format, rank)
     channels = x.shape[channel]
     for name, value in (("scale", scale), ("mean", mean), ("variance", variance)):
         _checks.check_floating(name, value, xp, ("float32",))

@@ -175,6 +175,12 @@ def prepare(x, state, batch_weights, options):
         _checks.check_real_dtype("batch_weights", batch_weights, xp)
         _checks.check_shape("batch_weights", batch_weights, (x.shape[0],), "one weight per sample of x")
     plan = plan_layer(options, rank, x, batch_weights is not None, xp)
+    if options.renorm and dtype_name(plan.state_dtype) == "float64":
+        raise TypeError(
+            "renorm=True does not run on float64 in TensorFlow (tf-keras compares a "
+            "float64 variable with the float32 sqrt(epsilon)), so there is nothing "
+            "to reproduce; use float32 x"
+        )
     if state is None:
         state = initial_state(
             plan.fields, plan.channels, plan.state_dtype, options.param_initializers, xp, device(x)
@@ -274,8 +280,11 @@ def _keras_step(x, state, options, plan, xp):
     """The Keras layer without the fused kernel, renorm included."""
     rank = x.ndim
     gamma, beta = state.gamma, state.beta
+    # The layer casts half inputs to float32 (its compute dtype), normalizes
+    # there and rounds y once; other dtypes are their own compute dtype.
+    x_compute = xp.astype(x, plan.state_dtype)
     if options.is_training:
-        mean, variance = _per_channel_moments(xp.astype(x, plan.state_dtype), plan, xp)
+        mean, variance = _per_channel_moments(x_compute, plan, xp)
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = _renorm_step(mean, variance, new_state, state, options, xp)
@@ -294,14 +303,12 @@ def _keras_step(x, state, options, plan, xp):
     else:
         mean, variance, scale, offset = state.moving_mean, state.moving_variance, gamma, beta
         new_state, used = state, Normalization(mean, variance, gamma, beta)
-    # Keras casts the statistics and parameters to the input's dtype and
-    # normalizes there: half inputs are normalized in half precision.
     parameters = [
-        None if value is None else _layout.per_channel(xp.astype(value, x.dtype), rank, plan.channel, xp)
+        None if value is None else _layout.per_channel(value, rank, plan.channel, xp)
         for value in (mean, variance, offset, scale)
     ]
-    y = normalize(x, *parameters, options.epsilon, xp)
-    return y, new_state, used
+    y = normalize(x_compute, *parameters, options.epsilon, xp)
+    return xp.astype(y, x.dtype), new_state, used
 
 
 def _legacy_step(x, state, batch_weights, options, plan, xp):

@@ -7,8 +7,26 @@ from typing import Any
 #: Channel position of every data format TensorFlow's fused kernel accepts.
 FUSED_CHANNEL_AXIS = {"NHWC": -1, "NDHWC": -1, "NCHW": 1, "NCDHW": 1}
 
+#: The rank each fused data format takes (TensorFlow rejects a mismatch).
+FUSED_RANK = {"NHWC": 4, "NCHW": 4, "NDHWC": 5, "NCDHW": 5}
+
 #: Data formats of ``batch_norm`` (tf.contrib / tf_slim), for every rank 2 to 5.
 LAYER_DATA_FORMATS = ("NHWC", "NCHW")
+
+
+def fused_channel_axis(x: Any, data_format: str) -> int:
+    """Validate ``data_format`` against ``x``'s rank for the fused kernel; its channel axis."""
+    if data_format not in FUSED_RANK:
+        raise ValueError(
+            f"data_format must be one of {', '.join(map(repr, FUSED_RANK))}; got {data_format!r}"
+        )
+    rank = FUSED_RANK[data_format]
+    if x.ndim != rank:
+        raise ValueError(
+            f"x must have rank {rank} for data_format {data_format!r} "
+            f"(TensorFlow's fused kernel rejects the mismatch); got shape {tuple(x.shape)}"
+        )
+    return channel_axis(data_format, rank)
 
 
 def channel_axis(data_format: str, rank: int) -> int:

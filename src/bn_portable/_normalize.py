@@ -83,13 +83,11 @@ def fused_batch_norm(
     ``variance`` and returns them unchanged.
     """
     xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
-    rank = _checks.check_rank("x", x, (4, 5))
-    _checks.check_choice("data_format", data_format, tuple(_layout.FUSED_CHANNEL_AXIS))
+    channel = _layout.fused_channel_axis(x, data_format)
     _checks.check_floating("x", x, xp, FUSED_INPUT_DTYPES)
     _checks.check_bool("is_training", is_training)
     epsilon = _checks.check_real("epsilon", epsilon, low=0.0)
     factor = _checks.check_real("exponential_avg_factor", exponential_avg_factor, low=0.0, high=1.0)
-    channel = _layout.channel_axis(data_format, rank)
     channels = x.shape[channel]
     parameters = {"scale": scale, "offset": offset, "mean": mean, "variance": variance}
     for name, value in parameters.items():
@@ -112,7 +110,13 @@ def fused_batch_norm(
         )
         # The fused op's gradient ignores its statistics outputs.
         return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
-    return fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp), mean, variance
+    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
+    if _element_count(x, channel) == 0:
+        # TensorFlow's kernel returns NaN statistics for an empty batch, in
+        # inference too (it does not pass the given statistics through).
+        nan = xp.full((channels,), xp.nan, dtype=xp.float32, device=device(x))
+        return y, nan, nan
+    return y, mean, variance
 
 
 def fused_training(x, scale, offset, running_mean, running_variance, epsilon, channel, factor, xp):
@@ -133,9 +137,7 @@ def fused_training(x, scale, offset, running_mean, running_variance, epsilon, ch
 def fused_training_core(x, scale, offset, epsilon, channel, xp):
     """y, batch mean, biased batch variance and element count per channel."""
     axes = _layout.reduction_axes(x.ndim, channel)
-    count = 1
-    for axis in axes:
-        count *= x.shape[axis]
+    count = _element_count(x, channel)
     x32 = _as_float32(x, xp)
     batch_mean, biased_variance = fused_moments(x32, axes, count, xp)
     mean_b = _layout.per_channel(batch_mean, x.ndim, channel, xp)
@@ -185,6 +187,14 @@ def rsqrt(value: Any, xp: Any) -> Any:
 
 def _as_float32(x, xp):
     return x if dtype_name(x.dtype) == "float32" else xp.astype(x, xp.float32)
+
+
+def _element_count(x, channel):
+    """Elements per channel: the n of the batch statistics."""
+    count = 1
+    for axis in _layout.reduction_axes(x.ndim, channel):
+        count *= x.shape[axis]
+    return count
 
 
 def _missing_axis(rank, axes):

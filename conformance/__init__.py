@@ -1,0 +1,1 @@
+"""Conformance suite for bn_portable: case catalogue, TensorFlow golden generator, goldens."""
