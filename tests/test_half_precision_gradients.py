@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import bn_portable as bn
 from conformance import catalogue
 from conformance.backends import by_name
 from conformance.runner import Goldens, layer_options
+
+import bn_portable as bn
 
 GOLDENS = Goldens()
 CASES = [
