@@ -68,6 +68,15 @@ kernel) or computed op by op in half precision (layer paths): 4 half-precision
 epsilons allow a different rounding of the float32 intermediate and one
 different intermediate rounding, nothing more.
 
+Normalized outputs (`y`) are also allowed the error that perturbing each input
+by the tolerance would cause, `eps·|x|·|∂y/∂x|` with `|∂y/∂x|` estimated per
+channel as `std(y)/std(x)`. This matters only where normalizing is
+ill-conditioned, a mean thousands of times the spread or a variance far below
+epsilon: there TensorFlow's own `x·inv + (offset − mean·inv)` cancels, and a
+one-ulp difference in a statistic (a summation order, a float32 `rsqrt` that
+Eigen approximates and rounds differently near a half-precision tie) moves `y`
+by thousands of its own epsilons while being the same computation.
+
 One exception, for gradients only: on tf-slim's legacy path with float16 input
 (batch_weights, or zero-debias without the fused kernel), TensorFlow keeps
 float16 variables and differentiates op by op in float16, through uncentered
@@ -81,14 +90,18 @@ TensorFlow's own rounding noise, not ours.
 
 
 def error_in_epsilons(
-    actual: np.ndarray, expected: np.ndarray, dtype: str, source: np.ndarray | None = None
+    actual: np.ndarray,
+    expected: np.ndarray,
+    dtype: str,
+    source: np.ndarray | None = None,
+    channel_axis: int | None = None,
 ) -> float:
     """Worst element error in epsilons of ``dtype``; ``inf`` on a shape, NaN or Inf mismatch.
 
     ``source``, for a normalized output ``y``, is the input ``x`` it was computed
     from: ``y`` is then also allowed the error that perturbing each ``x`` by the
     tolerance would cause, ``eps·|x|·|∂y/∂x|`` with ``|∂y/∂x|`` estimated as
-    ``std(y)/std(x)``. That only matters where normalizing is ill-conditioned
+    ``std(y)/std(x)`` per channel (along ``channel_axis``, when given). That only matters where normalizing is ill-conditioned
     (a mean far larger than the spread, a variance far below epsilon): there
     TensorFlow's own ``x·inv + (offset − mean·inv)`` cancels, and a one-ulp
     difference in a statistic moves ``y`` by thousands of its own epsilons.
@@ -108,12 +121,23 @@ def error_in_epsilons(
     finite = ~(expected_nan | expected_inf)
     if not np.any(finite):
         return 0.0
-    e, a = expected[finite], actual[finite]
-    rms = float(np.sqrt(np.mean(e * e)))
-    magnitude = np.maximum(np.abs(e), max(rms, np.finfo(np.float64).tiny))
+    rms = float(np.sqrt(np.mean(expected[finite] ** 2)))
+    magnitude = np.maximum(np.abs(expected), max(rms, np.finfo(np.float64).tiny))
     if source is not None and source.shape == expected.shape:
-        x = np.asarray(source, dtype=np.float64)[finite]
-        spread = float(np.std(x))
-        if np.isfinite(spread) and spread > 0:
-            magnitude = np.maximum(magnitude, np.abs(x) * float(np.std(e)) / spread)
-    return float(np.max(np.abs(a - e) / (EPSILON[dtype] * magnitude)))
+        magnitude = np.maximum(magnitude, _input_sensitivity(source, expected, finite, channel_axis))
+    error = np.abs(actual - expected) / (EPSILON[dtype] * magnitude)
+    return float(np.max(error[finite]))
+
+
+def _input_sensitivity(source, expected, finite, channel_axis):
+    """``|x|·std(y)/std(x)``, per channel when the channel axis is known."""
+    x = np.where(finite, np.asarray(source, dtype=np.float64), np.nan)
+    y = np.where(finite, expected, np.nan)
+    axes = None
+    if channel_axis is not None and x.ndim > 1:
+        channel = channel_axis % x.ndim
+        axes = tuple(a for a in range(x.ndim) if a != channel)
+    with np.errstate(all="ignore"):
+        ratio = np.nanstd(y, axis=axes, keepdims=True) / np.nanstd(x, axis=axes, keepdims=True)
+    ratio = np.where(np.isfinite(ratio), ratio, 0.0)
+    return np.nan_to_num(np.abs(x) * ratio)

@@ -17,7 +17,7 @@ from . import _layout
 from ._lib import _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
-from ._lib._dtypes import dtype_name, scalar
+from ._lib._dtypes import dtype_name, is_half, scalar
 from ._native import overridable
 
 FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
@@ -181,7 +181,14 @@ def fused_affine(x32, mean_b, variance, scale, offset, epsilon, rank, channel, x
 
 
 def rsqrt(value: Any, xp: Any) -> Any:
-    """``1 / sqrt(value)``; the array API has no rsqrt."""
+    """``1 / sqrt(value)``, rounded once for half precision, as TensorFlow's rsqrt.
+
+    The array API has no rsqrt. In float16 and bfloat16, ``1 / sqrt`` would round
+    twice (a quarter of float16 inputs then differ from TensorFlow by an ulp), so
+    it is computed in float32 and rounded once.
+    """
+    if is_half(value.dtype):
+        return xp.astype(1 / xp.sqrt(xp.astype(value, xp.float32)), value.dtype)
     return 1 / xp.sqrt(value)
 
 
