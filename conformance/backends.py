@@ -10,19 +10,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-# XLA keeps float16 intermediates of a fused computation in float32 unless told
-# otherwise; TensorFlow rounds after every op, so the suite asks XLA to as well
-# (users who need TensorFlow's float16 rounding under jax.jit set the same flag).
-_XLA_ROUNDING = "--xla_allow_excess_precision=false"
-if _XLA_ROUNDING not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_ROUNDING}".strip()
 
 
 @dataclass(frozen=True)
