@@ -399,31 +399,13 @@ def _compose(r, d, gamma, beta):
 
 
 def _param_initializers(value: Any) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TypeError(f"param_initializers must be a dict or None, got {type(value).__name__}")
-    unknown = sorted(set(value) - set(INITIALIZED_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"param_initializers has unknown keys {unknown}; expected some of "
-            f"{', '.join(INITIALIZED_FIELDS)}"
-        )
-    return dict(value)
+    return _checks.check_options_dict("param_initializers", value, INITIALIZED_FIELDS)
 
 
 def _renorm_clipping(value: Any, renorm: bool) -> Mapping[str, float]:
-    if value is None:
-        return {}
-    if not renorm:
+    if value is not None and not renorm:
         raise ValueError("renorm_clipping is given but renorm=False; pass renorm=True or drop it")
-    if not isinstance(value, Mapping):
-        raise TypeError(f"renorm_clipping must be a dict or None, got {type(value).__name__}")
-    unknown = sorted(set(value) - set(RENORM_CLIPPING_KEYS))
-    if unknown:
-        raise ValueError(
-            f"renorm_clipping has unknown keys {unknown}; expected some of rmin, rmax, dmax"
-        )
+    value = _checks.check_options_dict("renorm_clipping", value, RENORM_CLIPPING_KEYS)
     clipping = {
         key: _checks.check_real(f"renorm_clipping[{key!r}]", value[key], low=0.0)
         for key in RENORM_CLIPPING_KEYS

@@ -9,7 +9,7 @@ dtypes only, never at array contents, so they work on lazy and traced arrays.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ._compat import array_namespace, is_array_api_obj
@@ -87,6 +87,18 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 def check_callable(name: str, value: Any) -> None:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be a callable or None, got {type(value).__name__}")
+
+
+def check_options_dict(name: str, value: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """A dict (or None, meaning empty) whose keys are among ``keys``; a copy."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise ValueError(f"{name} has unknown keys {unknown}; expected some of {', '.join(keys)}")
+    return dict(value)
 
 
 def check_floating(name: str, array: Any, xp: Any, allowed: Iterable[str] | None = None) -> None:
