@@ -15,18 +15,21 @@ nox.options.sessions = ["lint", "tests", "golden_check", "conformance"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
-#: The CPU build of PyTorch; an unpinned ``torch`` pulls a multi-GB CUDA build.
+#: Every environment that installs PyTorch pins it: on the project's machines a
+#: CPU build of 2.13.0 for Python 3.11 is provided locally, while an unpinned
+#: ``torch`` (or another version) pulls a multi-GB CUDA build from PyPI.
 TORCH = "torch==2.13.0"
+PYTHON = "3.11"
 
 #: What each backend's environment installs besides ``.[test]``.
 BACKEND_PACKAGES = {
     "numpy": [],
     "array-api-strict": [".[array-api-strict]"],
-    "torch": [TORCH],
+    "torch": [],
     "jax": [".[jax]"],
     "dask": [".[dask]"],
     "cupy": [".[cupy]"],
-    "torch-cuda": ["torch"],
+    "torch-cuda": [],
 }
 GPU_BACKENDS = ("cupy", "torch-cuda")
 
@@ -42,19 +45,20 @@ def _skip_without_gpu(session: nox.Session, backend: str) -> None:
         session.skip(f"{backend} needs a CUDA GPU and this machine has none (nvidia-smi not found)")
 
 
-@nox.session
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.5")
     session.run("ruff", "check", "src", "tests", "conformance", "noxfile.py")
 
 
-@nox.session
+@nox.session(python=PYTHON)
 @nox.parametrize("backend", list(BACKEND_PACKAGES))
 def tests(session: nox.Session, backend: str) -> None:
     """Unit tests on one backend, e.g. ``nox -s "tests(backend='torch')"``."""
     if backend in GPU_BACKENDS:
         _skip_without_gpu(session, backend)
-    session.install(".[test]", *BACKEND_PACKAGES[backend])
+    # PyTorch is in every session: the gradient tests use its autograd as a reference.
+    session.install(TORCH, ".[test]", *BACKEND_PACKAGES[backend])
     selected = [f"--backend={name}" for name in TEST_BACKENDS.get(backend, [backend])]
     session.run("pytest", *selected, *session.posargs)
 
@@ -67,26 +71,26 @@ def _golden(session: nox.Session, arguments: list[str]) -> None:
     )
 
 
-@nox.session(python="3.11")
+@nox.session(python=PYTHON)
 def golden(session: nox.Session) -> None:
     """Regenerate the goldens with TensorFlow (``-- --check`` compares instead)."""
     _golden(session, session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session(python=PYTHON)
 def golden_check(session: nox.Session) -> None:
     """Regenerate the goldens into a temporary folder; fail unless identical."""
     _golden(session, ["--check"])
 
 
-@nox.session
+@nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
     """Every golden case on every backend present, fast paths on and off; writes the report."""
     session.install(TORCH, ".[test,jax,dask,array-api-strict]")
     session.run("python", "-m", "conformance.run", *session.posargs)
 
 
-@nox.session
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """The benchmark harness (``-- --quick`` for a short run)."""
     session.install(TORCH, ".[bench,jax]")

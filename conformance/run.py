@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(o.status == 'n/a' for o in outcomes)} not applicable "
           f"({len(cases)} cases, {time.perf_counter() - started:.0f}s)")
 
-    if not args.no_report and not args.case and not args.only:
+    # The report describes a whole run: every case on every backend.
+    if not args.no_report and not args.case and not args.only and not args.backend:
         report = {
             "golden_versions": manifest.get("versions", {}),
             "platform": {"python": platform.python_version(), "machine": platform.machine()},

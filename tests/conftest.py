@@ -8,7 +8,7 @@ restricts the run, as the per-backend nox sessions do.
 from __future__ import annotations
 
 import pytest
-from conformance.backends import BACKENDS, Backend
+from conformance.backends import BACKENDS, Backend, by_name
 
 # The fast-path variants and jit are exercised by the conformance suite; unit
 # tests run each library once, eagerly, plus jax-jit for tracing.
@@ -28,6 +28,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" not in metafunc.fixturenames:
         return
     wanted = metafunc.config.getoption("--backend")
+    for name in wanted or ():
+        by_name(name)  # a mistyped name fails loudly instead of selecting nothing
     chosen = [b for b in _UNIT_BACKENDS if wanted is None or b.name in wanted]
     metafunc.parametrize("backend", chosen, ids=[b.name for b in chosen], indirect=True)
 

@@ -201,3 +201,72 @@ def _pattern(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_numpy_scalars_are_accepted_as_options():
+    y, _ = bn.batch_norm(X, decay=np.float32(0.9), epsilon=np.float64(1e-3))
+    mean, _ = bn.moments(X, np.array([0, 1, 2]))
+    assert y.shape == X.shape and mean.shape == (C,)
+
+
+def test_batch_normalization_accepts_numbers_like_tensorflow():
+    y = bn.batch_normalization(X, 0.5, 4.0, None, ONES, 0.0)
+    np.testing.assert_allclose(y, (X - 0.5) / 2.0, rtol=1e-6)
+
+
+def test_initial_state_never_aliases_the_callers_arrays():
+    gamma = np.full(C, 2.0, np.float32)
+    _, state = bn.batch_norm(X, scale=True, renorm=True, param_initializers={"gamma": gamma, "beta": 0.5})
+    assert not np.shares_memory(state.gamma, gamma)
+    assert not np.shares_memory(state.renorm_mean, state.moving_mean)
+    assert state.beta.flags.writeable and state.beta.strides == (4,)
+
+
+def test_param_initializers_with_a_state_is_an_error():
+    _, state = bn.batch_norm(X)
+    with pytest.raises(ValueError, match="param_initializers"):
+        bn.batch_norm(X, state, param_initializers={"beta": 1.0})
+
+
+def test_param_initializers_of_another_library_is_a_type_error():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="param_initializers\\['gamma'\\]"):
+        bn.batch_norm(X, scale=True, param_initializers={"gamma": torch.ones(C)})
+
+
+def test_arrays_on_another_device_are_named():
+    xs = pytest.importorskip("array_api_strict")
+    x = xs.asarray(X)
+    weights = xs.asarray(np.ones(4, np.float32), device=xs.Device("device1"))
+    with pytest.raises(ValueError, match="batch_weights is on device"):
+        bn.batch_norm(x, batch_weights=weights)
+    _, state = bn.batch_norm(xs.asarray(X, device=xs.Device("device1")))
+    with pytest.raises(ValueError, match="state.beta is on device"):
+        bn.batch_norm(x, state)
+
+
+def test_unknown_dask_chunk_sizes_are_an_error_not_nan():
+    da = pytest.importorskip("dask.array")
+    x = da.from_array(X, chunks=2)
+    x = x[x[:, 0, 0, 0] > -10]  # a boolean mask leaves the batch size unknown
+    with pytest.raises(ValueError, match="unknown length along axis 0"):
+        bn.fused_batch_norm(x, da.from_array(ONES), da.from_array(ZEROS))
+    with pytest.raises(ValueError, match="unknown length along axis 0"):
+        bn.batch_norm(x, fused=True)
+
+
+@pytest.mark.parametrize("epsilon", [float("inf"), float("nan")])
+def test_every_epsilon_must_be_finite(epsilon):
+    with pytest.raises(ValueError, match="variance_epsilon"):
+        bn.batch_normalization(X, ZEROS, ONES, None, None, epsilon)
+    with pytest.raises(ValueError, match="epsilon"):
+        bn.fused_batch_norm(X, ONES, ZEROS, epsilon=epsilon)
+    with pytest.raises(ValueError, match="epsilon"):
+        bn.fused_batch_norm_grad(X, X, ONES, ZEROS, ONES, epsilon=epsilon)
+
+
+def test_moments_shift_must_be_an_array_that_broadcasts():
+    with pytest.raises(TypeError, match="shift"):
+        bn.moments(X, [0], shift="junk")
+    with pytest.raises(ValueError, match="shift"):
+        bn.moments(X, [0], shift=np.ones(C + 1, np.float32))

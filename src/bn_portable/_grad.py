@@ -36,7 +36,7 @@ from typing import Any
 from . import _layout
 from ._layer import LayerOptions, LayerPlan, Normalization, layer_options, layer_step, prepare
 from ._lib import _checks
-from ._lib._compat import array_namespace, device, is_array_api_obj
+from ._lib._compat import array_namespace, device
 from ._lib._dtypes import compute_dtype, dtype_name, scalar
 from ._moments import divide_no_nan
 from ._native import overridable
@@ -80,14 +80,16 @@ def fused_batch_norm_grad(
     """
     xp = _checks.namespace(x=x, dy=dy, scale=scale, mean=mean, variance=variance)
     for name, value in (("x", x), ("dy", dy), ("scale", scale), ("mean", mean), ("variance", variance)):
-        _require_array(name, value)
+        _checks.check_namespace(name, value, xp)
     channel = _layout.fused_channel_axis(x, data_format)
+    _checks.check_known_shape("x", x)
     _checks.check_floating("x", x, xp, FUSED_INPUT_DTYPES)
     _check_cotangent(dy, x)
     _checks.check_bool("is_training", is_training)
     epsilon = _checks.check_real("epsilon", epsilon, low=0.0)
     channels = x.shape[channel]
     for name, value in (("scale", scale), ("mean", mean), ("variance", variance)):
+        _checks.check_device(name, value, device(x))
         _checks.check_floating(name, value, xp, ("float32",))
         _checks.check_shape(name, value, (channels,), f"one value per channel of x in {data_format}")
     dx, dscale, doffset = backward(
@@ -281,15 +283,11 @@ def _as(array, dtype, xp):
     return array if array.dtype == dtype else xp.astype(array, dtype)
 
 
-def _require_array(name, value):
-    if not is_array_api_obj(value):
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
-
-
 def _check_cotangent(dy, x):
     """``dy`` is the cotangent of ``y``: an array of x's library, dtype and shape."""
     xp = array_namespace(x)
     _checks.check_namespace("dy", dy, xp)
+    _checks.check_device("dy", dy, device(x))
     if dy.dtype != x.dtype:
         raise TypeError(
             f"dy must have x's dtype {dtype_name(x.dtype)} (it is the gradient of y, "

@@ -147,11 +147,7 @@ def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     arguments["renorm_decay"] = _checks.check_real(
         "renorm_decay", arguments["renorm_decay"], low=0.0, high=1.0
     )
-    arguments["epsilon"] = _checks.check_real(
-        "epsilon", arguments["epsilon"], low=0.0, high=math.inf, low_open=True
-    )
-    if math.isinf(arguments["epsilon"]):
-        raise ValueError(f"epsilon must be finite, got {arguments['epsilon']!r}")
+    arguments["epsilon"] = _checks.check_real("epsilon", arguments["epsilon"], low=0.0, low_open=True)
     _checks.check_callable("activation_fn", arguments["activation_fn"])
     _checks.check_choice("data_format", arguments["data_format"], _layout.LAYER_DATA_FORMATS)
     arguments["param_initializers"] = _param_initializers(arguments["param_initializers"])
@@ -171,7 +167,9 @@ def prepare(x, state, batch_weights, options):
     xp = _checks.namespace(x=x, batch_weights=batch_weights)
     _checks.check_floating("x", x, xp)
     rank = _checks.check_rank("x", x, (2, 3, 4, 5))
+    _checks.check_known_shape("x", x)
     if batch_weights is not None:
+        _checks.check_device("batch_weights", batch_weights, device(x))
         _checks.check_real_dtype("batch_weights", batch_weights, xp)
         _checks.check_shape("batch_weights", batch_weights, (x.shape[0],), "one weight per sample of x")
     plan = plan_layer(options, rank, x, batch_weights is not None, xp)
@@ -186,7 +184,14 @@ def prepare(x, state, batch_weights, options):
             plan.fields, plan.channels, plan.state_dtype, options.param_initializers, xp, device(x)
         )
     else:
-        check_state(state, plan.fields, plan.channels, plan.state_dtype, xp, _describe(options))
+        if options.param_initializers:
+            raise ValueError(
+                "param_initializers is only used to create the state (state=None); "
+                "it was given together with a state"
+            )
+        check_state(
+            state, plan.fields, plan.channels, plan.state_dtype, xp, device(x), _describe(options)
+        )
     return xp, plan, state
 
 
@@ -429,4 +434,4 @@ def _describe(options: LayerOptions) -> str:
     return "batch_norm(" + ", ".join(flags) + ")"
 
 
-__all__ = ["BatchNormState", "batch_norm"]
+__all__ = ["batch_norm"]

@@ -2,8 +2,9 @@
 
 Both are two-pass (mean first, then the mean squared deviation from it), never
 the one-pass ``E[x²] − E[x]²`` that loses the variance when the mean is large
-against the spread. float16 and bfloat16 are computed in float32 and rounded
-once at the end, as ``tf.nn.moments`` does.
+against the spread. float16 is computed in float32 and rounded once at the end,
+as ``tf.nn.moments`` does; bfloat16 is computed in bfloat16, as TensorFlow does
+too (its sums still accumulate in the backend's own way, typically float32).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._lib import _checks
-from ._lib._dtypes import compute_dtype
+from ._lib._dtypes import dtype_name
 from ._native import overridable
 
 
@@ -24,8 +25,9 @@ def moments(x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False) -> 
         Real floating input.
     axes : int or sequence of int
         Axes to reduce.
-    shift : ignored
-        Accepted for TensorFlow compatibility; TensorFlow ignores it too.
+    shift : array or None
+        Accepted for TensorFlow compatibility (an array of x's library that
+        broadcasts to x) and ignored, as TensorFlow ignores it.
     keepdims : bool
         Keep the reduced axes with length 1.
 
@@ -34,9 +36,11 @@ def moments(x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False) -> 
     mean, variance : arrays of ``x``'s dtype
         ``variance`` divides by the element count (biased).
     """
-    xp = _checks.namespace(x=x)
+    xp = _checks.namespace(x=x, shift=shift)
     _checks.check_floating("x", x, xp)
     _checks.check_bool("keepdims", keepdims)
+    if shift is not None:
+        _checks.check_broadcasts_to("shift", shift, tuple(x.shape))
     axes = _checks.normalize_axes("axes", axes, x.ndim)
     mean, variance = batch_moments(x, axes, xp)
     return _finish(mean, variance, axes, keepdims, x.dtype, xp)
@@ -100,8 +104,8 @@ def divide_no_nan(numerator: Any, denominator: Any, xp: Any) -> Any:
 
 
 def _to_compute_dtype(x: Any, xp: Any) -> Any:
-    dtype = compute_dtype(xp, x.dtype)
-    return x if dtype == x.dtype else xp.astype(x, dtype)
+    """float16 is computed in float32; bfloat16 is not (``tf.nn.moments``' own rule)."""
+    return xp.astype(x, xp.float32) if dtype_name(x.dtype) == "float16" else x
 
 
 def _finish(mean, variance, axes, keepdims, dtype, xp):

@@ -11,6 +11,7 @@ exactly as TensorFlow writes them:
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from . import _layout
@@ -31,20 +32,29 @@ def batch_normalization(
     ``inv = rsqrt(variance + variance_epsilon)·scale`` and
     ``y = x·inv + (offset − mean·inv)``, both terms cast to ``x``'s dtype.
     ``mean``, ``variance``, ``offset`` and ``scale`` share one dtype, which may
-    differ from ``x``'s; they broadcast against ``x``. ``offset`` and ``scale``
-    may be ``None``.
+    differ from ``x``'s; they broadcast against ``x``, or are Python numbers.
+    ``offset`` and ``scale`` may be ``None``.
     """
-    xp = _checks.namespace(x=x, mean=mean, variance=variance, offset=offset, scale=scale)
-    _checks.check_floating("x", x, xp)
     parameters = {"mean": mean, "variance": variance, "offset": offset, "scale": scale}
-    for name, value in parameters.items():
+    arrays = {k: v for k, v in parameters.items() if not _is_number(v)}
+    xp = _checks.namespace(x=x, **arrays)
+    _checks.check_floating("x", x, xp)
+    for name, value in arrays.items():
         if value is None and name in ("mean", "variance"):
-            raise TypeError(f"{name} must be an array, got None")
+            raise TypeError(f"{name} must be an array or a number, got None")
         if value is not None:
+            _checks.check_device(name, value, device(x))
             _checks.check_floating(name, value, xp)
             _checks.check_broadcasts_to(name, value, tuple(x.shape))
-    _checks.check_same_dtype(parameters)
+    _checks.check_same_dtype(arrays)
     variance_epsilon = _checks.check_real("variance_epsilon", variance_epsilon, low=0.0)
+    # Numbers take the dtype of the array parameters, as TensorFlow's operators
+    # convert a Python number to the other operand's dtype (float32 if none is an array).
+    dtype = next((v.dtype for v in arrays.values() if v is not None), xp.float32)
+    mean, variance, offset, scale = (
+        xp.asarray(float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
+        for v in (mean, variance, offset, scale)
+    )
     return normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
 
 
@@ -84,6 +94,7 @@ def fused_batch_norm(
     """
     xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
     channel = _layout.fused_channel_axis(x, data_format)
+    _checks.check_known_shape("x", x)
     _checks.check_floating("x", x, xp, FUSED_INPUT_DTYPES)
     _checks.check_bool("is_training", is_training)
     epsilon = _checks.check_real("epsilon", epsilon, low=0.0)
@@ -93,6 +104,7 @@ def fused_batch_norm(
     for name, value in parameters.items():
         if value is None:
             continue
+        _checks.check_device(name, value, device(x))
         _checks.check_floating(name, value, xp, ("float32",))
         _checks.check_shape(name, value, (channels,), f"one value per channel of x in {data_format}")
     for name in ("scale", "offset"):
@@ -194,6 +206,10 @@ def rsqrt(value: Any, xp: Any) -> Any:
 
 def _as_float32(x, xp):
     return x if dtype_name(x.dtype) == "float32" else xp.astype(x, xp.float32)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _element_count(x, channel):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 from ._lib import _checks
+from ._lib._compat import is_array_api_obj
 from ._lib._dtypes import dtype_name
 
 
@@ -73,7 +75,7 @@ def initial_state(
         "moving_mean_biased": xp.zeros(shape, dtype=dtype, device=device),
         "local_step": xp.zeros((), dtype=dtype, device=device),
         "moving_stddev": xp.sqrt(initial["moving_variance"]),
-        "renorm_mean": initial["moving_mean"],
+        "renorm_mean": xp.asarray(initial["moving_mean"], copy=True),
         "renorm_stddev": xp.sqrt(initial["moving_variance"]),
         **initial,
     }
@@ -81,9 +83,15 @@ def initial_state(
 
 
 def check_state(
-    state: Any, fields: tuple[str, ...], channels: int, dtype: Any, xp: Any, configuration: str
+    state: Any,
+    fields: tuple[str, ...],
+    channels: int,
+    dtype: Any,
+    xp: Any,
+    device: Any,
+    configuration: str,
 ) -> None:
-    """``state`` has exactly ``fields``, each of this namespace, dtype and shape."""
+    """``state`` has exactly ``fields``, each of this namespace, device, dtype and shape."""
     if not isinstance(state, BatchNormState):
         raise TypeError(f"state must be a BatchNormState or None, got {type(state).__name__}")
     present = tuple(field for field in BatchNormState._fields if getattr(state, field) is not None)
@@ -95,6 +103,7 @@ def check_state(
     for field in fields:
         value = getattr(state, field)
         _checks.check_namespace(f"state.{field}", value, xp)
+        _checks.check_device(f"state.{field}", value, device)
         if value.dtype != dtype:
             raise TypeError(
                 f"state.{field} must have dtype {dtype_name(dtype)} for this input "
@@ -105,30 +114,33 @@ def check_state(
 
 
 def _initial_value(name, initializer, shape, dtype, xp, device):
+    """One variable's initial value: a fresh array of ``shape`` and ``dtype``.
+
+    Numbers and lists are converted straight to ``dtype`` (TensorFlow's constant
+    initializer does not round through float32); arrays must be of x's library
+    and are copied, so the state never aliases the caller's arrays.
+    """
+    label = f"param_initializers[{name!r}]"
     if initializer is None:
         return xp.full(shape, _DEFAULTS[name], dtype=dtype, device=device)
     value = initializer(shape, dtype) if callable(initializer) else initializer
-    try:
-        array = xp.asarray(value, device=device)
-        array = xp.astype(array, dtype) if array.dtype != dtype else array
-        return xp.broadcast_to(array, shape) if array.ndim == 0 else _exact(array, shape, name)
-    except (TypeError, ValueError, RuntimeError) as error:
-        if isinstance(error, _InitializerShapeError):
-            raise ValueError(str(error)) from None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return xp.full(shape, float(value), dtype=dtype, device=device)
+    if isinstance(value, (list, tuple)):
+        try:
+            value = xp.asarray(value, dtype=dtype, device=device)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{label} must hold numbers: {error}") from None
+    if not is_array_api_obj(value):
         raise TypeError(
-            f"param_initializers[{name!r}] must be an array, a number or a callable "
-            f"(shape, dtype) returning one; converting it failed: {error}"
-        ) from error
-
-
-class _InitializerShapeError(ValueError):
-    pass
-
-
-def _exact(array, shape, name):
-    if tuple(array.shape) != shape:
-        raise _InitializerShapeError(
-            f"param_initializers[{name!r}] must be a scalar or have shape {shape} "
-            f"(one value per channel); got shape {tuple(array.shape)}"
+            f"{label} must be an array of x's library, a number, or a callable "
+            f"(shape, dtype) returning one; got {type(value).__name__}"
         )
-    return array
+    _checks.check_namespace(label, value, xp)
+    if tuple(value.shape) not in ((), shape):
+        raise ValueError(
+            f"{label} must be a scalar or have shape {shape} (one value per channel); "
+            f"got shape {tuple(value.shape)}"
+        )
+    array = xp.astype(xp.asarray(value, device=device, copy=True), dtype)
+    return xp.asarray(xp.broadcast_to(array, shape), copy=True) if array.ndim == 0 else array

@@ -9,10 +9,12 @@ dtypes only, never at array contents, so they work on lazy and traced arrays.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._compat import array_namespace, is_array_api_obj
+from ._compat import array_namespace, device, is_array_api_obj
 from ._dtypes import dtype_name, is_half
 
 
@@ -36,8 +38,8 @@ def namespace(**named: Any) -> Any:
             xp, first = value_xp, name
         elif value_xp is not xp:
             raise TypeError(
-                f"{name} is a {value_xp.__name__} array but {first} is a "
-                f"{xp.__name__} array: pass arrays of one library"
+                f"{name} is a {library_name(value_xp)} array but {first} is a "
+                f"{library_name(xp)} array: pass arrays of one library"
             )
     return xp
 
@@ -49,9 +51,36 @@ def check_namespace(name: str, value: Any, xp: Any, reference: str = "x") -> Non
     value_xp = array_namespace(value)
     if value_xp is not xp:
         raise TypeError(
-            f"{name} is a {value_xp.__name__} array but {reference} is a "
-            f"{xp.__name__} array: pass arrays of one library"
+            f"{name} is a {library_name(value_xp)} array but {reference} is a "
+            f"{library_name(xp)} array: pass arrays of one library"
         )
+
+
+def check_device(name: str, value: Any, expected: Any, reference: str = "x") -> None:
+    """``value`` lives on ``expected`` (the device of ``reference``).
+
+    A traced JAX array has no device (``None``); placement is then XLA's.
+    """
+    actual = device(value)
+    if actual is not None and expected is not None and actual != expected:
+        raise ValueError(
+            f"{name} is on device {actual} but {reference} is on {expected}: move it there first"
+        )
+
+
+def check_known_shape(name: str, array: Any) -> None:
+    """Every length of ``array`` is known (a Dask array may have unknown chunk sizes)."""
+    for axis, length in enumerate(array.shape):
+        if length is None or (isinstance(length, float) and math.isnan(length)):
+            raise ValueError(
+                f"{name} has an unknown length along axis {axis} (a Dask array with unknown "
+                "chunk sizes?); the batch statistics need it: call compute_chunk_sizes() first"
+            )
+
+
+def library_name(xp: Any) -> str:
+    """``torch`` for array_api_compat.torch, and so on, for messages."""
+    return xp.__name__.removeprefix("array_api_compat.").removesuffix(".array").split(".")[0]
 
 
 def check_bool(name: str, value: Any) -> None:
@@ -67,14 +96,15 @@ def check_real(
     high: float = math.inf,
     low_open: bool = False,
 ) -> float:
-    """A real Python number in ``[low, high]`` (``(low, high]`` with low_open)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+    """A finite real number (Python or NumPy scalar) in ``[low, high]`` (``(low, high]`` with low_open)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
+        hint = " (under jax.jit, pass it as a static argument)" if "Tracer" in type(value).__name__ else ""
+        raise TypeError(f"{name} must be a real number, got {value!r}{hint}")
     value = float(value)
     below = value <= low if low_open else value < low
-    if math.isnan(value) or below or value > high:
+    if not math.isfinite(value) or below or value > high:
         bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+        raise ValueError(f"{name} must be finite and in {bracket}{low}, {high}], got {value!r}")
     return value
 
 
@@ -154,16 +184,15 @@ def check_same_dtype(named: dict[str, Any]) -> None:
 
 def normalize_axes(name: str, axes: Any, ndim: int) -> tuple[int, ...]:
     """Axes as a sorted tuple of non-negative ints; rejects duplicates and out-of-range."""
-    if isinstance(axes, bool):
+    if isinstance(axes, (bool, str)):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}")
-    if isinstance(axes, int):
-        axes = (axes,)
     try:
-        items = tuple(axes)
+        items = (operator.index(axes),)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}") from None
-    if not all(isinstance(a, int) and not isinstance(a, bool) for a in items):
-        raise TypeError(f"{name} must contain ints only, got {axes!r}")
+        try:
+            items = tuple(operator.index(a) for a in axes)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}") from None
     if not all(-ndim <= a < ndim for a in items):
         raise ValueError(f"{name} must be in [-{ndim}, {ndim}) for an input of rank {ndim}; got {axes!r}")
     normalized = tuple(sorted(a % ndim for a in items))

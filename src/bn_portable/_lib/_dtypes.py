@@ -23,9 +23,10 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
 def scalar(xp: Any, value: float, dtype: Any, device: Any) -> Any:
     """A 0-d array holding ``value`` rounded once to ``dtype``.
 
-    Used where TensorFlow rounds a Python constant to the tensor's dtype before
-    the arithmetic (``1 - decay``, ``1 / n``): a bare Python float would be
-    combined at the array's precision too, but some backends promote it first.
+    Used where TensorFlow rounds a constant to the tensor's dtype before the
+    arithmetic (the fused kernel's ``1 / n`` and Bessel factor, clipping
+    bounds): a bare Python float would be combined at the array's precision
+    on most backends, but not all promise it.
     """
     return xp.asarray(value, dtype=dtype, device=device)
 

@@ -48,18 +48,27 @@ def fast_paths(enabled: bool) -> Iterator[None]:
 
 
 def _backend_module(xp: Any) -> Any:
-    """The fast-path module for ``xp``'s library, or None (imported lazily)."""
+    """The fast-path module for ``xp``'s library, or None (imported once, lazily)."""
     for is_library, module in (
         (is_torch_namespace, "_torch"),
         (is_cupy_namespace, "_cupy"),
         (is_numpy_namespace, "_numpy"),
     ):
         if is_library(xp):
-            try:
-                return importlib.import_module(f".{module}", __name__)
-            except ModuleNotFoundError:
-                return None
+            return _import_fast_paths(module)
     return None
+
+
+@functools.cache
+def _import_fast_paths(module: str) -> Any:
+    try:
+        return importlib.import_module(f".{module}", __name__)
+    except ModuleNotFoundError as error:
+        # Only the module's own absence means "no fast path"; a failing import
+        # inside it is a bug to see, not to hide behind the generic path.
+        if error.name != f"{__name__}.{module}":
+            raise
+        return None
 
 
 def overridable(generic: F) -> F:
