@@ -241,7 +241,7 @@ def test_arrays_on_another_device_are_named():
     with pytest.raises(ValueError, match="batch_weights is on device"):
         bn.batch_norm(x, batch_weights=weights)
     _, state = bn.batch_norm(xs.asarray(X, device=xs.Device("device1")))
-    with pytest.raises(ValueError, match="state.beta is on device"):
+    with pytest.raises(ValueError, match=r"state\.beta is on device"):
         bn.batch_norm(x, state)
 
 
