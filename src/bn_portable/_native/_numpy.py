@@ -1,0 +1,606 @@
+"""NumPy fast paths: cache-blocked passes, one output buffer, BLAS reductions.
+
+The generic kernels spell TensorFlow's formulas as whole-array expressions:
+every step allocates a temporary as large as the input and walks it through
+memory again. Here each kernel walks the input in blocks that fit in cache,
+does every elementwise step of a block while it is there, writes straight
+into the one output array (``out=``) and sums with BLAS matrix-vector
+products. Nothing else as large as the input is allocated: the peak extra
+memory is the output plus a few block-sized buffers (at most about a fifth of
+the input; ``tests/test_fast_paths.py`` checks ≤ 1.25× the input in all).
+
+Why the results are TensorFlow's
+--------------------------------
+**Elementwise steps are the same operations in the same order**, so, given
+the same statistics, they give the same bits as the generic kernels:
+
+- ``fused_training_core`` / ``fused_inference``: ``d = x − mean`` (a float16
+  ``x`` is widened to float32 exactly), ``d·factor`` with
+  ``factor = rsqrt(var + ε)·scale`` computed as the generic kernel does, then
+  ``+ offset``; each step rounds to float32 and the last one is rounded once
+  to ``x``'s dtype, as TensorFlow's fused kernel does. ``fused_inference``
+  is therefore bit-identical to the generic kernel.
+- ``normalize`` (``tf.nn.batch_normalization``): ``inv`` and
+  ``shift = offset − mean·inv`` are the generic kernel's own (tiny)
+  expressions; then ``x·inv`` and ``+ shift`` in ``x``'s dtype, the same two
+  ufuncs on the same operands: bit-identical.
+
+**Sums are the only difference**, and only in the order of the additions.
+TensorFlow's operation order is kept: mean = float32 sum · float32(1/n) for the
+fused kernel (sum / n for ``tf.nn.moments``); variance = Σ(x − mean)² from
+that rounded float32 mean (two-pass, never E[x²] − E[x]²), times 1/n. Every
+sum is formed by BLAS products or elementwise running sums over short runs
+(at most ``_RUN`` rows, or ``_SEGMENT`` contiguous values, accumulated in
+float32 per output), and the partial sums are added in float64 and rounded
+once to float32. That is at least as accurate as the generic NumPy
+reduction, which is pairwise along a contiguous last axis but a plain running
+float32 sum across outer axes (an NHWC batch of 10⁵ rows loses 100+ ulps
+there): the fast statistics stay within about one ulp of the exactly rounded
+values, so ``y`` agrees with the generic kernel to a few ulps of its scale,
+or to the generic kernel's own error where that is larger (the tests check
+both against a float64 reference).
+
+Layouts
+-------
+The input is viewed as ``(A, C, S)``: ``A`` everything before the channel
+axis, ``C`` channels, ``S`` everything after it (NCHW: ``A = N``,
+``S = H·W``; NHWC: ``A = N·H·W``, ``S = 1``).
+
+- Long runs (``S ≥ _LONG_RUN``, NCHW): groups of whole channels of about
+  ``_CHANNEL_BLOCK`` values. A channel's statistics need no other channel,
+  so each group is read from memory once: its sum, its centred squares
+  (written into the output, which serves as scratch) and its normalization
+  all happen while it is in cache.
+- Short runs (NHWC): blocks of whole rows of about ``_ROW_BLOCK`` values, and
+  the per-channel parameters tiled once to a block's length so that every
+  ufunc runs over one contiguous stretch. The mean needs the whole batch
+  before any centring, so there are three passes: one BLAS product for the
+  sums, a centred-squares pass (x − mean written into the output), and the
+  scaling pass over the output.
+
+Limits: NumPy has no fast float16 conversion here (about 1.2 ns per value
+each way, scalar code), so float16 input is dominated by widening and
+narrowing; the blocked kernel converts each value in at most three times
+(NHWC training) and out once, and only pays on inputs of ``_SMALL_HALF``
+values or more (then mainly in memory: no float32 copy of the input). Inputs
+under ``_SMALL`` values (``_SMALL_HALF`` for float16), non-contiguous or empty
+input, bfloat16 and parameters that vary along more than one axis return
+``NotImplemented`` and take the generic path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Values per block of whole rows (NHWC): the block, its squares and the
+#: tiles stay in L2 cache.
+_ROW_BLOCK = 1 << 15
+#: Values per channel group (NCHW): one group is read from memory once.
+_CHANNEL_BLOCK = 1 << 17
+#: Smallest block, whatever the input size (below it, call overhead dominates).
+_MIN_BLOCK = 1 << 12
+#: Inputs smaller than this take the generic path: a handful of whole-array
+#: ufuncs is quicker there than the blocked loop's per-block calls.
+_SMALL = 1 << 16
+#: The same for float16: NumPy's float16 casts are slow per call, so blocked
+#: conversion only pays on large inputs.
+_SMALL_HALF = 1 << 20
+#: A run of at least this many contiguous values per channel counts as long.
+_LONG_RUN = 128
+#: Rows summed in float32 by one BLAS product before the float64 total.
+_RUN = 64
+#: Longest contiguous stretch one BLAS dot product sums in float32.
+_SEGMENT = 4096
+
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+_MOMENT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+
+
+# ---------------------------------------------------------------------------
+# Overridden kernels (same names and arguments as the generic ones)
+# ---------------------------------------------------------------------------
+
+
+def fused_training_core(x, scale, offset, epsilon, channel, xp):
+    """Blocked fused training: ``y``, batch mean, biased variance, count."""
+    if not _fusable(x, scale, offset):
+        return NotImplemented
+    view = _ChannelView(x.shape, channel, x.dtype.itemsize)
+    if view.count < 2:
+        return NotImplemented  # the empty and n = 1 corner cases stay generic
+    n = view.count
+    y = np.empty(x.shape, dtype=x.dtype)
+    batch_mean, biased_variance = view.train(x, y, scale, offset, epsilon, np.float32(1.0 / n))
+    return y, batch_mean, biased_variance, n
+
+
+def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
+    """Blocked fused inference: ``(x − mean)·(rsqrt(var + ε)·scale) + offset``."""
+    if not _fusable(x, scale, offset, mean, variance):
+        return NotImplemented
+    view = _ChannelView(x.shape, channel, x.dtype.itemsize)
+    factor = _fused_factor(variance, scale, epsilon)
+    y = np.empty(x.shape, dtype=x.dtype)
+    view.affine(x, y, mean, factor, offset)
+    return y
+
+
+def batch_moments(x, axes, xp):
+    """Two-pass mean and biased variance over every axis but one (keepdims)."""
+    if not _plain(x, _MOMENT_DTYPES):
+        return NotImplemented
+    kept = [axis for axis in range(x.ndim) if axis not in axes]
+    if len(kept) > 1:
+        return NotImplemented
+    # Every axis reduced: one channel of all the values.
+    channel, shape = (kept[0], tuple(x.shape)) if kept else (0, (1, x.size))
+    view = _ChannelView(shape, channel, x.dtype.itemsize)
+    data = x.reshape(shape)
+    compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+    n = compute.type(view.count)
+    # tf.nn.moments (xp.mean): the sum divided by n, in the compute dtype.
+    mean = view.channel_sums(data).astype(compute) / n
+    variance = view.squared_deviation_sums(data, mean).astype(compute) / n
+    keep_shape = tuple(1 if axis in axes else x.shape[axis] for axis in range(x.ndim))
+    return mean.reshape(keep_shape), variance.reshape(keep_shape)
+
+
+def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
+    """``x·inv + shift`` with the generic kernel's ``inv`` and ``shift``, blocked."""
+    if not _plain(x, _MOMENT_DTYPES):
+        return NotImplemented
+    parameters = [value for value in (mean, variance, offset, scale) if value is not None]
+    if not all(isinstance(value, np.ndarray) for value in parameters):
+        return NotImplemented
+    axis = _single_varying_axis(x.shape, [value.shape for value in parameters])
+    if axis is None:
+        return NotImplemented
+    from .._normalize import rsqrt  # the generic kernel's own small expressions
+
+    inv = rsqrt(variance + variance_epsilon, np)
+    if scale is not None:
+        inv = inv * scale
+    shift = -mean * inv if offset is None else offset - mean * inv
+    inv, shift = (_per_axis(np.asarray(v, dtype=x.dtype), x.ndim, axis) for v in (inv, shift))
+    shape = tuple(x.shape) if axis >= 0 else (1, *x.shape)
+    view = _ChannelView(shape, max(axis, 0) if axis >= 0 else 0, x.dtype.itemsize)
+    y = np.empty(x.shape, dtype=x.dtype)
+    view.scale_shift(x.reshape(shape), y.reshape(shape), inv, shift)
+    return y
+
+
+# ---------------------------------------------------------------------------
+# Eligibility
+# ---------------------------------------------------------------------------
+
+
+def _plain(x, dtypes) -> bool:
+    """A C-contiguous, non-empty NumPy array of one of ``dtypes``, large enough to gain."""
+    return (
+        type(x) is np.ndarray
+        and x.dtype in dtypes
+        and x.flags.c_contiguous
+        and x.ndim >= 1
+        and x.size > 0
+        and x.size >= (_SMALL_HALF if x.dtype == np.float16 else _SMALL)
+    )
+
+
+def _fusable(x, *parameters) -> bool:
+    return _plain(x, _FUSED_DTYPES) and all(
+        type(p) is np.ndarray and p.dtype == np.float32 and p.ndim == 1 for p in parameters
+    )
+
+
+def _single_varying_axis(shape, parameter_shapes):
+    """The one axis the parameters vary along; -1 if none does; None if several or broadcast grows x."""
+    rank = len(shape)
+    varying = set()
+    for pshape in parameter_shapes:
+        if len(pshape) > rank:
+            return None
+        padded = (1,) * (rank - len(pshape)) + tuple(pshape)
+        for axis, (size, psize) in enumerate(zip(shape, padded)):
+            if psize == 1:
+                continue
+            if psize != size:
+                return None
+            varying.add(axis)
+    if len(varying) > 1:
+        return None
+    return varying.pop() if varying else -1
+
+
+def _per_axis(value, rank, axis):
+    """A parameter broadcastable along ``axis`` as a flat ``[C]`` vector."""
+    return value.reshape(-1) if axis >= 0 else value.reshape(1)
+
+
+def _fused_factor(variance, scale, epsilon):
+    """``rsqrt(variance + ε)·scale`` exactly as the generic fused kernel computes it."""
+    from .._normalize import rsqrt
+
+    return rsqrt(variance + epsilon, np) * scale
+
+
+# ---------------------------------------------------------------------------
+# The blocked kernels
+# ---------------------------------------------------------------------------
+
+
+class _ChannelView:
+    """``x`` as ``(A, C, S)`` with the channel in the middle, and how to block it."""
+
+    def __init__(self, shape, channel, itemsize=4):
+        shape = tuple(int(s) for s in shape)
+        self.shape = shape
+        self.outer = math.prod(shape[:channel])
+        self.channels = shape[channel]
+        self.inner = math.prod(shape[channel + 1 :])
+        self.count = self.outer * self.inner
+        self.long = self.inner >= _LONG_RUN
+        # Small inputs get smaller blocks, so that the block-sized buffers
+        # stay a small fraction of the input (peak memory ~ output + 1/8).
+        size = self.count * self.channels
+        if self.long and itemsize == 4:
+            # float32 channel groups are normalized in place in the output:
+            # no block-sized buffer, so the group size costs no memory.
+            self.block = _CHANNEL_BLOCK
+        elif self.long:
+            # float16 groups are widened into a float32 copy (1/8 of the input).
+            self.block = min(_CHANNEL_BLOCK, max(_MIN_BLOCK, size // 16))
+        else:
+            # Five block-sized float32 buffers (tiles, squares, running sums):
+            # together at most about a fifth of the input.
+            self.block = min(_ROW_BLOCK, max(_MIN_BLOCK, size * itemsize // 100))
+
+    # -- reductions -------------------------------------------------------
+
+    def channel_sums(self, x):
+        """Σx per channel, float64 totals of float32 BLAS partial sums."""
+        if self.long:
+            return self._long_sums(x.reshape(self.outer, self.channels, self.inner))
+        return self._short_sums(x.reshape(self.outer, self.channels * self.inner))
+
+    def squared_deviation_sums(self, x, mean):
+        """Σ(x − mean)² per channel (moments only: the centred block is scratch)."""
+        mean32 = np.asarray(mean, dtype=_compute(x.dtype)).reshape(-1)
+        total = np.zeros(self.channels, dtype=np.float64)
+        if self.long:
+            x3 = x.reshape(self.outer, self.channels, self.inner)
+            for a0, a1, c0, c1 in self._long_blocks():
+                d = np.subtract(x3[a0:a1, c0:c1], mean32[c0:c1, None])
+                total[c0:c1] += _row_dots(d).sum(axis=0)
+            return total
+        x2 = x.reshape(self.outer, self.channels * self.inner)
+        rows = self._rows_per_block()
+        mean_tile = self._tile(mean32, rows)
+        scratch = np.empty(rows * x2.shape[1], dtype=mean32.dtype)
+        totals = _ColumnTotals(rows, x2.shape[1], mean32.dtype)
+        for r0 in range(0, self.outer, rows):
+            r1 = min(self.outer, r0 + rows)
+            size = (r1 - r0) * x2.shape[1]
+            d = scratch[:size]
+            np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=d)
+            np.multiply(d, d, out=d)
+            totals.add(d)
+        return totals.result().reshape(self.channels, self.inner).sum(axis=1)
+
+    def _long_sums(self, x3):
+        if x3.dtype != np.float16:
+            return _row_sums(x3).sum(axis=0)
+        total = np.zeros(self.channels, dtype=np.float64)
+        for a0, a1, c0, c1 in self._long_blocks():
+            total[c0:c1] += _row_sums(x3[a0:a1, c0:c1].astype(np.float32)).sum(axis=0)
+        return total
+
+    def _short_sums(self, x2):
+        width = x2.shape[1]
+        if x2.dtype != np.float16:
+            # One BLAS product over the whole input: _RUN groups of rows,
+            # each output value a float32 sum of _RUN terms.
+            groups = min(_RUN, self.outer)
+            per_group = self.outer // groups
+            head = groups * per_group
+            partial = np.ones(groups, dtype=x2.dtype) @ x2[:head].reshape(groups, per_group * width)
+            columns = partial.reshape(per_group, width).sum(axis=0, dtype=np.float64)
+            if head < self.outer:
+                columns += x2[head:].sum(axis=0, dtype=np.float64)
+        else:
+            rows = self._rows_per_block()
+            totals = _ColumnTotals(rows, width)
+            for r0 in range(0, self.outer, rows):
+                totals.add(x2[r0 : min(self.outer, r0 + rows)].reshape(-1))
+            columns = totals.result()
+        return columns.reshape(self.channels, self.inner).sum(axis=1)
+
+    # -- fused training ---------------------------------------------------
+
+    def train(self, x, y, scale, offset, epsilon, inverse_count):
+        """Statistics and normalization into ``y``: batch mean, biased variance."""
+        if self.long:
+            return self._train_long(x, y, scale, offset, epsilon, inverse_count)
+        return self._train_rows(x, y, scale, offset, epsilon, inverse_count)
+
+    def _train_long(self, x, y, scale, offset, epsilon, inverse_count):
+        """Channel groups one at a time: each is read from memory once.
+
+        A group's sum, its centred squares and its output are all computed
+        while the group is in cache (a channel's statistics need no other
+        channel), so ``x`` streams through memory once and ``y`` once.
+        """
+        x3 = x.reshape(self.outer, self.channels, self.inner)
+        y3 = y.reshape(self.outer, self.channels, self.inner)
+        in_place = x.dtype == np.float32
+        mean = np.empty(self.channels, dtype=np.float32)
+        variance = np.empty(self.channels, dtype=np.float32)
+        for c0, c1, a_blocks in self._channel_groups():
+            single = len(a_blocks) == 1
+            kept = None
+            total = np.zeros(c1 - c0, dtype=np.float64)
+            for a0, a1 in a_blocks:
+                block = x3[a0:a1, c0:c1]
+                if not in_place:
+                    block = block.astype(np.float32)  # exact; reused for x − mean
+                    kept = block
+                total += _row_sums(block).sum(axis=0)
+            group_mean = total.astype(np.float32) * inverse_count
+            mean[c0:c1] = group_mean
+            mean_b = group_mean[:, None]
+            squares = np.zeros(c1 - c0, dtype=np.float64)
+            for a0, a1 in a_blocks:
+                if in_place:  # y is the scratch for x − mean
+                    d = np.subtract(x3[a0:a1, c0:c1], mean_b, out=y3[a0:a1, c0:c1])
+                elif single:
+                    d = np.subtract(kept, mean_b, out=kept)
+                else:
+                    d = np.subtract(x3[a0:a1, c0:c1], mean_b, dtype=np.float32)
+                squares += _row_dots(d).sum(axis=0)
+            group_variance = squares.astype(np.float32) * inverse_count
+            variance[c0:c1] = group_variance
+            factor_b = _fused_factor(group_variance, scale[c0:c1], epsilon)[:, None]
+            offset_b = offset[c0:c1, None]
+            for a0, a1 in a_blocks:
+                if in_place:
+                    d = y3[a0:a1, c0:c1]
+                elif single:
+                    d = kept
+                else:
+                    d = np.subtract(x3[a0:a1, c0:c1], mean_b, dtype=np.float32)
+                np.multiply(d, factor_b, out=d)
+                np.add(d, offset_b, out=y3[a0:a1, c0:c1])
+        return mean, variance
+
+    def _train_rows(self, x, y, scale, offset, epsilon, inverse_count):
+        """Whole rows: a mean pass, a centred-squares pass, then the output pass."""
+        mean = self.channel_sums(x).astype(np.float32) * inverse_count
+        width = self.channels * self.inner
+        x2 = x.reshape(self.outer, width)
+        y2 = y.reshape(self.outer, width)
+        rows = self._rows_per_block()
+        in_place = x.dtype == np.float32
+        mean_tile = self._tile(mean, rows)
+        squares = np.empty(rows * width, dtype=np.float32)
+        centred = None if in_place else np.empty(rows * width, dtype=np.float32)
+        totals = _ColumnTotals(rows, width)
+        blocks = [(r0, min(self.outer, r0 + rows)) for r0 in range(0, self.outer, rows)]
+        for r0, r1 in blocks:
+            size = (r1 - r0) * width
+            d = y2[r0:r1].reshape(-1) if in_place else centred[:size]
+            np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=d, dtype=np.float32)
+            sq = squares[:size]
+            np.multiply(d, d, out=sq)
+            totals.add(sq)
+        total = totals.result().reshape(self.channels, self.inner).sum(axis=1)
+        del totals, squares
+        if in_place:
+            del mean_tile  # float16 recomputes x − mean below; float32 reuses y
+        variance = total.astype(np.float32) * inverse_count
+        factor_tile = self._tile(_fused_factor(variance, scale, epsilon), rows)
+        offset_tile = self._tile(offset, rows)
+        for r0, r1 in blocks:
+            size = (r1 - r0) * width
+            out = y2[r0:r1].reshape(-1)
+            if in_place:
+                d = out
+            else:
+                d = centred[:size]
+                if len(blocks) > 1:  # the single block is still in ``centred``
+                    np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=d, dtype=np.float32)
+            np.multiply(d, factor_tile[:size], out=d)
+            np.add(d, offset_tile[:size], out=out)
+        return mean, variance
+
+    # -- elementwise ------------------------------------------------------
+
+    def affine(self, x, y, mean, factor, offset):
+        """``y = (x − mean)·factor + offset`` in float32, rounded once to y's dtype."""
+        in_place = x.dtype == np.float32
+        if self.long:
+            x3 = x.reshape(self.outer, self.channels, self.inner)
+            y3 = y.reshape(self.outer, self.channels, self.inner)
+            for a0, a1, c0, c1 in self._long_blocks():
+                out = y3[a0:a1, c0:c1]
+                d = np.subtract(
+                    x3[a0:a1, c0:c1],
+                    mean[c0:c1, None],
+                    out=out if in_place else None,
+                    dtype=np.float32,
+                )
+                np.multiply(d, factor[c0:c1, None], out=d)
+                np.add(d, offset[c0:c1, None], out=out)
+            return
+        width = self.channels * self.inner
+        x2 = x.reshape(self.outer, width)
+        y2 = y.reshape(self.outer, width)
+        rows = self._rows_per_block()
+        tiles = [self._tile(v, rows) for v in (mean, factor, offset)]
+        scratch = None if in_place else np.empty(rows * width, dtype=np.float32)
+        for r0 in range(0, self.outer, rows):
+            r1 = min(self.outer, r0 + rows)
+            size = (r1 - r0) * width
+            out = y2[r0:r1].reshape(-1)
+            d = out if in_place else scratch[:size]
+            np.subtract(x2[r0:r1].reshape(-1), tiles[0][:size], out=d, dtype=np.float32)
+            np.multiply(d, tiles[1][:size], out=d)
+            np.add(d, tiles[2][:size], out=out)
+
+    def scale_shift(self, x, y, inv, shift):
+        """``y = x·inv + shift`` in x's dtype (``tf.nn.batch_normalization``)."""
+        if self.long or inv.size == 1:
+            x3 = x.reshape(self.outer, self.channels, self.inner)
+            y3 = y.reshape(self.outer, self.channels, self.inner)
+            inv_b, shift_b = (
+                v.reshape(-1, 1) if v.size > 1 else v.reshape(1, 1) for v in (inv, shift)
+            )
+            for a0, a1, c0, c1 in self._long_blocks():
+                out = y3[a0:a1, c0:c1]
+                pi = inv_b if inv_b.shape[0] == 1 else inv_b[c0:c1]
+                ps = shift_b if shift_b.shape[0] == 1 else shift_b[c0:c1]
+                np.multiply(x3[a0:a1, c0:c1], pi, out=out)
+                np.add(out, ps, out=out)
+            return
+        width = self.channels * self.inner
+        x2 = x.reshape(self.outer, width)
+        y2 = y.reshape(self.outer, width)
+        rows = self._rows_per_block()
+        inv_tile, shift_tile = (self._tile(v, rows) for v in (inv, shift))
+        for r0 in range(0, self.outer, rows):
+            r1 = min(self.outer, r0 + rows)
+            size = (r1 - r0) * width
+            out = y2[r0:r1].reshape(-1)
+            np.multiply(x2[r0:r1].reshape(-1), inv_tile[:size], out=out)
+            np.add(out, shift_tile[:size], out=out)
+
+    # -- blocking ---------------------------------------------------------
+
+    def _rows_per_block(self):
+        """Rows of ``C·S`` values per block: a multiple of ``_RUN`` when there are many."""
+        width = self.channels * self.inner
+        rows = max(1, self.block // width)
+        if rows >= 2 * _RUN:
+            rows -= rows % _RUN
+        return min(rows, self.outer)
+
+    def _tile(self, per_channel, rows):
+        """A ``[C]`` vector laid out as ``rows`` rows of ``C·S`` values."""
+        row = (
+            np.repeat(np.asarray(per_channel).reshape(-1), self.inner)
+            if self.inner > 1
+            else per_channel
+        )
+        return np.tile(row, rows)
+
+    def _long_blocks(self):
+        """(a0, a1, c0, c1) blocks of at most about ``self.block`` values."""
+        per_channel = self.outer * self.inner
+        if per_channel <= self.block:
+            step = max(1, self.block // per_channel)
+            for c0 in range(0, self.channels, step):
+                yield 0, self.outer, c0, min(self.channels, c0 + step)
+            return
+        rows = max(1, self.block // self.inner)
+        for c0 in range(self.channels):
+            for a0 in range(0, self.outer, rows):
+                yield a0, min(self.outer, a0 + rows), c0, c0 + 1
+
+    def _channel_groups(self):
+        """Channel groups with their row blocks; a group's blocks cover every row."""
+        per_channel = self.outer * self.inner
+        if per_channel <= self.block:
+            step = max(1, self.block // per_channel)
+            for c0 in range(0, self.channels, step):
+                yield c0, min(self.channels, c0 + step), [(0, self.outer)]
+            return
+        rows = max(1, self.block // self.inner)
+        a_blocks = [(a0, min(self.outer, a0 + rows)) for a0 in range(0, self.outer, rows)]
+        for c0 in range(self.channels):
+            yield c0, c0 + 1, a_blocks
+
+
+def _compute(dtype):
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def _segments(length):
+    return [(s0, min(length, s0 + _SEGMENT)) for s0 in range(0, length, _SEGMENT)]
+
+
+def _row_sums(block):
+    """Σ along the last (contiguous) axis, float64, by BLAS over runs of ``_SEGMENT``."""
+    if block.ndim == 3 and block.shape[1] == 1:
+        return _row_sums(block[:, 0])[:, None]  # one strided matrix: one BLAS call
+    length = block.shape[-1]
+    total = None
+    for s0, s1 in _segments(length):
+        ones = np.ones(s1 - s0, dtype=block.dtype)
+        part = np.matmul(block[..., s0:s1], ones).astype(np.float64)
+        total = part if total is None else total + part
+    return total
+
+
+def _row_dots(d):
+    """Σ d² along the last (contiguous) axis, float64, by BLAS dots over runs of ``_SEGMENT``."""
+    if d.ndim == 3 and d.shape[1] == 1:
+        return _row_dots(d[:, 0])[:, None]
+    total = None
+    for s0, s1 in _segments(d.shape[-1]):
+        run = d[..., s0:s1]
+        part = np.vecdot(run, run).astype(np.float64)
+        total = part if total is None else total + part
+    return total
+
+
+class _ColumnTotals:
+    """Column sums of a stream of ``(rows, width)`` blocks, as float64.
+
+    Blocks are added elementwise into one block-sized float32 running sum
+    (a single in-cache ufunc per block); every ``_RUN`` blocks that running
+    sum is reduced to column totals and added in float64. The grouping
+    depends only on the block sequence, so results are reproducible.
+    """
+
+    def __init__(self, rows, width, dtype=np.float32):
+        self.width = width
+        self.partial = np.zeros(rows * width, dtype=dtype)
+        self.used = 0
+        self.pending = 0
+        self.columns = np.zeros(width, dtype=np.float64)
+
+    def add(self, values):
+        size = values.size
+        running = self.partial[:size]
+        np.add(running, values, out=running)
+        self.used = max(self.used, size)
+        self.pending += 1
+        if self.pending == _RUN:
+            self._flush()
+
+    def result(self):
+        self._flush()
+        return self.columns
+
+    def _flush(self):
+        if self.pending:
+            used = self.partial[: self.used]
+            self.columns += _column_sums(used.reshape(-1, self.width))
+            used.fill(0)
+            self.pending = 0
+
+
+def _column_sums(block):
+    """Column sums of a contiguous ``(rows, width)`` float block, as float64.
+
+    BLAS adds at most ``_RUN`` rows in float32 per output value (a
+    matrix-vector product with a ones vector over ``_RUN`` row groups);
+    the group totals are added in float64.
+    """
+    rows, width = block.shape
+    if rows >= 2 * _RUN and rows % _RUN == 0:
+        groups = rows // _RUN
+        ones = np.ones(_RUN, dtype=block.dtype)
+        partial = ones @ block.reshape(_RUN, groups * width)
+        return partial.reshape(groups, width).sum(axis=0, dtype=np.float64)
+    return block.sum(axis=0, dtype=np.float64)

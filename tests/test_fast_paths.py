@@ -1,0 +1,540 @@
+"""The fast paths give the generic kernels' results: bit for bit or within stated ulps.
+
+Each fast path is called directly (so that a silent ``NotImplemented`` cannot
+make a test pass by running the generic code) and compared with the generic
+kernel (``kernel.generic``) on the same input.
+
+Tolerances, and why:
+
+- Elementwise steps the fast path performs with the same operations on the same
+  operands (NumPy ``fused_inference`` and ``normalize``, PyTorch ``normalize``)
+  must be **bit-identical**.
+- Statistics differ only in the order of the additions. Both sides are within
+  about two ulps of the exactly rounded sums for the sizes used here (at most a
+  few thousand values per channel), so the mean may differ by ``SUM_ULPS``
+  float32 ulps of the channel's mean absolute value and the variance by
+  ``SUM_ULPS`` ulps of itself.
+- ``y`` moves with the statistics: one ulp of mean or variance moves it by
+  about one ulp of its scale, so float32 ``y`` may differ by ``Y_ULPS`` ulps of
+  ``max |y|``. PyTorch's native kernel also folds the affine step
+  (``x·α + (β − μ·α)``), adding up to ``FOLD_LIMIT`` ulps (the fast path hands
+  larger ``|μ|/σ`` back to the generic path). float16 and bfloat16 ``y`` is
+  rounded once from float32 on both sides, so it may differ by one ulp of the
+  half type where the float32 values straddle a rounding boundary.
+- Gradients through PyTorch's native backward are the same mathematics in a
+  different order: ``GRAD_RTOL`` relative to the largest component for float32.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+
+import bn_portable as bn
+from bn_portable import _moments, _normalize
+
+SUM_ULPS = 4
+Y_ULPS = 8
+GRAD_RTOL = 1e-5
+EPSILON = 1e-3
+RNG = np.random.default_rng(20261127)
+
+
+@pytest.fixture(autouse=True)
+def _seed_per_test(request):
+    """Each test draws its own data, whatever ran before it."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+# (shape, channel axis) over NCHW, NHWC, NCDHW, NDHWC, odd channel counts and
+# single-row / single-pixel batches.
+LAYOUTS = [
+    pytest.param((4, 3, 5, 7), 1, id="NCHW-C3"),
+    pytest.param((4, 5, 7, 3), 3, id="NHWC-C3"),
+    pytest.param((2, 5, 3, 4, 6), 1, id="NCDHW-C5"),
+    pytest.param((2, 3, 4, 6, 5), 4, id="NDHWC-C5"),
+    pytest.param((16, 33, 12, 12), 1, id="NCHW-C33-long-rows"),
+    pytest.param((8, 12, 12, 33), 3, id="NHWC-C33"),
+    pytest.param((3, 1, 1, 7), 3, id="NHWC-1x1-pixels"),
+    pytest.param((1, 7, 9, 1), 3, id="NHWC-C1"),
+    pytest.param((1, 2, 300, 200), 1, id="NCHW-channel-larger-than-a-block"),
+]
+FLOAT_DTYPES = ["float32", "float16"]
+
+
+def _data(shape, channel, dtype, mean=1.5, spread=2.0):
+    x = RNG.normal(mean, spread, size=shape).astype(dtype)
+    channels = shape[channel]
+    scale = RNG.uniform(0.5, 1.5, channels).astype(np.float32)
+    offset = RNG.normal(0.0, 1.0, channels).astype(np.float32)
+    return x, scale, offset
+
+
+def _axes(rank, channel):
+    return tuple(axis for axis in range(rank) if axis != channel)
+
+
+def _ulps_of_scale(actual, expected, dtype):
+    """Largest difference in ulps of ``dtype`` at ``max |expected|``."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = max(float(np.max(np.abs(expected))), np.finfo(np.float32).tiny)
+    return float(np.max(np.abs(actual - expected))) / (float(np.finfo(dtype).eps) * scale)
+
+
+def _assert_statistics_close(fast_mean, generic_mean, fast_var, generic_var, x, channel):
+    """Fast statistics are accurate, and as close to the generic ones as the generic ones are to exact.
+
+    The generic NumPy/PyTorch reductions over outer axes are plain running
+    float32 sums whose error grows with the row count (tens of ulps for a few
+    thousand NHWC rows), so "close to generic" is measured with the generic
+    kernel's own error added to the allowance.
+    """
+    eps = float(np.finfo(np.float32).eps)
+    axes = _axes(x.ndim, channel)
+    x64 = np.asarray(x, dtype=np.float64)
+    exact_mean = x64.mean(axis=axes)
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    exact_var = ((x64 - exact_mean.reshape(shape)) ** 2).mean(axis=axes)
+    mean_unit = eps * np.mean(np.abs(x64), axis=axes)
+    var_unit = eps * exact_var
+    for fast, generic, exact, unit in (
+        (fast_mean, generic_mean, exact_mean, mean_unit),
+        (fast_var, generic_var, exact_var, var_unit),
+    ):
+        fast = np.asarray(fast, dtype=np.float64)
+        generic = np.asarray(generic, dtype=np.float64)
+        assert np.all(np.abs(fast - exact) <= SUM_ULPS * unit + 1e-30)
+        assert np.all(np.abs(fast - generic) <= SUM_ULPS * unit + np.abs(generic - exact) + 1e-30)
+
+
+def _assert_y_close(fast, generic, x, scale, offset, channel, dtype):
+    """y within Y_ULPS of the generic y plus the generic y's own error (float32)."""
+    _, _, exact = _reference(np.asarray(x, dtype=np.float64), scale, offset, channel)
+    fast, generic = np.asarray(fast, np.float64), np.asarray(generic, np.float64)
+    if dtype == "float32":
+        unit = float(np.finfo(np.float32).eps) * np.max(np.abs(exact))
+        generic_error = np.max(np.abs(generic - exact))
+        assert np.max(np.abs(fast - exact)) <= Y_ULPS * unit
+        assert np.max(np.abs(fast - generic)) <= Y_ULPS * unit + generic_error
+    else:  # one rounding to the half type of nearly equal float32 values
+        assert np.max(np.abs(fast - generic)) <= _half_eps(dtype) * np.max(np.abs(generic))
+
+
+def _half_eps(dtype):
+    return 2.0**-7 if dtype == "bfloat16" else float(np.finfo(np.float16).eps)
+
+
+def _reference(x, scale, offset, channel):
+    """TensorFlow's fused training formula in float64 (mean, variance, y)."""
+    axes = _axes(x.ndim, channel)
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes)
+    variance = ((x64 - mean.reshape(shape)) ** 2).mean(axis=axes)
+    factor = scale.astype(np.float64) / np.sqrt(variance + EPSILON)
+    y = (x64 - mean.reshape(shape)) * factor.reshape(shape) + offset.reshape(shape)
+    return mean, variance, y
+
+
+# ---------------------------------------------------------------------------
+# NumPy
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["default-blocks", "tiny-blocks"])
+def numpy_fast(request, monkeypatch):
+    """The NumPy fast-path module, made to take even the small test inputs.
+
+    ``tiny-blocks`` shrinks every block so that the multi-block code (several
+    row blocks, channel groups split across rows, partial last blocks, the
+    float64 flush of running sums) runs on these small inputs too.
+    """
+    from bn_portable._native import _numpy
+
+    monkeypatch.setattr(_numpy, "_SMALL", 0)
+    monkeypatch.setattr(_numpy, "_SMALL_HALF", 0)
+    if request.param == "tiny-blocks":
+        monkeypatch.setattr(_numpy, "_MIN_BLOCK", 16)
+        monkeypatch.setattr(_numpy, "_ROW_BLOCK", 96)
+        monkeypatch.setattr(_numpy, "_CHANNEL_BLOCK", 200)
+        monkeypatch.setattr(_numpy, "_RUN", 4)
+        monkeypatch.setattr(_numpy, "_SEGMENT", 64)
+    return _numpy
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+def test_numpy_fused_training_matches_generic(numpy_fast, shape, channel, dtype):
+    x, scale, offset = _data(shape, channel, dtype)
+    fast = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)
+    assert fast is not NotImplemented
+    generic = _normalize.fused_training_core.generic(x, scale, offset, EPSILON, channel, np)
+    y, mean, variance, count = fast
+    assert count == generic[3]
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert mean.dtype == variance.dtype == np.float32
+    assert mean.shape == variance.shape == (shape[channel],)
+    _assert_statistics_close(mean, generic[1], variance, generic[2], x, channel)
+    _assert_y_close(y, generic[0], x, scale, offset, channel, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+def test_numpy_fused_inference_is_bit_identical(numpy_fast, shape, channel, dtype):
+    x, scale, offset = _data(shape, channel, dtype)
+    channels = shape[channel]
+    mean = RNG.normal(1.0, 1.0, channels).astype(np.float32)
+    variance = RNG.uniform(0.5, 4.0, channels).astype(np.float32)
+    fast = numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, np)
+    assert fast is not NotImplemented
+    generic = _normalize.fused_inference.generic(
+        x, scale, offset, mean, variance, EPSILON, channel, np
+    )
+    np.testing.assert_array_equal(fast, generic)
+    assert fast.dtype == generic.dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+def test_numpy_batch_moments_match_generic(numpy_fast, shape, channel, dtype):
+    x, _, _ = _data(shape, channel, dtype)
+    axes = _axes(x.ndim, channel)
+    fast = numpy_fast.batch_moments(x, axes, np)
+    assert fast is not NotImplemented
+    generic = _moments.batch_moments.generic(x, axes, np)
+    for f, g in zip(fast, generic):
+        assert f.dtype == g.dtype and f.shape == g.shape
+    if dtype == "float64":
+        np.testing.assert_allclose(fast[0], generic[0], rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(fast[1], generic[1], rtol=1e-13)
+    else:
+        _assert_statistics_close(
+            fast[0].reshape(-1),
+            generic[0].reshape(-1),
+            fast[1].reshape(-1),
+            generic[1].reshape(-1),
+            x,
+            channel,
+        )
+
+
+def test_numpy_batch_moments_over_every_axis(numpy_fast):
+    x = RNG.normal(2.0, 3.0, size=(5, 6, 7)).astype(np.float32)
+    axes = (0, 1, 2)
+    fast = numpy_fast.batch_moments(x, axes, np)
+    generic = _moments.batch_moments.generic(x, axes, np)
+    assert fast[0].shape == generic[0].shape == (1, 1, 1)
+    np.testing.assert_allclose(fast[0], generic[0], rtol=SUM_ULPS * 2**-23)
+    np.testing.assert_allclose(fast[1], generic[1], rtol=SUM_ULPS * 2**-23)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+@pytest.mark.parametrize("with_offset", [True, False])
+def test_numpy_normalize_is_bit_identical(numpy_fast, shape, channel, dtype, with_offset):
+    x, scale, offset = _data(shape, channel, dtype)
+    parameter_shape = [1] * len(shape)
+    parameter_shape[channel] = shape[channel]
+    mean, variance, scale, offset = (
+        RNG.normal(0.5, 1.0, parameter_shape).astype(dtype),
+        RNG.uniform(0.5, 2.0, parameter_shape).astype(dtype),
+        scale.reshape(parameter_shape).astype(dtype),
+        offset.reshape(parameter_shape).astype(dtype) if with_offset else None,
+    )
+    fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, np)
+    assert fast is not NotImplemented
+    generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, np)
+    np.testing.assert_array_equal(fast, generic)
+    assert fast.dtype == generic.dtype
+
+
+def test_numpy_normalize_with_scalar_and_trailing_parameters(numpy_fast):
+    x = RNG.normal(size=(7, 9)).astype(np.float32)
+    cases = [
+        (np.asarray(0.5, np.float32), np.ones((), np.float32), None, None),
+        (np.zeros(9, np.float32), np.full(9, 2.0, np.float32), np.ones(9, np.float32), None),
+    ]
+    for mean, variance, offset, scale in cases:
+        fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, np)
+        generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, np)
+        np.testing.assert_array_equal(fast, generic)
+
+
+def test_numpy_declines_what_it_does_not_cover(numpy_fast):
+    x, scale, offset = _data((4, 5, 6, 3), 3, "float32")
+    transposed = x.transpose(0, 2, 1, 3)  # not C-contiguous
+    assert (
+        numpy_fast.fused_training_core(transposed, scale, offset, EPSILON, 3, np) is NotImplemented
+    )
+    single = x[:1, :1, :1, :]  # one value per channel: TF's n = 1 corner case
+    assert numpy_fast.fused_training_core(single, scale, offset, EPSILON, 3, np) is NotImplemented
+    # and the public function still gives TF's n = 1 answer: y = offset, variance 0
+    y, _, variance = bn.fused_batch_norm(np.ascontiguousarray(single), scale, offset)
+    np.testing.assert_array_equal(y.reshape(-1), offset)
+    np.testing.assert_array_equal(variance, np.zeros(3, np.float32))
+    grid = RNG.normal(size=(3, 4, 5)).astype(np.float32)
+    assert numpy_fast.batch_moments(grid, (0,), np) is NotImplemented  # two kept axes
+    empty = np.zeros((0, 4, 4, 3), np.float32)
+    stats = np.ones(3, np.float32)
+    assert numpy_fast.fused_training_core(empty, scale, offset, EPSILON, 3, np) is NotImplemented
+    assert (
+        numpy_fast.fused_inference(empty, scale, offset, stats, stats, EPSILON, 3, np)
+        is NotImplemented
+    )
+
+
+@pytest.mark.parametrize(("shape", "channel"), [((16, 40, 40, 32), 3), ((16, 32, 40, 40), 1)])
+def test_numpy_fast_statistics_stay_accurate_on_large_batches(numpy_fast, shape, channel):
+    """25 600 rows per channel: the fast sums stay within 2 ulps of exact."""
+    x, scale, offset = _data(shape, channel, "float32", mean=4.0)
+    y, mean, variance, _ = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)
+    mean64, variance64, y64 = _reference(x, scale, offset, channel)
+    eps = float(np.finfo(np.float32).eps)
+    magnitude = np.mean(np.abs(x.astype(np.float64)), axis=_axes(x.ndim, channel))
+    assert np.all(np.abs(mean - mean64) <= 2 * eps * magnitude)
+    assert np.all(np.abs(variance - variance64) <= 2 * eps * variance64)
+    assert _ulps_of_scale(y, y64, np.float32) <= 4
+
+
+@pytest.mark.parametrize(("shape", "channel"), [((8, 30, 30, 64), 3), ((8, 64, 30, 30), 1)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_numpy_training_peak_memory(shape, channel, dtype, monkeypatch):
+    """Output included, the training kernel allocates at most 1.25× the input."""
+    from bn_portable._native import _numpy as numpy_fast
+
+    monkeypatch.setattr(numpy_fast, "_SMALL_HALF", 0)
+
+    x, scale, offset = _data(shape, channel, dtype)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    del result
+    assert peak <= 1.25 * x.nbytes + 64 * 1024, peak / x.nbytes
+
+
+def test_numpy_public_functions_use_the_fast_paths():
+    x, scale, offset = _data((40, 16, 16, 11), 3, "float32")  # above the small-input cut-off
+    with bn.fast_paths(True):
+        fast = bn.fused_batch_norm(x, scale, offset)
+    with bn.fast_paths(False):
+        generic = bn.fused_batch_norm(x, scale, offset)
+    _assert_y_close(fast[0], generic[0], x, scale, offset, 3, "float32")
+    bessel = np.float32(x.size / 11 / (x.size / 11 - 1))
+    _assert_statistics_close(fast[1], generic[1], fast[2] / bessel, generic[2] / bessel, x, 3)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch
+# ---------------------------------------------------------------------------
+
+TORCH_DTYPES = ["float32", "float16", "bfloat16"]
+
+
+@pytest.fixture
+def torch_fast():
+    pytest.importorskip("torch")
+    from bn_portable._native import _torch
+
+    return _torch
+
+
+def _torch_xp():
+    import array_api_compat.torch as xp
+
+    return xp
+
+
+def _to_torch(array, dtype):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(getattr(torch, dtype))
+
+
+def _np(tensor):
+    import torch
+
+    return tensor.detach().to(torch.float32).cpu().numpy()
+
+
+# The channels-last training path: small batches run PyTorch's kernel as it is,
+# larger ones get their statistics from torch.sum first.
+TORCH_LAYOUTS = [
+    *LAYOUTS[:8],
+    pytest.param((4, 20, 20, 6), 3, id="NHWC-1600-rows"),
+    pytest.param((2, 4, 8, 10, 7), 4, id="NDHWC-1280-rows"),
+]
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+@pytest.mark.parametrize(("shape", "channel"), TORCH_LAYOUTS)
+def test_torch_fused_training_matches_generic(torch_fast, shape, channel, dtype):
+    xp = _torch_xp()
+    x, scale, offset = _data(shape, channel, "float32")
+    xt, st, ot = _to_torch(x, dtype), _to_torch(scale, "float32"), _to_torch(offset, "float32")
+    fast = torch_fast.fused_training_core(xt, st, ot, EPSILON, channel, xp)
+    if fast is NotImplemented:  # allowed only for the documented reason
+        mean64, variance64, _ = _reference(_np(xt), scale, offset, channel)
+        assert np.max(np.abs(mean64) / np.sqrt(variance64 + EPSILON)) > 0.99 * torch_fast.FOLD_LIMIT
+        return
+    generic = _normalize.fused_training_core.generic(xt, st, ot, EPSILON, channel, xp)
+    y, mean, variance, count = fast
+    assert count == generic[3]
+    assert y.dtype == xt.dtype and tuple(y.shape) == shape
+    assert mean.dtype == variance.dtype == generic[1].dtype
+    _assert_statistics_close(
+        _np(mean), _np(generic[1]), _np(variance), _np(generic[2]), _np(xt), channel
+    )
+    _assert_y_close(_np(y), _np(generic[0]), _np(xt), scale, offset, channel, dtype)
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+@pytest.mark.parametrize(("shape", "channel"), TORCH_LAYOUTS)
+def test_torch_fused_inference_matches_generic(torch_fast, shape, channel, dtype):
+    xp = _torch_xp()
+    x, scale, offset = _data(shape, channel, "float32")
+    channels = shape[channel]
+    mean = RNG.normal(1.0, 1.0, channels).astype(np.float32)
+    variance = RNG.uniform(0.5, 4.0, channels).astype(np.float32)
+    args = [_to_torch(v, "float32") for v in (scale, offset, mean, variance)]
+    xt = _to_torch(x, dtype)
+    fast = torch_fast.fused_inference(xt, *args, EPSILON, channel, xp)
+    if fast is NotImplemented:  # allowed only for the documented reason
+        assert np.max(np.abs(mean) / np.sqrt(variance + EPSILON)) > torch_fast.FOLD_LIMIT
+        return
+    generic = _normalize.fused_inference.generic(xt, *args, EPSILON, channel, xp)
+    assert fast.dtype == generic.dtype and fast.shape == generic.shape
+    if dtype == "float32":
+        assert _ulps_of_scale(_np(fast), _np(generic), np.float32) <= Y_ULPS
+    else:
+        error = np.max(np.abs(_np(fast) - _np(generic))) / np.max(np.abs(_np(generic)))
+        assert error <= _half_eps(dtype)
+
+
+def test_torch_large_channels_last_batch_keeps_accurate_statistics(torch_fast):
+    """PyTorch's own channels-last kernel drifts by tens of ulps here; the fast path must not."""
+    xp = _torch_xp()
+    shape, channel = (16, 40, 40, 32), 3
+    x, scale, offset = _data(shape, channel, "float32", mean=4.0)
+    y, mean, variance, _ = torch_fast.fused_training_core(
+        _to_torch(x, "float32"),
+        _to_torch(scale, "float32"),
+        _to_torch(offset, "float32"),
+        EPSILON,
+        channel,
+        xp,
+    )
+    mean64, variance64, y64 = _reference(x, scale, offset, channel)
+    eps = float(np.finfo(np.float32).eps)
+    magnitude = np.mean(np.abs(x.astype(np.float64)), axis=(0, 1, 2))
+    assert np.all(np.abs(_np(mean) - mean64) <= 2 * eps * magnitude)
+    assert np.all(np.abs(_np(variance) - variance64) <= 4 * eps * variance64)
+    assert _ulps_of_scale(_np(y), y64, np.float32) <= 4
+
+
+def test_torch_large_mean_falls_back_to_the_generic_formula(torch_fast):
+    """|μ|/σ above FOLD_LIMIT: the folded kernel would lose ulps, so the call is handed back."""
+    xp = _torch_xp()
+    x, scale, offset = _data((4, 3, 5, 7), 1, "float32", mean=1000.0, spread=1.0)
+    args = (_to_torch(x, "float32"), _to_torch(scale, "float32"), _to_torch(offset, "float32"))
+    assert torch_fast.fused_training_core(*args, EPSILON, 1, xp) is NotImplemented
+    mean = _to_torch(np.full(3, 1000.0, np.float32), "float32")
+    variance = _to_torch(np.ones(3, np.float32), "float32")
+    assert torch_fast.fused_inference(*args, mean, variance, EPSILON, 1, xp) is NotImplemented
+    # the public function then gives the generic path's bits exactly
+    with bn.fast_paths(True):
+        fast = bn.fused_batch_norm(args[0], args[1], args[2], data_format="NCHW")
+    with bn.fast_paths(False):
+        generic = bn.fused_batch_norm(args[0], args[1], args[2], data_format="NCHW")
+    for f, g in zip(fast, generic):
+        np.testing.assert_array_equal(_np(f), _np(g))
+
+
+def test_torch_declines_single_value_channels(torch_fast):
+    xp = _torch_xp()
+    x, scale, offset = _data((1, 1, 1, 4), 3, "float32")
+    args = (_to_torch(x, "float32"), _to_torch(scale, "float32"), _to_torch(offset, "float32"))
+    assert torch_fast.fused_training_core(*args, EPSILON, 3, xp) is NotImplemented
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+@pytest.mark.parametrize(
+    ("shape", "data_format"),
+    [
+        ((4, 3, 5, 7), "NCHW"),
+        ((4, 5, 7, 3), "NHWC"),
+        ((8, 40, 40, 3), "NHWC"),  # the channels-last path with its own autograd node
+        ((2, 3, 4, 5, 6), "NCDHW"),
+        ((2, 4, 5, 6, 3), "NDHWC"),
+    ],
+)
+@pytest.mark.parametrize("is_training", [True, False])
+def test_torch_autograd_through_fast_path_equals_generic(shape, data_format, dtype, is_training):
+    torch = pytest.importorskip("torch")
+    channel = 1 if data_format.startswith("NC") else len(shape) - 1
+    x, scale, offset = _data(shape, channel, "float32")
+    dy = _to_torch(RNG.normal(size=shape), dtype)
+    channels = shape[channel]
+    statistics = {}
+    if not is_training:
+        statistics = {
+            "mean": _to_torch(RNG.normal(1.0, 0.5, channels), "float32"),
+            "variance": _to_torch(RNG.uniform(1.0, 3.0, channels), "float32"),
+        }
+    results = []
+    for fast in (True, False):
+        xt = _to_torch(x, dtype).requires_grad_()
+        st = _to_torch(scale, "float32").requires_grad_()
+        ot = _to_torch(offset, "float32").requires_grad_()
+        with bn.fast_paths(fast):
+            y, _, _ = bn.fused_batch_norm(
+                xt, st, ot, data_format=data_format, is_training=is_training, **statistics
+            )
+        results.append((y, *torch.autograd.grad(y, (xt, st, ot), dy)))
+    for fast_value, generic_value in zip(*results):
+        f, g = _np(fast_value), _np(generic_value)
+        tolerance = GRAD_RTOL if dtype == "float32" else 2 * _half_eps(dtype)
+        assert np.max(np.abs(f - g)) <= tolerance * np.max(np.abs(g)), (fast_value.dtype, f, g)
+
+
+def test_torch_double_backward_through_the_channels_last_path():
+    torch = pytest.importorskip("torch")
+    shape = (8, 40, 40, 3)
+    x, scale, offset = _data(shape, 3, "float32")
+    grads = []
+    for fast in (True, False):
+        xt = _to_torch(x, "float32").requires_grad_()
+        st, ot = _to_torch(scale, "float32"), _to_torch(offset, "float32")
+        with bn.fast_paths(fast):
+            y, _, _ = bn.fused_batch_norm(xt, st, ot, data_format="NHWC")
+        (gx,) = torch.autograd.grad((y**3).sum(), xt, create_graph=True)
+        (ggx,) = torch.autograd.grad(gx.square().sum(), xt)
+        grads.append(_np(ggx))
+    assert np.max(np.abs(grads[0] - grads[1])) <= 1e-3 * np.max(np.abs(grads[1]))
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_normalize_is_bit_identical(torch_fast, dtype):
+    xp = _torch_xp()
+    x, _, _ = _data((4, 6, 5, 3), 3, "float32")
+    mean, variance, offset, scale = (
+        _to_torch(RNG.normal(size=3), dtype),
+        _to_torch(RNG.uniform(0.5, 2, size=3), dtype),
+        _to_torch(RNG.normal(size=3), dtype),
+        _to_torch(RNG.uniform(0.5, 2, size=3), dtype),
+    )
+    xt = _to_torch(x, dtype)
+    fast = torch_fast.normalize(xt, mean, variance, offset, scale, EPSILON, xp)
+    generic = _normalize.normalize.generic(xt, mean, variance, offset, scale, EPSILON, xp)
+    assert fast.dtype == generic.dtype
+    np.testing.assert_array_equal(_np(fast), _np(generic))
