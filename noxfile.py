@@ -48,7 +48,7 @@ def _skip_without_gpu(session: nox.Session, backend: str) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.5")
-    session.run("ruff", "check", "src", "tests", "conformance", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
