@@ -344,7 +344,9 @@ def render(payload: dict, json_name: str) -> str:
         "Bytes allocated during one call (output included, measured with"
         " `tracemalloc`), over the input's bytes. The fast path allocates the output"
         " and a few block-sized buffers; the generic and naive kernels allocate"
-        " several input-sized temporaries.",
+        " several input-sized temporaries. Below the fast path's size cut-offs"
+        " (2¹⁶ values, 2²⁰ for float16) the call takes the generic path, so the"
+        " `NumPy fast` column repeats the generic figure there.",
         "",
         memory_table(payload),
         "",

@@ -460,6 +460,23 @@ def test_torch_large_mean_falls_back_to_the_generic_formula(torch_fast):
         np.testing.assert_array_equal(_np(f), _np(g))
 
 
+def test_torch_inference_guard_follows_in_place_changes(torch_fast):
+    """The remembered |μ|/σ check is redone when the statistics are modified in place."""
+    torch = pytest.importorskip("torch")
+    xp = _torch_xp()
+    x, scale, offset = _data((4, 3, 5, 7), 1, "float32")
+    args = (_to_torch(x, "float32"), _to_torch(scale, "float32"), _to_torch(offset, "float32"))
+    mean = torch.zeros(3)
+    variance = torch.ones(3)
+    assert torch_fast.fused_inference(*args, mean, variance, EPSILON, 1, xp) is not NotImplemented
+    mean.fill_(1000.0)  # same tensor, new version: the fold would now lose ulps
+    assert torch_fast.fused_inference(*args, mean, variance, EPSILON, 1, xp) is NotImplemented
+    with torch.inference_mode():  # no version counters there: checked every time
+        frozen_mean, frozen_variance = torch.zeros(3), torch.ones(3)
+        result = torch_fast.fused_inference(*args, frozen_mean, frozen_variance, EPSILON, 1, xp)
+        assert result is not NotImplemented
+
+
 def test_torch_declines_single_value_channels(torch_fast):
     xp = _torch_xp()
     x, scale, offset = _data((1, 1, 1, 4), 3, "float32")

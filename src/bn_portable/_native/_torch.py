@@ -60,6 +60,8 @@ a second full-size result: bit-identical, one allocation and one pass fewer.
 from __future__ import annotations
 
 import math
+import weakref
+from typing import Any
 
 import torch
 
@@ -170,7 +172,7 @@ def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
         return NotImplemented  # the kernel does not differentiate its statistics
     if x.numel() == 0:
         return NotImplemented
-    if _folding_error_too_large(mean, variance=variance, epsilon=epsilon):
+    if _inference_folding_error_too_large(mean, variance, epsilon):
         return NotImplemented
     y, _, _ = torch.native_batch_norm(
         _channels_second(x, channel), scale, offset, mean, variance, False, 0.0, epsilon
@@ -237,6 +239,40 @@ def _folding_error_too_large(mean, inverse_std=None, *, variance=None, epsilon=0
             inverse_std = torch.rsqrt(variance.detach() + epsilon)
         ratio = torch.amax(torch.abs(mean.detach()) * inverse_std.detach())
         return not bool(ratio <= FOLD_LIMIT)
+
+
+#: The last few inference guards: statistics are usually the same tensors,
+#: unchanged, call after call (a model's moving averages).
+_INFERENCE_GUARDS: list[tuple[Any, Any, int, int, float, bool]] = []
+
+
+def _inference_folding_error_too_large(mean, variance, epsilon) -> bool:
+    """``_folding_error_too_large`` for given statistics, remembered per tensor version.
+
+    The check reads the statistics on the host; remembering its answer for the
+    same, unmodified tensors (``_version`` counts in-place writes) takes it off
+    the path of repeated inference with a model's fixed moving averages.
+    """
+    try:
+        versions = (mean._version, variance._version)
+    except RuntimeError:  # inference-mode tensors keep no version counter
+        return _folding_error_too_large(mean, variance=variance, epsilon=epsilon)
+    for mean_ref, variance_ref, mean_version, variance_version, eps, answer in _INFERENCE_GUARDS:
+        if (
+            mean_ref() is mean
+            and variance_ref() is variance
+            and (mean_version, variance_version) == versions
+            and eps == epsilon
+        ):
+            return answer
+    answer = _folding_error_too_large(mean, variance=variance, epsilon=epsilon)
+    try:
+        entry = (weakref.ref(mean), weakref.ref(variance), *versions, epsilon, answer)
+    except TypeError:  # a tensor subclass without weak references: just do not remember
+        return answer
+    _INFERENCE_GUARDS.insert(0, entry)
+    del _INFERENCE_GUARDS[8:]
+    return answer
 
 
 def _inverse_sqrt(value: float) -> float:
