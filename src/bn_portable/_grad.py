@@ -37,7 +37,7 @@ from . import _layout
 from ._layer import LayerOptions, LayerPlan, Normalization, layer_options, layer_step, prepare
 from ._lib import _checks
 from ._lib._compat import array_namespace, device
-from ._lib._dtypes import compute_dtype, dtype_name, scalar
+from ._lib._dtypes import astype, compute_dtype, dtype_name, scalar
 from ._moments import divide_no_nan
 from ._native import overridable
 from ._normalize import FUSED_INPUT_DTYPES, rsqrt
@@ -204,14 +204,14 @@ def backward(dy, x, mean, variance, gamma, epsilon, channel, training, share, re
     """
     dtype = compute_dtype(xp, x.dtype)
     rank = x.ndim
-    mean, variance = _as(mean, dtype, xp), _as(variance, dtype, xp)
+    mean, variance = astype(mean, dtype, xp), astype(variance, dtype, xp)
     inv = rsqrt(variance + epsilon, xp)
     sum_dy, sum_dy_centered = gradient_sums(dy, x, mean, channel, xp)
     sum_dy_normalized = sum_dy_centered * inv
-    scale = None if gamma is None else _as(gamma, dtype, xp)
+    scale = None if gamma is None else astype(gamma, dtype, xp)
     dgamma = sum_dy_normalized
     if renorm_r is not None:
-        renorm_r, renorm_d = _as(renorm_r, dtype, xp), _as(renorm_d, dtype, xp)
+        renorm_r, renorm_d = astype(renorm_r, dtype, xp), astype(renorm_d, dtype, xp)
         dgamma = sum_dy_normalized * renorm_r + sum_dy * renorm_d
         scale = renorm_r if scale is None else renorm_r * scale
     a = inv if scale is None else scale * inv
@@ -220,7 +220,7 @@ def backward(dy, x, mean, variance, gamma, epsilon, channel, training, share, re
         b = -(a * (inv * inv)) * sum_dy_centered
         c = -a * sum_dy
         if share is None:
-            inverse_count = scalar(xp, 1.0 / max(_count(x, channel), 1), dtype, device(x))
+            inverse_count = scalar(xp, 1.0 / max(_layout.elements_per_channel(x, channel), 1), dtype, device(x))
             b, c = b * inverse_count, c * inverse_count
     mean_b, a_b, b_b, c_b = (
         None if value is None else _layout.per_channel(value, rank, channel, xp)
@@ -240,8 +240,8 @@ def gradient_sums(dy, x, mean, channel, xp):
     """
     dtype = mean.dtype
     axes = _layout.reduction_axes(x.ndim, channel)
-    dy_wide = _as(dy, dtype, xp)
-    centered = _as(x, dtype, xp) - _layout.per_channel(mean, x.ndim, channel, xp)
+    dy_wide = astype(dy, dtype, xp)
+    centered = astype(x, dtype, xp) - _layout.per_channel(mean, x.ndim, channel, xp)
     return xp.sum(dy_wide, axis=axes), xp.sum(dy_wide * centered, axis=axes)
 
 
@@ -254,9 +254,9 @@ def gradient_input(dy, x, mean, a, b, c, share, xp):
     and ``share`` is None when it is folded into ``b`` and ``c``.
     """
     dtype = a.dtype
-    dx = _as(dy, dtype, xp) * a
+    dx = astype(dy, dtype, xp) * a
     if b is not None:
-        correction = (_as(x, dtype, xp) - mean) * b + c
+        correction = (astype(x, dtype, xp) - mean) * b + c
         dx = dx + (correction if share is None else share * correction)
     return xp.astype(dx, x.dtype) if dx.dtype != x.dtype else dx
 
@@ -269,18 +269,10 @@ def _weight_share(batch_weights, x, plan, xp):
     TensorFlow's weighted moments no gradient there.
     """
     dtype = compute_dtype(xp, x.dtype)
-    weights = xp.reshape(_as(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
+    weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
     per_sample = math.prod(x.shape[axis] for axis in plan.axes if axis != 0)
     total = xp.sum(weights) * scalar(xp, float(per_sample), dtype, device(x))
     return divide_no_nan(weights, total, xp)
-
-
-def _count(x, channel):
-    return math.prod(x.shape[axis] for axis in range(x.ndim) if axis != channel)
-
-
-def _as(array, dtype, xp):
-    return array if array.dtype == dtype else xp.astype(array, dtype)
 
 
 def _check_cotangent(dy, x):

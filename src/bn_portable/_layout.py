@@ -39,6 +39,14 @@ def reduction_axes(rank: int, channel: int) -> tuple[int, ...]:
     return tuple(axis for axis in range(rank) if axis != channel)
 
 
+def elements_per_channel(x: Any, channel: int) -> int:
+    """n of the batch statistics: the product of every length but the channel's."""
+    count = 1
+    for axis in reduction_axes(x.ndim, channel):
+        count *= x.shape[axis]
+    return count
+
+
 def per_channel(array: Any, rank: int, channel: int, xp: Any) -> Any:
     """A ``[C]`` parameter shaped to broadcast against an input of ``rank``.
 

@@ -18,7 +18,7 @@ from . import _layout
 from ._lib import _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
-from ._lib._dtypes import dtype_name, is_half, scalar
+from ._lib._dtypes import astype, is_half, scalar
 from ._native import overridable
 
 FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
@@ -123,7 +123,7 @@ def fused_batch_norm(
         # The fused op's gradient ignores its statistics outputs.
         return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
     y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
-    if _element_count(x, channel) == 0:
+    if _layout.elements_per_channel(x, channel) == 0:
         # TensorFlow's kernel returns NaN statistics for an empty batch, in
         # inference too (it does not pass the given statistics through).
         nan = xp.full((channels,), xp.nan, dtype=xp.float32, device=device(x))
@@ -149,8 +149,8 @@ def fused_training(x, scale, offset, running_mean, running_variance, epsilon, ch
 def fused_training_core(x, scale, offset, epsilon, channel, xp):
     """y, batch mean, biased batch variance and element count per channel."""
     axes = _layout.reduction_axes(x.ndim, channel)
-    count = _element_count(x, channel)
-    x32 = _as_float32(x, xp)
+    count = _layout.elements_per_channel(x, channel)
+    x32 = astype(x, xp.float32, xp)
     batch_mean, biased_variance = fused_moments(x32, axes, count, xp)
     mean_b = _layout.per_channel(batch_mean, x.ndim, channel, xp)
     y = fused_affine(x32, mean_b, biased_variance, scale, offset, epsilon, x.ndim, channel, xp)
@@ -165,7 +165,7 @@ def bessel_correction(count, xp, dev):
 @overridable
 def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
     """The fused kernel in inference mode: y from the given statistics."""
-    x32 = _as_float32(x, xp)
+    x32 = astype(x, xp.float32, xp)
     mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
     y = fused_affine(x32, mean_b, variance, scale, offset, epsilon, x.ndim, channel, xp)
     return xp.astype(y, x.dtype)
@@ -204,20 +204,8 @@ def rsqrt(value: Any, xp: Any) -> Any:
     return 1 / xp.sqrt(value)
 
 
-def _as_float32(x, xp):
-    return x if dtype_name(x.dtype) == "float32" else xp.astype(x, xp.float32)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _element_count(x, channel):
-    """Elements per channel: the n of the batch statistics."""
-    count = 1
-    for axis in _layout.reduction_axes(x.ndim, channel):
-        count *= x.shape[axis]
-    return count
 
 
 def _missing_axis(rank, axes):

@@ -20,6 +20,11 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
     return xp.float32 if is_half(dtype) else dtype
 
 
+def astype(array: Any, dtype: Any, xp: Any) -> Any:
+    """``array`` in ``dtype``, without a copy when it already is."""
+    return array if array.dtype == dtype else xp.astype(array, dtype)
+
+
 def scalar(xp: Any, value: float, dtype: Any, device: Any) -> Any:
     """A 0-d array holding ``value`` rounded once to ``dtype``.
 
