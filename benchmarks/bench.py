@@ -16,12 +16,13 @@ of the NumPy training kernel; PNG plots are written next to it, and
 Implementations (absent ones are recorded with the reason):
 
 - ``numpy fast`` / ``numpy generic``: bn_portable on NumPy, fast paths on / off;
+  ``numpy fast 1t`` the fast paths with ``BN_PORTABLE_NUM_THREADS=1``;
 - ``torch fast``: bn_portable on PyTorch (fast paths on);
 - ``torch native``: ``torch.nn.functional.batch_norm`` (channels-last memory
   format for NHWC), or ``native_batch_norm_backward`` for the backward pass,
   with PyTorch's default thread count; ``torch native 1t`` the same on one
-  thread (NumPy's elementwise work is single-threaded too, and a one-thread
-  kernel is not thrown off when another process holds the other core);
+  thread (a one-thread kernel is not thrown off when another process holds
+  the other core);
 - ``numpy naive``: the array-API composite (mean, var, subtract, multiply, add);
 - ``tensorflow``: TensorFlow's fused op, when TensorFlow is importable;
 - ``jax fast`` / ``jax naive``: bn_portable under ``jax.jit`` and the naive
@@ -106,6 +107,12 @@ def _load_average() -> list[float] | None:
         return None
 
 
+def _bn_portable_threads() -> int:
+    from bn_portable._native import _threads
+
+    return _threads.thread_count()
+
+
 def machine_info(torch: Any) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
@@ -116,6 +123,7 @@ def machine_info(torch: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "bn_portable_threads": _bn_portable_threads(),
         "openblas_env": {
             name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
         },
@@ -198,9 +206,27 @@ def numpy_impls(case: Case, bn: Any) -> dict[str, Callable[[], Any] | str]:
             return {"numpy fast": "bn_portable has no fused_batch_norm_grad yet"}
         call = lambda: grad(case.dy, x, scale, mean, variance, epsilon=EPSILON, data_format=fmt)  # noqa: E731
     out["numpy fast"] = with_fast(True, call)
+    out["numpy fast 1t"] = _numpy_one_thread(with_fast(True, call))
     out["numpy generic"] = with_fast(False, call)
     out["numpy naive"] = naive_numpy(case)
     return out
+
+
+def _numpy_one_thread(call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` with the NumPy fast paths' threads limited to the calling one."""
+
+    def run():
+        previous = os.environ.get("BN_PORTABLE_NUM_THREADS")
+        os.environ["BN_PORTABLE_NUM_THREADS"] = "1"
+        try:
+            return call()
+        finally:
+            if previous is None:
+                del os.environ["BN_PORTABLE_NUM_THREADS"]
+            else:
+                os.environ["BN_PORTABLE_NUM_THREADS"] = previous
+
+    return run
 
 
 def naive_numpy(case: Case) -> Callable[[], Any]:
@@ -654,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
 
 PLOTTED = [
     "numpy fast",
+    "numpy fast 1t",
     "numpy generic",
     "numpy naive",
     "torch fast",

@@ -22,6 +22,7 @@ ROOT = HERE.parent
 
 COLUMNS = [
     ("numpy fast", "NumPy fast"),
+    ("numpy fast 1t", "NumPy fast, 1 thread"),
     ("numpy generic", "NumPy generic"),
     ("numpy naive", "NumPy naive"),
     ("torch fast", "torch fast"),
@@ -89,7 +90,8 @@ def machine_section(payload: dict) -> str:
     env = ", ".join(f"{k}={v}" for k, v in m.get("openblas_env", {}).items() if v) or "not set"
     lines = [
         f"- CPU: {m['cpu_model']}, {m['cpu_cores']} CPU cores ({m['machine']}, {m['system']}), "
-        f"a shared virtual machine; PyTorch used {m['torch_threads']} threads.",
+        f"a shared virtual machine; PyTorch used {m['torch_threads']} threads, bn_portable's"
+        f" NumPy fast paths {m.get('bn_portable_threads', 1)}.",
         f"- Date (UTC): {m['date_utc']}; load average at start {m.get('load_average_start')}, "
         f"at end {m.get('load_average_end')}.",
         f"- Python {m['python']}; {versions}.",

@@ -68,6 +68,7 @@ GROUPS = (
     "batch_normalization",
     "fused_batch_norm",
     "fused_batch_norm:edge",
+    "fused_batch_norm:large",
     "batch_norm:fused",
     "batch_norm:layer",
     "batch_norm:weighted",
@@ -607,6 +608,38 @@ def _fused_batch_norm_cases():
                 param_dtype="float32" if dtype != "float32" else None,
             )
         )
+    return out
+
+
+def _fused_batch_norm_large_cases():
+    """Inputs of 2¹⁶ values: large enough for every library's fast path.
+
+    The other cases are small, and the NumPy fast paths hand inputs under
+    2¹⁶ values back to the generic kernels; these make ``numpy`` and
+    ``numpy-generic`` run different code (blocked passes, BLAS sums) on the
+    same golden. 4 096 values per channel also give the reductions long runs
+    to add (NHWC: 4 096 rows).
+    """
+    out = []
+    for data_format, shape in (("NHWC", [4, 32, 32, 16]), ("NCHW", [4, 16, 32, 32])):
+        for mode in ("train", "inference"):
+            is_training, factor, with_stats = _FBN_MODES[mode]
+            cid = f"fused_batch_norm/large/{_fmt_shape(shape)}/{data_format}/float32/{mode}"
+            out.append(
+                _case(
+                    cid,
+                    "fused_batch_norm:large",
+                    "fused_batch_norm",
+                    "float32",
+                    {
+                        "epsilon": 0.001,
+                        "data_format": data_format,
+                        "is_training": is_training,
+                        "exponential_avg_factor": factor,
+                    },
+                    _fbn_arrays(shape, data_format, "float32", with_stats),
+                )
+            )
     return out
 
 
@@ -1197,6 +1230,7 @@ def cases() -> list[dict]:
         + _weighted_moments_cases()
         + _batch_normalization_cases()
         + _fused_batch_norm_cases()
+        + _fused_batch_norm_large_cases()
         + _batch_norm_cases()
         + _fused_batch_norm_grad_cases()
         + _batch_norm_grad_cases()

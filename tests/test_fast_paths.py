@@ -148,24 +148,30 @@ def _reference(x, scale, offset, channel):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["default-blocks", "tiny-blocks"])
+@pytest.fixture(params=["default-blocks", "tiny-blocks", "tiny-blocks-3-threads"])
 def numpy_fast(request, monkeypatch):
     """The NumPy fast-path module, made to take even the small test inputs.
 
     ``tiny-blocks`` shrinks every block so that the multi-block code (several
     row blocks, channel groups split across rows, partial last blocks, the
-    float64 flush of running sums) runs on these small inputs too.
+    float64 flush of running sums) runs on these small inputs too;
+    ``tiny-blocks-3-threads`` also shares those blocks among three threads.
     """
     from bn_portable._native import _numpy
 
     monkeypatch.setattr(_numpy, "_SMALL", 0)
     monkeypatch.setattr(_numpy, "_SMALL_HALF", 0)
-    if request.param == "tiny-blocks":
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "1")
+    if request.param.startswith("tiny-blocks"):
         monkeypatch.setattr(_numpy, "_MIN_BLOCK", 16)
         monkeypatch.setattr(_numpy, "_ROW_BLOCK", 96)
         monkeypatch.setattr(_numpy, "_CHANNEL_BLOCK", 200)
         monkeypatch.setattr(_numpy, "_RUN", 4)
+        monkeypatch.setattr(_numpy, "_CHUNK", 2)
         monkeypatch.setattr(_numpy, "_SEGMENT", 64)
+    if request.param.endswith("3-threads"):
+        monkeypatch.setattr(_numpy, "_PARALLEL", 0)
+        monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")
     return _numpy
 
 

@@ -1,4 +1,4 @@
-"""NumPy fast paths: cache-blocked passes, one output buffer, BLAS reductions.
+"""NumPy fast paths: cache-blocked passes, one output buffer, BLAS reductions, threads.
 
 The generic kernels spell TensorFlow's formulas as whole-array expressions:
 every step allocates a temporary as large as the input and walks it through
@@ -58,6 +58,17 @@ axis, ``C`` channels, ``S`` everything after it (NCHW: ``A = N``,
   sums, a centred-squares pass (x − mean written into the output), and the
   scaling pass over the output.
 
+Threads
+-------
+NumPy releases the GIL inside ufuncs, so the inference, ``normalize`` and
+moments kernels share their blocks among threads (``_threads``;
+``BN_PORTABLE_NUM_THREADS``) on inputs of ``_PARALLEL`` values or more. The
+blocking, and so every result, is the same for any number of threads. The
+training kernel stays on the calling thread: measured on 2 CPU cores at
+32×64×56×56 float32, sharing it made it 4–9 % slower (its BLAS sums from two
+threads at once contend), while NCHW inference gains about 40 %; NHWC
+elementwise passes gain little, being limited by memory bandwidth already.
+
 Limits: NumPy has no fast float16 conversion here (about 1.2 ns per value
 each way, scalar code), so float16 input is dominated by widening and
 narrowing; the blocked kernel converts each value in at most three times
@@ -73,6 +84,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from . import _threads
 
 #: Values per block of whole rows (NHWC): the block, its squares and the
 #: tiles stay in L2 cache.
@@ -91,6 +104,11 @@ _SMALL_HALF = 1 << 20
 _LONG_RUN = 128
 #: Rows summed in float32 by one BLAS product before the float64 total.
 _RUN = 64
+#: Row blocks added elementwise in float32 before their float64 column totals.
+_CHUNK = 16
+#: Inputs of at least this many values are shared among threads (below it,
+#: handing work to another thread costs more than it saves).
+_PARALLEL = 1 << 18
 #: Longest contiguous stretch one BLAS dot product sums in float32.
 _SEGMENT = 4096
 
@@ -120,7 +138,7 @@ def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
     """Blocked fused inference: ``(x − mean)·(rsqrt(var + ε)·scale) + offset``."""
     if not _fusable(x, scale, offset, mean, variance):
         return NotImplemented
-    view = _ChannelView(x.shape, channel, x.dtype.itemsize)
+    view = _ChannelView(x.shape, channel, x.dtype.itemsize, threaded=True)
     factor = _fused_factor(variance, scale, epsilon)
     y = np.empty(x.shape, dtype=x.dtype)
     view.affine(x, y, mean, factor, offset)
@@ -136,7 +154,7 @@ def batch_moments(x, axes, xp):
         return NotImplemented
     # Every axis reduced: one channel of all the values.
     channel, shape = (kept[0], tuple(x.shape)) if kept else (0, (1, x.size))
-    view = _ChannelView(shape, channel, x.dtype.itemsize)
+    view = _ChannelView(shape, channel, x.dtype.itemsize, threaded=True)
     data = x.reshape(shape)
     compute = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
     n = compute.type(view.count)
@@ -165,7 +183,7 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
     shift = -mean * inv if offset is None else offset - mean * inv
     inv, shift = (_per_axis(np.asarray(v, dtype=x.dtype), x.ndim, axis) for v in (inv, shift))
     shape = tuple(x.shape) if axis >= 0 else (1, *x.shape)
-    view = _ChannelView(shape, max(axis, 0) if axis >= 0 else 0, x.dtype.itemsize)
+    view = _ChannelView(shape, max(axis, 0) if axis >= 0 else 0, x.dtype.itemsize, threaded=True)
     y = np.empty(x.shape, dtype=x.dtype)
     view.scale_shift(x.reshape(shape), y.reshape(shape), inv, shift)
     return y
@@ -233,7 +251,7 @@ def _fused_factor(variance, scale, epsilon):
 class _ChannelView:
     """``x`` as ``(A, C, S)`` with the channel in the middle, and how to block it."""
 
-    def __init__(self, shape, channel, itemsize=4):
+    def __init__(self, shape, channel, itemsize=4, *, threaded=False):
         shape = tuple(int(s) for s in shape)
         self.shape = shape
         self.outer = math.prod(shape[:channel])
@@ -241,9 +259,12 @@ class _ChannelView:
         self.inner = math.prod(shape[channel + 1 :])
         self.count = self.outer * self.inner
         self.long = self.inner >= _LONG_RUN
-        # Small inputs get smaller blocks, so that the block-sized buffers
-        # stay a small fraction of the input (peak memory ~ output + 1/8).
         size = self.count * self.channels
+        self.threads = _threads.thread_count() if threaded and size >= _PARALLEL else 1
+        # Small inputs get smaller blocks, so that the block-sized buffers
+        # stay a small fraction of the input (peak memory ~ output + 1/5).
+        # The blocking never depends on the thread count: it decides the
+        # order of the additions, and so the bits of every sum.
         if self.long and itemsize == 4:
             # float32 channel groups are normalized in place in the output:
             # no block-sized buffer, so the group size costs no memory.
@@ -252,9 +273,13 @@ class _ChannelView:
             # float16 groups are widened into a float32 copy (1/8 of the input).
             self.block = min(_CHANNEL_BLOCK, max(_MIN_BLOCK, size // 16))
         else:
-            # Five block-sized float32 buffers (tiles, squares, running sums):
-            # together at most about a fifth of the input.
+            # Three block-sized float32 tiles and two block-sized float32
+            # buffers (per thread): together at most about a fifth of the
+            # input on one thread.
             self.block = min(_ROW_BLOCK, max(_MIN_BLOCK, size * itemsize // 100))
+
+    def _in_shares(self, work, items):
+        return _threads.in_shares(work, items, self.threads)
 
     # -- reductions -------------------------------------------------------
 
@@ -267,33 +292,41 @@ class _ChannelView:
     def squared_deviation_sums(self, x, mean):
         """Σ(x − mean)² per channel (moments only: the centred block is scratch)."""
         mean32 = np.asarray(mean, dtype=_compute(x.dtype)).reshape(-1)
-        total = np.zeros(self.channels, dtype=np.float64)
         if self.long:
             x3 = x.reshape(self.outer, self.channels, self.inner)
-            for a0, a1, c0, c1 in self._long_blocks():
+
+            def block_sums(a0, a1, c0, c1):
                 d = np.subtract(x3[a0:a1, c0:c1], mean32[c0:c1, None])
-                total[c0:c1] += _row_dots(d).sum(axis=0)
-            return total
+                return _row_dots(d).sum(axis=0)
+
+            return self._long_block_totals(block_sums)
         x2 = x.reshape(self.outer, self.channels * self.inner)
         rows = self._rows_per_block()
         mean_tile = self._tile(mean32, rows)
-        scratch = np.empty(rows * x2.shape[1], dtype=mean32.dtype)
-        totals = _ColumnTotals(rows, x2.shape[1], mean32.dtype)
-        for r0 in range(0, self.outer, rows):
-            r1 = min(self.outer, r0 + rows)
-            size = (r1 - r0) * x2.shape[1]
-            d = scratch[:size]
-            np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=d)
-            np.multiply(d, d, out=d)
-            totals.add(d)
-        return totals.result().reshape(self.channels, self.inner).sum(axis=1)
+
+        def squares(r0, r1, scratch):
+            d = np.subtract(x2[r0:r1].reshape(-1), mean_tile[: (r1 - r0) * x2.shape[1]], out=scratch)
+            return np.multiply(d, d, out=d)
+
+        totals = self._chunked_column_sums(squares, mean32.dtype)
+        return totals.reshape(self.channels, self.inner).sum(axis=1)
 
     def _long_sums(self, x3):
         if x3.dtype != np.float16:
-            return _row_sums(x3).sum(axis=0)
+            return _row_sums(x3).sum(axis=0)  # one BLAS call (BLAS has its own threads)
+
+        def block_sums(a0, a1, c0, c1):
+            return _row_sums(x3[a0:a1, c0:c1].astype(np.float32)).sum(axis=0)
+
+        return self._long_block_totals(block_sums)
+
+    def _long_block_totals(self, block_sums):
+        """Per-channel float64 totals of ``block_sums`` over ``_long_blocks``, in block order."""
+        blocks = list(self._long_blocks())
+        partials = self._in_shares(lambda share: [block_sums(*b) for b in share], blocks)
         total = np.zeros(self.channels, dtype=np.float64)
-        for a0, a1, c0, c1 in self._long_blocks():
-            total[c0:c1] += _row_sums(x3[a0:a1, c0:c1].astype(np.float32)).sum(axis=0)
+        for (_, _, c0, c1), partial in zip(blocks, partials):
+            total[c0:c1] += partial
         return total
 
     def _short_sums(self, x2):
@@ -309,12 +342,47 @@ class _ChannelView:
             if head < self.outer:
                 columns += x2[head:].sum(axis=0, dtype=np.float64)
         else:
-            rows = self._rows_per_block()
-            totals = _ColumnTotals(rows, width)
-            for r0 in range(0, self.outer, rows):
-                totals.add(x2[r0 : min(self.outer, r0 + rows)].reshape(-1))
-            columns = totals.result()
+            columns = self._chunked_column_sums(
+                lambda r0, r1, scratch: x2[r0:r1].reshape(-1), np.dtype(np.float32)
+            )
         return columns.reshape(self.channels, self.inner).sum(axis=1)
+
+    def _chunked_column_sums(self, values, dtype):
+        """Column sums (over rows of ``C·S`` values) of ``values(r0, r1, scratch)``, float64.
+
+        ``values`` gives the flat values of rows ``r0:r1`` (it may write them
+        into ``scratch``, a block-sized buffer of its own). The row blocks are
+        taken ``_CHUNK`` at a time: within a chunk they are added elementwise
+        into one running block in ``dtype`` (one in-cache ufunc per block),
+        whose column sums (``_column_sums``) are added in float64, chunk after
+        chunk in order. Chunks are shared among threads; the grouping depends
+        on the shape alone.
+        """
+        width = self.channels * self.inner
+        blocks = self._row_blocks()
+        chunks = [blocks[i : i + _CHUNK] for i in range(0, len(blocks), _CHUNK)]
+        block_size = (blocks[0][1] - blocks[0][0]) * width
+
+        def work(share):
+            running = np.empty(block_size, dtype=dtype)
+            scratch = np.empty(block_size, dtype=dtype)
+            sums = []
+            for chunk in share:
+                used = 0
+                for r0, r1 in chunk:
+                    block = values(r0, r1, scratch[: (r1 - r0) * width])
+                    if used == 0:
+                        running[: block.size] = block
+                    else:
+                        np.add(running[: block.size], block, out=running[: block.size])
+                    used = max(used, block.size)
+                sums.append(_column_sums(running[:used].reshape(-1, width)))
+            return sums
+
+        total = np.zeros(width, dtype=np.float64)
+        for partial in self._in_shares(work, chunks):
+            total += partial
+        return total
 
     # -- fused training ---------------------------------------------------
 
@@ -329,48 +397,23 @@ class _ChannelView:
 
         A group's sum, its centred squares and its output are all computed
         while the group is in cache (a channel's statistics need no other
-        channel), so ``x`` streams through memory once and ``y`` once.
+        channel), so ``x`` streams through memory once and ``y`` once. The
+        groups are shared among threads.
         """
         x3 = x.reshape(self.outer, self.channels, self.inner)
         y3 = y.reshape(self.outer, self.channels, self.inner)
-        in_place = x.dtype == np.float32
         mean = np.empty(self.channels, dtype=np.float32)
         variance = np.empty(self.channels, dtype=np.float32)
-        for c0, c1, a_blocks in self._channel_groups():
-            single = len(a_blocks) == 1
-            kept = None
-            total = np.zeros(c1 - c0, dtype=np.float64)
-            for a0, a1 in a_blocks:
-                block = x3[a0:a1, c0:c1]
-                if not in_place:
-                    block = block.astype(np.float32)  # exact; reused for x − mean
-                    kept = block
-                total += _row_sums(block).sum(axis=0)
-            group_mean = total.astype(np.float32) * inverse_count
-            mean[c0:c1] = group_mean
-            mean_b = group_mean[:, None]
-            squares = np.zeros(c1 - c0, dtype=np.float64)
-            for a0, a1 in a_blocks:
-                if in_place:  # y is the scratch for x − mean
-                    d = np.subtract(x3[a0:a1, c0:c1], mean_b, out=y3[a0:a1, c0:c1])
-                elif single:
-                    d = np.subtract(kept, mean_b, out=kept)
-                else:
-                    d = np.subtract(x3[a0:a1, c0:c1], mean_b, dtype=np.float32)
-                squares += _row_dots(d).sum(axis=0)
-            group_variance = squares.astype(np.float32) * inverse_count
-            variance[c0:c1] = group_variance
-            factor_b = _fused_factor(group_variance, scale[c0:c1], epsilon)[:, None]
-            offset_b = offset[c0:c1, None]
-            for a0, a1 in a_blocks:
-                if in_place:
-                    d = y3[a0:a1, c0:c1]
-                elif single:
-                    d = kept
-                else:
-                    d = np.subtract(x3[a0:a1, c0:c1], mean_b, dtype=np.float32)
-                np.multiply(d, factor_b, out=d)
-                np.add(d, offset_b, out=y3[a0:a1, c0:c1])
+
+        def work(groups):
+            for c0, c1, a_blocks in groups:
+                group_mean, group_variance = _train_group(
+                    x3, y3, c0, c1, a_blocks, scale, offset, epsilon, inverse_count
+                )
+                mean[c0:c1] = group_mean
+                variance[c0:c1] = group_variance
+
+        self._in_shares(work, list(self._channel_groups()))
         return mean, variance
 
     def _train_rows(self, x, y, scale, offset, epsilon, inverse_count):
@@ -382,35 +425,37 @@ class _ChannelView:
         rows = self._rows_per_block()
         in_place = x.dtype == np.float32
         mean_tile = self._tile(mean, rows)
-        squares = np.empty(rows * width, dtype=np.float32)
-        centred = None if in_place else np.empty(rows * width, dtype=np.float32)
-        totals = _ColumnTotals(rows, width)
-        blocks = [(r0, min(self.outer, r0 + rows)) for r0 in range(0, self.outer, rows)]
-        for r0, r1 in blocks:
+
+        def squares(r0, r1, scratch):
+            # float32 input: x − mean goes into y, which the output pass reuses.
             size = (r1 - r0) * width
-            d = y2[r0:r1].reshape(-1) if in_place else centred[:size]
-            np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=d, dtype=np.float32)
-            sq = squares[:size]
-            np.multiply(d, d, out=sq)
-            totals.add(sq)
-        total = totals.result().reshape(self.channels, self.inner).sum(axis=1)
-        del totals, squares
-        if in_place:
-            del mean_tile  # float16 recomputes x − mean below; float32 reuses y
-        variance = total.astype(np.float32) * inverse_count
+            source = x2[r0:r1].reshape(-1)
+            if in_place:
+                d = np.subtract(source, mean_tile[:size], out=y2[r0:r1].reshape(-1))
+                return np.multiply(d, d, out=scratch)
+            d = np.subtract(source, mean_tile[:size], out=scratch, dtype=np.float32)
+            return np.multiply(d, d, out=d)
+
+        total = self._chunked_column_sums(squares, np.dtype(np.float32))
+        variance = total.reshape(self.channels, self.inner).sum(axis=1).astype(np.float32)
+        variance *= inverse_count
         factor_tile = self._tile(_fused_factor(variance, scale, epsilon), rows)
         offset_tile = self._tile(offset, rows)
-        for r0, r1 in blocks:
-            size = (r1 - r0) * width
-            out = y2[r0:r1].reshape(-1)
-            if in_place:
-                d = out
-            else:
-                d = centred[:size]
-                if len(blocks) > 1:  # the single block is still in ``centred``
+
+        def output(blocks):
+            centred = None if in_place else np.empty(rows * width, dtype=np.float32)
+            for r0, r1 in blocks:
+                size = (r1 - r0) * width
+                out = y2[r0:r1].reshape(-1)
+                if in_place:
+                    d = out
+                else:  # float16: x − mean again (float16 blocks are not kept)
+                    d = centred[:size]
                     np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=d, dtype=np.float32)
-            np.multiply(d, factor_tile[:size], out=d)
-            np.add(d, offset_tile[:size], out=out)
+                np.multiply(d, factor_tile[:size], out=d)
+                np.add(d, offset_tile[:size], out=out)
+
+        self._in_shares(output, self._row_blocks())
         return mean, variance
 
     # -- elementwise ------------------------------------------------------
@@ -421,31 +466,38 @@ class _ChannelView:
         if self.long:
             x3 = x.reshape(self.outer, self.channels, self.inner)
             y3 = y.reshape(self.outer, self.channels, self.inner)
-            for a0, a1, c0, c1 in self._long_blocks():
-                out = y3[a0:a1, c0:c1]
-                d = np.subtract(
-                    x3[a0:a1, c0:c1],
-                    mean[c0:c1, None],
-                    out=out if in_place else None,
-                    dtype=np.float32,
-                )
-                np.multiply(d, factor[c0:c1, None], out=d)
-                np.add(d, offset[c0:c1, None], out=out)
+
+            def work(blocks):
+                for a0, a1, c0, c1 in blocks:
+                    out = y3[a0:a1, c0:c1]
+                    d = np.subtract(
+                        x3[a0:a1, c0:c1],
+                        mean[c0:c1, None],
+                        out=out if in_place else None,
+                        dtype=np.float32,
+                    )
+                    np.multiply(d, factor[c0:c1, None], out=d)
+                    np.add(d, offset[c0:c1, None], out=out)
+
+            self._in_shares(work, list(self._long_blocks()))
             return
         width = self.channels * self.inner
         x2 = x.reshape(self.outer, width)
         y2 = y.reshape(self.outer, width)
         rows = self._rows_per_block()
         tiles = [self._tile(v, rows) for v in (mean, factor, offset)]
-        scratch = None if in_place else np.empty(rows * width, dtype=np.float32)
-        for r0 in range(0, self.outer, rows):
-            r1 = min(self.outer, r0 + rows)
-            size = (r1 - r0) * width
-            out = y2[r0:r1].reshape(-1)
-            d = out if in_place else scratch[:size]
-            np.subtract(x2[r0:r1].reshape(-1), tiles[0][:size], out=d, dtype=np.float32)
-            np.multiply(d, tiles[1][:size], out=d)
-            np.add(d, tiles[2][:size], out=out)
+
+        def work(blocks):
+            scratch = None if in_place else np.empty(rows * width, dtype=np.float32)
+            for r0, r1 in blocks:
+                size = (r1 - r0) * width
+                out = y2[r0:r1].reshape(-1)
+                d = out if in_place else scratch[:size]
+                np.subtract(x2[r0:r1].reshape(-1), tiles[0][:size], out=d, dtype=np.float32)
+                np.multiply(d, tiles[1][:size], out=d)
+                np.add(d, tiles[2][:size], out=out)
+
+        self._in_shares(work, self._row_blocks())
 
     def scale_shift(self, x, y, inv, shift):
         """``y = x·inv + shift`` in x's dtype (``tf.nn.batch_normalization``)."""
@@ -455,24 +507,31 @@ class _ChannelView:
             inv_b, shift_b = (
                 v.reshape(-1, 1) if v.size > 1 else v.reshape(1, 1) for v in (inv, shift)
             )
-            for a0, a1, c0, c1 in self._long_blocks():
-                out = y3[a0:a1, c0:c1]
-                pi = inv_b if inv_b.shape[0] == 1 else inv_b[c0:c1]
-                ps = shift_b if shift_b.shape[0] == 1 else shift_b[c0:c1]
-                np.multiply(x3[a0:a1, c0:c1], pi, out=out)
-                np.add(out, ps, out=out)
+
+            def work(blocks):
+                for a0, a1, c0, c1 in blocks:
+                    out = y3[a0:a1, c0:c1]
+                    pi = inv_b if inv_b.shape[0] == 1 else inv_b[c0:c1]
+                    ps = shift_b if shift_b.shape[0] == 1 else shift_b[c0:c1]
+                    np.multiply(x3[a0:a1, c0:c1], pi, out=out)
+                    np.add(out, ps, out=out)
+
+            self._in_shares(work, list(self._long_blocks()))
             return
         width = self.channels * self.inner
         x2 = x.reshape(self.outer, width)
         y2 = y.reshape(self.outer, width)
         rows = self._rows_per_block()
         inv_tile, shift_tile = (self._tile(v, rows) for v in (inv, shift))
-        for r0 in range(0, self.outer, rows):
-            r1 = min(self.outer, r0 + rows)
-            size = (r1 - r0) * width
-            out = y2[r0:r1].reshape(-1)
-            np.multiply(x2[r0:r1].reshape(-1), inv_tile[:size], out=out)
-            np.add(out, shift_tile[:size], out=out)
+
+        def work(blocks):
+            for r0, r1 in blocks:
+                size = (r1 - r0) * width
+                out = y2[r0:r1].reshape(-1)
+                np.multiply(x2[r0:r1].reshape(-1), inv_tile[:size], out=out)
+                np.add(out, shift_tile[:size], out=out)
+
+        self._in_shares(work, self._row_blocks())
 
     # -- blocking ---------------------------------------------------------
 
@@ -483,6 +542,11 @@ class _ChannelView:
         if rows >= 2 * _RUN:
             rows -= rows % _RUN
         return min(rows, self.outer)
+
+    def _row_blocks(self):
+        """(r0, r1) blocks of whole rows, ``_rows_per_block`` rows each (the last may be short)."""
+        rows = self._rows_per_block()
+        return [(r0, min(self.outer, r0 + rows)) for r0 in range(0, self.outer, rows)]
 
     def _tile(self, per_channel, rows):
         """A ``[C]`` vector laid out as ``rows`` rows of ``C·S`` values."""
@@ -520,6 +584,44 @@ class _ChannelView:
             yield c0, c0 + 1, a_blocks
 
 
+def _train_group(x3, y3, c0, c1, a_blocks, scale, offset, epsilon, inverse_count):
+    """One channel group of ``_train_long``: its mean and variance; its output into ``y3``."""
+    in_place = x3.dtype == np.float32
+    single = len(a_blocks) == 1
+    kept = None
+    total = np.zeros(c1 - c0, dtype=np.float64)
+    for a0, a1 in a_blocks:
+        block = x3[a0:a1, c0:c1]
+        if not in_place:
+            block = block.astype(np.float32)  # exact; reused for x − mean
+            kept = block
+        total += _row_sums(block).sum(axis=0)
+    group_mean = total.astype(np.float32) * inverse_count
+    mean_b = group_mean[:, None]
+    squares = np.zeros(c1 - c0, dtype=np.float64)
+    for a0, a1 in a_blocks:
+        if in_place:  # y is the scratch for x − mean
+            d = np.subtract(x3[a0:a1, c0:c1], mean_b, out=y3[a0:a1, c0:c1])
+        elif single:
+            d = np.subtract(kept, mean_b, out=kept)
+        else:
+            d = np.subtract(x3[a0:a1, c0:c1], mean_b, dtype=np.float32)
+        squares += _row_dots(d).sum(axis=0)
+    group_variance = squares.astype(np.float32) * inverse_count
+    factor_b = _fused_factor(group_variance, scale[c0:c1], epsilon)[:, None]
+    offset_b = offset[c0:c1, None]
+    for a0, a1 in a_blocks:
+        if in_place:
+            d = y3[a0:a1, c0:c1]
+        elif single:
+            d = kept
+        else:
+            d = np.subtract(x3[a0:a1, c0:c1], mean_b, dtype=np.float32)
+        np.multiply(d, factor_b, out=d)
+        np.add(d, offset_b, out=y3[a0:a1, c0:c1])
+    return group_mean, group_variance
+
+
 def _compute(dtype):
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
@@ -551,43 +653,6 @@ def _row_dots(d):
         part = np.vecdot(run, run).astype(np.float64)
         total = part if total is None else total + part
     return total
-
-
-class _ColumnTotals:
-    """Column sums of a stream of ``(rows, width)`` blocks, as float64.
-
-    Blocks are added elementwise into one block-sized float32 running sum
-    (a single in-cache ufunc per block); every ``_RUN`` blocks that running
-    sum is reduced to column totals and added in float64. The grouping
-    depends only on the block sequence, so results are reproducible.
-    """
-
-    def __init__(self, rows, width, dtype=np.float32):
-        self.width = width
-        self.partial = np.zeros(rows * width, dtype=dtype)
-        self.used = 0
-        self.pending = 0
-        self.columns = np.zeros(width, dtype=np.float64)
-
-    def add(self, values):
-        size = values.size
-        running = self.partial[:size]
-        np.add(running, values, out=running)
-        self.used = max(self.used, size)
-        self.pending += 1
-        if self.pending == _RUN:
-            self._flush()
-
-    def result(self):
-        self._flush()
-        return self.columns
-
-    def _flush(self):
-        if self.pending:
-            used = self.partial[: self.used]
-            self.columns += _column_sums(used.reshape(-1, self.width))
-            used.fill(0)
-            self.pending = 0
 
 
 def _column_sums(block):

@@ -1,0 +1,116 @@
+"""Worker threads for the NumPy fast paths.
+
+NumPy releases the GIL inside its ufunc loops and BLAS calls, so cache-sized
+blocks of one array can be processed by several Python threads at once, the
+way PyTorch's CPU kernels use every core (its intra-op threads). A handful of
+long-lived threads do it here.
+
+Results never depend on the number of threads: the work is cut into items by
+the input's shape alone, each item is computed whole by one thread, and
+per-item results (partial sums) come back in item order to be combined in
+that order.
+
+``BN_PORTABLE_NUM_THREADS`` sets the number of threads; the default is the
+number of CPUs this process may run on. ``1`` keeps all the work in the
+calling thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_ENVIRONMENT_VARIABLE = "BN_PORTABLE_NUM_THREADS"
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def thread_count() -> int:
+    """Threads the fast paths may use (``BN_PORTABLE_NUM_THREADS`` or the usable CPUs)."""
+    setting = os.environ.get(_ENVIRONMENT_VARIABLE, "").strip()
+    if not setting:
+        return _usable_cpus()
+    try:
+        count = int(setting)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(
+            f"{_ENVIRONMENT_VARIABLE} must be a positive integer (a number of threads), "
+            f"got {setting!r}"
+        )
+    return count
+
+
+@functools.cache
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def in_shares(work: Callable[[Sequence[T]], list[Any] | None], items: Sequence[T], threads: int):
+    """Run ``work`` on contiguous shares of ``items`` in up to ``threads`` threads.
+
+    ``work(share)`` returns one result per item of its share (or None when it
+    only writes into arrays); the results of all shares are returned in item
+    order. The calling thread takes the first share; the call returns when
+    every share is done, and re-raises the first error.
+    """
+    threads = max(1, min(threads, len(items)))
+    if threads == 1:
+        return work(items) or []
+    shares = _split(items, threads)
+    pool = _executor(threads - 1)
+    futures = [pool.submit(work, share) for share in shares[1:]]
+    try:
+        first = work(shares[0]) or []
+    finally:
+        # Wait for every share, even after an error: none may still be
+        # writing into the caller's arrays once this returns.
+        for future in futures:
+            future.exception()
+    results = list(first)
+    for future in futures:
+        results.extend(future.result() or [])
+    return results
+
+
+def _split(items, parts):
+    """``parts`` contiguous shares whose lengths differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    shares, start = [], 0
+    for part in range(parts):
+        stop = start + size + (part < extra)
+        shares.append(items[start:stop])
+        start = stop
+    return shares
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="bn_portable")
+            _pool_size = workers
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child inherits the pool object but not its threads.
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)

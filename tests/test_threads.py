@@ -1,0 +1,101 @@
+"""The NumPy fast paths' threads: same bits for any thread count, errors surface."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from bn_portable._native import _numpy as numpy_fast
+from bn_portable._native import _threads
+
+EPSILON = 1e-3
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Many blocks (and chunks) on a small input, every input shared among threads."""
+    monkeypatch.setattr(numpy_fast, "_SMALL", 0)
+    monkeypatch.setattr(numpy_fast, "_SMALL_HALF", 0)
+    monkeypatch.setattr(numpy_fast, "_PARALLEL", 0)
+    monkeypatch.setattr(numpy_fast, "_MIN_BLOCK", 16)
+    monkeypatch.setattr(numpy_fast, "_ROW_BLOCK", 96)
+    monkeypatch.setattr(numpy_fast, "_CHANNEL_BLOCK", 200)
+    monkeypatch.setattr(numpy_fast, "_CHUNK", 2)
+
+
+def _kernel_outputs(x, channel):
+    rng = np.random.default_rng(7)
+    channels = x.shape[channel]
+    scale, offset, mean = (rng.normal(size=channels).astype(np.float32) for _ in range(3))
+    variance = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    axes = tuple(axis for axis in range(x.ndim) if axis != channel)
+    shape = [1] * x.ndim
+    shape[channel] = channels
+    outputs = [
+        *numpy_fast.batch_moments(x, axes, np),
+        numpy_fast.normalize(
+            x, mean.reshape(shape), variance.reshape(shape), None, None, EPSILON, np
+        ),
+    ]
+    if x.dtype != np.float64:  # the fused kernels take float32 and float16
+        outputs += [
+            *numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)[:3],
+            numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, np),
+        ]
+    return outputs
+
+
+@pytest.mark.parametrize(("shape", "channel"), [((6, 5, 7, 9), 3), ((6, 9, 7, 20), 1)])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_results_do_not_depend_on_the_thread_count(small_blocks, monkeypatch, shape, channel, dtype):
+    x = np.random.default_rng(3).normal(2.0, 3.0, size=shape).astype(dtype)
+    results = {}
+    for threads in ("1", "2", "5"):
+        monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", threads)
+        outputs = _kernel_outputs(x, channel)
+        assert all(output is not NotImplemented for output in outputs)
+        results[threads] = outputs
+    for threads in ("2", "5"):
+        for single, shared in zip(results["1"], results[threads]):
+            np.testing.assert_array_equal(shared, single, strict=True)
+
+
+def test_work_runs_in_several_threads_and_keeps_item_order():
+    seen = set()
+
+    def work(share):
+        seen.add(threading.get_ident())
+        return [item * 10 for item in share]
+
+    assert _threads.in_shares(work, list(range(7)), 3) == [item * 10 for item in range(7)]
+    assert len(seen) > 1
+
+
+def test_an_error_in_any_share_is_raised_after_every_share_finished():
+    finished = []
+
+    def work(share):
+        if 0 in share:
+            raise RuntimeError("first share failed")
+        finished.append(share)
+        return []
+
+    with pytest.raises(RuntimeError, match="first share failed"):
+        _threads.in_shares(work, list(range(6)), 3)
+    assert sorted(item for share in finished for item in share) == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("setting", ["0", "-2", "two", "1.5"])
+def test_a_bad_thread_count_setting_is_named(monkeypatch, setting):
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", setting)
+    with pytest.raises(ValueError, match="BN_PORTABLE_NUM_THREADS must be a positive integer"):
+        _threads.thread_count()
+
+
+def test_thread_count_defaults_to_the_usable_cpus(monkeypatch):
+    monkeypatch.delenv("BN_PORTABLE_NUM_THREADS", raising=False)
+    assert _threads.thread_count() >= 1
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")
+    assert _threads.thread_count() == 3
