@@ -108,14 +108,14 @@ def machine_section(payload: dict) -> str:
 def targets_section(payload: dict) -> str:
     shape = payload["target_shape"]
     rows = [
-        "| target | NCHW | NHWC | met | NCHW vs torch 1 thread | NHWC vs torch 1 thread |",
+        "| target | NCHW | NHWC | met | NCHW, both on 1 thread | NHWC, both on 1 thread |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for label, operation, name, reference, limit in TARGETS:
         cases = [_find(payload, operation, shape, layout, "float32") for layout in ("NCHW", "NHWC")]
         ratios = [_ratio(case, name, reference) for case in cases]
         one_thread = (
-            [_ratio(case, name, "torch native 1t") for case in cases]
+            [_ratio(case, f"{name} 1t", "torch native 1t") for case in cases]
             if name.startswith("numpy")
             else [None, None]
         )

@@ -996,6 +996,23 @@ def _fused_batch_norm_grad_cases():
                 param_dtype="float32" if dtype != "float32" else None,
             )
         )
+    # 2¹⁶ values: large enough for the NumPy backward fast path (see
+    # _fused_batch_norm_large_cases).
+    for data_format, shape in (("NHWC", [4, 32, 32, 16]), ("NCHW", [4, 16, 32, 32])):
+        arrays = _fbn_arrays(shape, data_format, "float32", with_stats=False)
+        del arrays["offset"]
+        arrays["dy"] = _spec(shape, "float32", {"dist": "normal", "loc": 0.0, "scale": 1.0})
+        cid = f"fused_batch_norm_grad/large/{_fmt_shape(shape)}/{data_format}/float32/train"
+        out.append(
+            _case(
+                cid,
+                "grad:fused_batch_norm",
+                "fused_batch_norm_grad",
+                "float32",
+                {"epsilon": 0.001, "data_format": data_format, "is_training": True},
+                arrays,
+            )
+        )
     return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import bn_portable as bn
-from bn_portable import _moments, _normalize
+from bn_portable import _grad, _moments, _normalize
 
 SUM_ULPS = 4
 Y_ULPS = 8
@@ -271,6 +271,87 @@ def test_numpy_normalize_with_scalar_and_trailing_parameters(numpy_fast):
         fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, np)
         generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, np)
         np.testing.assert_array_equal(fast, generic)
+
+
+def _backward_constants(shape, channel, dtype):
+    """Per-channel ``mean, a, b, c`` of the backward's elementwise pass, shaped to broadcast."""
+    compute = np.float64 if dtype == "float64" else np.float32
+    parameter_shape = [1] * len(shape)
+    parameter_shape[channel] = shape[channel]
+    return [
+        RNG.normal(0.5, 1.0, parameter_shape).astype(compute) for _ in ("mean", "a", "b", "c")
+    ]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+@pytest.mark.parametrize("is_training", [True, False])
+def test_numpy_gradient_input_is_bit_identical(numpy_fast, shape, channel, dtype, is_training):
+    x, _, _ = _data(shape, channel, dtype)
+    dy = RNG.normal(0.0, 1.0, shape).astype(dtype)
+    mean, a, b, c = _backward_constants(shape, channel, dtype)
+    if not is_training:
+        b = c = None
+    fast = numpy_fast.gradient_input(dy, x, mean, a, b, c, None, np)
+    assert fast is not NotImplemented
+    generic = _grad.gradient_input.generic(dy, x, mean, a, b, c, None, np)
+    np.testing.assert_array_equal(fast, generic)
+    assert fast.dtype == generic.dtype == x.dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+def test_numpy_gradient_sums_are_accurate(numpy_fast, shape, channel, dtype):
+    x, _, _ = _data(shape, channel, dtype)
+    dy = RNG.normal(0.3, 1.0, shape).astype(dtype)
+    compute = np.float64 if dtype == "float64" else np.float32
+    mean = RNG.normal(1.5, 0.1, shape[channel]).astype(compute)
+    fast = numpy_fast.gradient_sums(dy, x, mean, channel, np)
+    assert fast is not NotImplemented
+    generic = _grad.gradient_sums.generic(dy, x, mean, channel, np)
+    axes = _axes(x.ndim, channel)
+    shape_b = [1] * x.ndim
+    shape_b[channel] = -1
+    dy64, x64 = dy.astype(np.float64), x.astype(np.float64)
+    centred = x64 - mean.astype(np.float64).reshape(shape_b)
+    exact = [dy64.sum(axis=axes), (dy64 * centred).sum(axis=axes)]
+    # One ulp of the sum of magnitudes per few terms: what any float32 summation order allows.
+    magnitudes = [np.abs(dy64).sum(axis=axes), np.abs(dy64 * centred).sum(axis=axes)]
+    # For float64 data the float64 reference has rounding errors of its own.
+    ulps = SUM_ULPS if dtype != "float64" else 64
+    eps = float(np.finfo(compute).eps)
+    for f, g, e, m in zip(fast, generic, exact, magnitudes):
+        assert f.dtype == g.dtype == compute and f.shape == g.shape == (shape[channel],)
+        assert np.all(np.abs(f - e) <= ulps * eps * m + 1e-300)
+
+
+def test_numpy_backward_declines_what_it_does_not_cover(numpy_fast):
+    x, _, _ = _data((4, 5, 6, 3), 3, "float32")
+    dy = RNG.normal(size=x.shape).astype(np.float32)
+    mean, a, b, c = _backward_constants(x.shape, 3, "float32")
+    share = np.full((4, 1, 1, 1), 0.25, np.float32)  # weighted: the generic kernel's job
+    assert numpy_fast.gradient_input(dy, x, mean, a, b, c, share, np) is NotImplemented
+    transposed = dy.transpose(0, 2, 1, 3)
+    assert numpy_fast.gradient_input(transposed, x, mean, a, b, c, None, np) is NotImplemented
+    assert (
+        numpy_fast.gradient_sums(dy.astype(np.float16), x, mean.reshape(-1), 3, np)
+        is NotImplemented
+    )
+
+
+def test_numpy_public_backward_uses_the_fast_paths():
+    x, scale, _ = _data((40, 16, 16, 11), 3, "float32")  # above the small-input cut-off
+    dy = RNG.normal(size=x.shape).astype(np.float32)
+    mean = x.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    variance = x.var(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    with bn.fast_paths(True):
+        fast = bn.fused_batch_norm_grad(dy, x, scale, mean, variance)
+    with bn.fast_paths(False):
+        generic = bn.fused_batch_norm_grad(dy, x, scale, mean, variance)
+    # The fast sums are added in another order than the generic ones.
+    assert any(not np.array_equal(f, g) for f, g in zip(fast, generic))
+    for f, g in zip(fast, generic):
+        np.testing.assert_allclose(f, g, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(g))))
 
 
 def test_numpy_declines_what_it_does_not_cover(numpy_fast):

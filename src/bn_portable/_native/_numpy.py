@@ -24,11 +24,15 @@ the same statistics, they give the same bits as the generic kernels:
   ``shift = offset − mean·inv`` are the generic kernel's own (tiny)
   expressions; then ``x·inv`` and ``+ shift`` in ``x``'s dtype, the same two
   ufuncs on the same operands: bit-identical.
+- ``gradient_input`` (the backward's elementwise pass): ``dy·a``, then
+  ``((x − mean)·b + c)`` and their sum, each rounded in the compute dtype and
+  the last once to ``x``'s dtype: bit-identical.
 
 **Sums are the only difference**, and only in the order of the additions.
 TensorFlow's operation order is kept: mean = float32 sum · float32(1/n) for the
 fused kernel (sum / n for ``tf.nn.moments``); variance = Σ(x − mean)² from
-that rounded float32 mean (two-pass, never E[x²] − E[x]²), times 1/n. Every
+that rounded float32 mean (two-pass, never E[x²] − E[x]²), times 1/n; the
+backward's ``gradient_sums`` are Σ dy and Σ dy·(x − mean). Every
 sum is formed by BLAS products or elementwise running sums over short runs
 (at most ``_RUN`` rows, or ``_SEGMENT`` contiguous values, accumulated in
 float32 per output), and the partial sums are added in float64 and rounded
@@ -60,8 +64,8 @@ axis, ``C`` channels, ``S`` everything after it (NCHW: ``A = N``,
 
 Threads
 -------
-NumPy releases the GIL inside ufuncs, so the inference, ``normalize`` and
-moments kernels share their blocks among threads (``_threads``;
+NumPy releases the GIL inside ufuncs, so the inference, ``normalize``,
+moments and backward kernels share their blocks among threads (``_threads``;
 ``BN_PORTABLE_NUM_THREADS``) on inputs of ``_PARALLEL`` values or more. The
 blocking, and so every result, is the same for any number of threads. The
 training kernel stays on the calling thread: measured on 2 CPU cores at
@@ -189,6 +193,37 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
     return y
 
 
+def gradient_sums(dy, x, mean, channel, xp):
+    """``(Σ dy, Σ dy·(x − mean))`` per channel, blocked, BLAS sums with float64 totals."""
+    if not _plain(x, _MOMENT_DTYPES) or not _same_layout(dy, x):
+        return NotImplemented
+    if not (type(mean) is np.ndarray and mean.ndim == 1 and mean.dtype == _compute(x.dtype)):
+        return NotImplemented
+    view = _ChannelView(x.shape, channel, x.dtype.itemsize, threaded=True)
+    sum_dy, sum_dy_centred = view.gradient_sums(dy, x, mean)
+    return sum_dy.astype(mean.dtype), sum_dy_centred.astype(mean.dtype)
+
+
+def gradient_input(dy, x, mean, a, b, c, share, xp):
+    """``dx = dy·a + ((x − mean)·b + c)``, the generic kernel's ufuncs in its order, blocked."""
+    if share is not None or not _plain(x, _MOMENT_DTYPES) or not _same_layout(dy, x):
+        return NotImplemented
+    parameters = [value for value in (mean, a, b, c) if value is not None]
+    if not all(type(v) is np.ndarray and v.dtype == a.dtype for v in parameters):
+        return NotImplemented
+    if a.dtype != _compute(x.dtype) or (b is None) != (c is None):
+        return NotImplemented
+    axis = _single_varying_axis(x.shape, [value.shape for value in parameters])
+    if axis is None:
+        return NotImplemented
+    flat = [None if v is None else _per_axis(v, x.ndim, axis) for v in (mean, a, b, c)]
+    shape = tuple(x.shape) if axis >= 0 else (1, *x.shape)
+    view = _ChannelView(shape, max(axis, 0), x.dtype.itemsize, threaded=True)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    view.gradient_input(dy.reshape(shape), x.reshape(shape), dx.reshape(shape), *flat)
+    return dx
+
+
 # ---------------------------------------------------------------------------
 # Eligibility
 # ---------------------------------------------------------------------------
@@ -203,6 +238,16 @@ def _plain(x, dtypes) -> bool:
         and x.ndim >= 1
         and x.size > 0
         and x.size >= (_SMALL_HALF if x.dtype == np.float16 else _SMALL)
+    )
+
+
+def _same_layout(other, x) -> bool:
+    """``other`` is a C-contiguous NumPy array of ``x``'s dtype and shape."""
+    return (
+        type(other) is np.ndarray
+        and other.dtype == x.dtype
+        and other.shape == x.shape
+        and other.flags.c_contiguous
     )
 
 
@@ -321,12 +366,16 @@ class _ChannelView:
         return self._long_block_totals(block_sums)
 
     def _long_block_totals(self, block_sums):
-        """Per-channel float64 totals of ``block_sums`` over ``_long_blocks``, in block order."""
+        """Per-channel float64 totals of ``block_sums`` over ``_long_blocks``, in block order.
+
+        ``block_sums(a0, a1, c0, c1)`` returns ``[..., c1 − c0]`` partial sums
+        (several kinds of sum may be stacked on the leading axes).
+        """
         blocks = list(self._long_blocks())
         partials = self._in_shares(lambda share: [block_sums(*b) for b in share], blocks)
-        total = np.zeros(self.channels, dtype=np.float64)
+        total = np.zeros((*np.shape(partials[0])[:-1], self.channels), dtype=np.float64)
         for (_, _, c0, c1), partial in zip(blocks, partials):
-            total[c0:c1] += partial
+            total[..., c0:c1] += partial
         return total
 
     def _short_sums(self, x2):
@@ -533,6 +582,93 @@ class _ChannelView:
 
         self._in_shares(work, self._row_blocks())
 
+    # -- backward ---------------------------------------------------------
+
+    def gradient_sums(self, dy, x, mean):
+        """``Σ dy`` and ``Σ dy·(x − mean)`` per channel, as float64."""
+        compute = _compute(x.dtype)
+        if self.long:
+            x3 = x.reshape(self.outer, self.channels, self.inner)
+            dy3 = dy.reshape(self.outer, self.channels, self.inner)
+
+            def block_sums(a0, a1, c0, c1):
+                g = dy3[a0:a1, c0:c1].astype(compute, copy=False)
+                d = np.subtract(x3[a0:a1, c0:c1], mean[c0:c1, None], dtype=compute)
+                return np.stack([_row_sums(g).sum(axis=0), _row_dots(g, d).sum(axis=0)])
+
+            totals = self._long_block_totals(block_sums)
+            return totals[0], totals[1]
+        width = self.channels * self.inner
+        x2 = x.reshape(self.outer, width)
+        dy2 = dy.reshape(self.outer, width)
+        mean_tile = self._tile(mean, self._rows_per_block())
+
+        def products(r0, r1, scratch):
+            size = (r1 - r0) * width
+            d = np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=scratch, dtype=compute)
+            return np.multiply(d, dy2[r0:r1].reshape(-1), out=d)
+
+        sum_dy_centred = self._chunked_column_sums(products, compute)
+        sum_dy_centred = sum_dy_centred.reshape(self.channels, self.inner).sum(axis=1)
+        return self.channel_sums(dy), sum_dy_centred
+
+    def gradient_input(self, dy, x, dx, mean, a, b, c):
+        """``dx = dy·a + ((x − mean)·b + c)`` (``dy·a`` alone when ``b`` is None).
+
+        Each product and sum rounds in the compute dtype, the last one once to
+        ``dx``'s dtype: the generic kernel's operations in its order.
+        """
+        compute = a.dtype
+        if self.long:
+            x3, dy3, dx3 = (v.reshape(self.outer, self.channels, self.inner) for v in (x, dy, dx))
+            a_b, b_b, c_b, mean_b = (
+                None if v is None else (v.reshape(-1, 1) if v.size > 1 else v.reshape(1, 1))
+                for v in (a, b, c, mean)
+            )
+
+            def pick(v, c0, c1):
+                return v if v.shape[0] == 1 else v[c0:c1]
+
+            def work(blocks):
+                for a0, a1, c0, c1 in blocks:
+                    out = dx3[a0:a1, c0:c1]
+                    if b_b is None:
+                        np.multiply(dy3[a0:a1, c0:c1], pick(a_b, c0, c1), out=out)
+                        continue
+                    t = np.multiply(dy3[a0:a1, c0:c1], pick(a_b, c0, c1), dtype=compute)
+                    d = np.subtract(x3[a0:a1, c0:c1], pick(mean_b, c0, c1), dtype=compute)
+                    np.multiply(d, pick(b_b, c0, c1), out=d)
+                    np.add(d, pick(c_b, c0, c1), out=d)
+                    np.add(t, d, out=out)
+
+            self._in_shares(work, list(self._long_blocks()))
+            return
+        width = self.channels * self.inner
+        x2, dy2, dx2 = (v.reshape(self.outer, width) for v in (x, dy, dx))
+        rows = self._rows_per_block()
+        a_tile, b_tile, c_tile, mean_tile = (
+            None if v is None else self._tile(v, rows) for v in (a, b, c, mean)
+        )
+
+        def work(blocks):
+            t_buffer = np.empty(rows * width, dtype=compute)
+            d_buffer = np.empty(rows * width, dtype=compute)
+            for r0, r1 in blocks:
+                size = (r1 - r0) * width
+                out = dx2[r0:r1].reshape(-1)
+                if b_tile is None:
+                    np.multiply(dy2[r0:r1].reshape(-1), a_tile[:size], out=out)
+                    continue
+                t = np.multiply(dy2[r0:r1].reshape(-1), a_tile[:size], out=t_buffer[:size])
+                d = np.subtract(
+                    x2[r0:r1].reshape(-1), mean_tile[:size], out=d_buffer[:size], dtype=compute
+                )
+                np.multiply(d, b_tile[:size], out=d)
+                np.add(d, c_tile[:size], out=d)
+                np.add(t, d, out=out)
+
+        self._in_shares(work, self._row_blocks())
+
     # -- blocking ---------------------------------------------------------
 
     def _rows_per_block(self):
@@ -643,14 +779,14 @@ def _row_sums(block):
     return total
 
 
-def _row_dots(d):
-    """Σ d² along the last (contiguous) axis, float64, by BLAS dots over runs of ``_SEGMENT``."""
-    if d.ndim == 3 and d.shape[1] == 1:
-        return _row_dots(d[:, 0])[:, None]
+def _row_dots(a, b=None):
+    """Σ a·b (Σ a² without ``b``) along the last (contiguous) axis, float64, by BLAS runs of ``_SEGMENT``."""
+    b = a if b is None else b
+    if a.ndim == 3 and a.shape[1] == 1:
+        return _row_dots(a[:, 0], b[:, 0])[:, None]
     total = None
-    for s0, s1 in _segments(d.shape[-1]):
-        run = d[..., s0:s1]
-        part = np.vecdot(run, run).astype(np.float64)
+    for s0, s1 in _segments(a.shape[-1]):
+        part = np.vecdot(a[..., s0:s1], b[..., s0:s1]).astype(np.float64)
         total = part if total is None else total + part
     return total
 
