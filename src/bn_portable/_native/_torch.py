@@ -50,6 +50,13 @@ the generic path above ``FOLD_LIMIT`` = 4; the fast output is then within a
 few ulps of its scale of the generic one (``tests/test_fast_paths.py``). On
 CUDA that check is one device-to-host read of a boolean per call.
 
+``gradient_sums`` and ``gradient_input`` (the backward) work block by block
+along the batch with block-sized temporaries, where the generic expressions
+keep input-sized ones alive (on CPU, fresh memory for each temporary costs as
+much as the arithmetic). The elementwise pass is bit-identical (same
+operations, same order, written into the output); the product sum adds the
+same terms in another order (float64 totals of block sums).
+
 ``batch_moments`` keeps the generic kernel: ``torch.var_mean`` is not faster
 than the generic two-pass expression for these layouts (many times slower for
 a channels-last reduction on CPU). ``normalize`` computes exactly the generic
@@ -195,6 +202,75 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
     if torch.broadcast_shapes(y.shape, shift.shape) != y.shape:
         return y + shift
     return y.add_(shift)
+
+
+def gradient_sums(dy, x, mean, channel, xp):
+    """``(Σ dy, Σ dy·(x − mean))`` per channel, the product summed block by block.
+
+    ``Σ dy`` is the generic ``torch.sum``. The products are formed and summed
+    one block of the batch at a time (block-sized temporaries instead of an
+    input-sized one), and the block sums added in float64 and rounded once:
+    the same terms, added in another order, at least as accurately.
+    """
+    if torch._C._are_functorch_transforms_active() or _needs_autograd([dy, x, mean]):
+        return NotImplemented
+    axes = tuple(axis for axis in range(x.ndim) if axis != channel)
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    compute = mean.dtype
+    mean_b = mean.reshape(shape)
+    partials = [
+        torch.sum(torch.sub(x[rows].to(compute), mean_b).mul_(dy[rows].to(compute)), axes)
+        for rows in _outer_blocks(x)
+    ]
+    sum_dy_centred = torch.stack(partials).double().sum(0).to(compute)
+    return torch.sum(dy.to(compute), axes), sum_dy_centred
+
+
+def gradient_input(dy, x, mean, a, b, c, share, xp):
+    """The generic ``dy·a + ((x − mean)·b + c)``, block by block into one output (bit-identical).
+
+    The generic expression keeps two input-sized temporaries alive at once;
+    on CPU, fresh memory for each (page faults, handed back on free) costs
+    more than the arithmetic. Here the output is the only large allocation:
+    blocks of the batch go through the same operations in the same order,
+    with block-sized scratch.
+    """
+    tensors = [t for t in (dy, x, mean, a, b, c, share) if t is not None]
+    if torch._C._are_functorch_transforms_active() or _needs_autograd(tensors):
+        return NotImplemented  # out= and in-place ops: let autograd see the generic graph
+    if x.ndim == 0:
+        return NotImplemented
+    compute = a.dtype
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    wide = dx.dtype == compute
+    for rows in _outer_blocks(x):
+        out = dx[rows]
+        product = torch.mul(dy[rows].to(compute), a, out=out if wide else None)
+        if b is not None:
+            correction = torch.sub(x[rows].to(compute), mean).mul_(b).add_(c)
+            if share is not None:
+                correction.mul_(share[rows] if share.shape[0] > 1 else share)
+            product.add_(correction)
+        if not wide:
+            out.copy_(product)  # one rounding to x's dtype
+    return dx
+
+
+def _outer_blocks(x):
+    """Slices of the first axis of about ``_BLOCK_ELEMENTS`` values each (at least one row).
+
+    On a GPU the whole batch is one block: its caching allocator makes
+    temporaries cheap, while every block would cost kernel launches.
+    """
+    if x.device.type != "cpu":
+        return [slice(None)]
+    step = max(1, _BLOCK_ELEMENTS // max(1, x[0].numel())) if x.shape[0] else 1
+    return [slice(start, start + step) for start in range(0, max(x.shape[0], 1), step)]
+
+
+def _needs_autograd(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _eligible(x, channel, *parameters) -> bool:
