@@ -125,29 +125,39 @@ def _training_with_summed_statistics(x, scale, offset, epsilon, channel, count):
     kernel's own autograd node computes.
     """
     channels = x.shape[channel]
-    # (A, C, S): NCHW as (N, C, H·W), NHWC as (N·H·W, C, 1); views when contiguous.
-    grouped = x.reshape(x.shape[0], channels, -1) if channel == 1 else x.reshape(-1, channels, 1)
-    block = max(1, _BLOCK_ELEMENTS // (grouped.shape[1] * grouped.shape[2]))
+    # NCHW as (N, C, H·W), summed over (0, 2); NHWC as (N·H·W, C), summed over
+    # rows (a two-axis reduction is quicker there). Views when contiguous.
+    if channel == 1:
+        grouped, dims, per_channel = x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1)
+    else:
+        grouped, dims, per_channel = x.reshape(-1, channels), (0,), (1, channels)
+    block = max(1, _BLOCK_ELEMENTS // max(1, grouped[0].numel()))
     blocks = [grouped[a0 : a0 + block] for a0 in range(0, grouped.shape[0], block)]
     with torch.no_grad():
         if grouped.dtype == torch.float32:
-            total = torch.sum(grouped, (0, 2)).double()
+            total = torch.sum(grouped, dims).double()
         else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
-            total = sum(torch.sum(b.to(torch.float32), (0, 2)).double() for b in blocks)
+            total = sum(torch.sum(b.to(torch.float32), dims).double() for b in blocks)
         inverse_count = torch.tensor(1.0 / count, dtype=torch.float32, device=x.device)
         batch_mean = total.to(torch.float32) * inverse_count
-        mean_b = batch_mean.view(1, channels, 1)
+        mean_b = batch_mean.view(per_channel)
         squares = torch.zeros(channels, dtype=torch.float64, device=x.device)
         for b in blocks:
             centred = torch.sub(b, mean_b)  # float32: a half block is widened exactly
-            squares += torch.sum(centred.square_(), (0, 2)).double()
+            squares += torch.sum(centred.square_(), dims).double()
         biased = squares.to(torch.float32) * inverse_count
         inverse_std = torch.rsqrt(biased.double() + epsilon).to(torch.float32)
     if _folding_error_too_large(batch_mean, inverse_std):
         return NotImplemented
-    y = _NormalizeWithBatchStatistics.apply(
-        _channels_second(x, channel), scale, offset, batch_mean, biased, inverse_std, epsilon
-    )
+    x_cl = _channels_second(x, channel)
+    if _needs_autograd([x, scale, offset]):
+        y = _NormalizeWithBatchStatistics.apply(
+            x_cl, scale, offset, batch_mean, biased, inverse_std, epsilon
+        )
+    else:  # no graph to record: the kernel itself, without the autograd node
+        y, _, _ = torch.native_batch_norm(
+            x_cl, scale, offset, batch_mean, biased, False, 0.0, epsilon
+        )
     return _channels_back(y, channel), batch_mean, biased, count
 
 
