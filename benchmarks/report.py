@@ -216,6 +216,22 @@ def _cell(payload: dict, operation: str, layout: str, name: str, dtype: str = "f
     return _fmt_ms(_median(case, name) if case else None)
 
 
+def _ratio_text(payload: dict, operation: str, name: str, reference: str) -> str:
+    """``a× and b×`` for NCHW and NHWC at the target shape."""
+    cases = [
+        _find(payload, operation, payload["target_shape"], layout, "float32")
+        for layout in ("NCHW", "NHWC")
+    ]
+    return " and ".join(_fmt_ratio(_ratio(case, name, reference)) for case in cases)
+
+
+def _overhead_us(payload: dict) -> str:
+    """torch fast minus torch native at the smallest inference case, in µs."""
+    case = _find(payload, "infer", "64x64", "NCHW", "float32")
+    fast, native = (_median(case, n) if case else None for n in ("torch fast", "torch native"))
+    return "—" if fast is None or native is None else f"{(fast - native) * 1000:.0f}"
+
+
 SHAPE_ORDER = ("64x64", "8x32x16x16", "16x64x28x28", "32x64x56x56")
 
 
@@ -241,9 +257,16 @@ def render(payload: dict, json_name: str) -> str:
     titles = {"train": "Training forward", "infer": "Inference forward", "backward": "Backward"}
     fill = {
         f"{op}_{layout}_{name.replace(' ', '_')}": _cell(payload, op, layout, name)
-        for op in ("train", "infer")
+        for op in ("train", "infer", "backward")
         for layout in ("NCHW", "NHWC")
-        for name in ("numpy fast", "torch native", "torch fast", "memory roof", "numpy generic")
+        for name in (
+            "numpy fast",
+            "numpy fast 1t",
+            "torch native",
+            "torch fast",
+            "memory roof",
+            "numpy generic",
+        )
     }
     parts = [
         "# Performance",
@@ -257,6 +280,10 @@ def render(payload: dict, json_name: str) -> str:
         "python benchmarks/bench.py --out benchmarks/results/cpu.json",
         "python benchmarks/report.py benchmarks/results/cpu.json --out docs/performance.md",
         "```",
+        "",
+        "There are no GPU figures yet: the CuPy and PyTorch-CUDA targets (an H100)"
+        " need a run on a GPU, and the CuPy backend has no fast path of its own yet"
+        " (it runs the generic kernels).",
         "",
         "## Machine",
         "",
@@ -275,10 +302,12 @@ def render(payload: dict, json_name: str) -> str:
         "",
         "### Reading the targets",
         "",
-        f"PyTorch's CPU kernels use {payload['machine']['torch_threads']} threads;"
-        " bn_portable's NumPy kernels do their elementwise work on one (BLAS may use"
-        " more for the sums), hence the extra columns against PyTorch's kernel pinned"
-        " to one thread. On this shared two-core machine PyTorch's multi-threaded"
+        f"PyTorch's CPU kernels use {payload['machine']['torch_threads']} threads."
+        " bn_portable's NumPy fast paths share the blocks of inference, moments and"
+        f" the backward among {payload['machine'].get('bn_portable_threads', 1)} threads"
+        " and keep the training kernel on one (BLAS may use more for its sums);"
+        " the last two columns compare NumPy's fast path and PyTorch's kernel both"
+        " on one thread. On this shared two-core machine PyTorch's multi-threaded"
         " kernels are the most fragile figures: when another process holds the"
         " second core, each parallel region waits for a time slice and the"
         " two-thread time can triple while the one-thread time does not move"
@@ -286,31 +315,32 @@ def render(payload: dict, json_name: str) -> str:
         f" threads, {_cell(payload, 'train', 'NHWC', 'torch native 1t')} ms on one)."
         " Each case records the load average when it finished"
         " (`load_average_1min` in the JSON). Between two back-to-back runs on this"
-        " machine the torch-backend ratios at this shape moved by up to 0.1 and the"
-        " NumPy ratios by up to 0.6, almost all of it in the two-thread reference.",
+        " machine the ratios at this shape moved by up to 0.2 (torch backend) and"
+        " 0.6 (NumPy), almost all of it in the two-thread reference, and the JAX"
+        " ratios (two compiled XLA programs timed against each other) by up to 0.25.",
         "",
         "### Why the missed targets are missed",
         "",
-        "**NumPy inference, and NumPy NHWC training.** TensorFlow's formula"
+        "**NumPy inference.** TensorFlow's formula"
         " `(x − μ)·(rsqrt(σ² + ε)·γ) + β` is three rounded float32 operations per"
-        " element, so it is three NumPy ufunc passes (over cache-sized blocks), each"
-        " single-threaded, where PyTorch does one multi-threaded vectorised pass."
-        " The floor for any NumPy implementation is the `copy roof` column, one"
-        " single-threaded NumPy copy of the same bytes:"
-        f" {fill['infer_NCHW_memory_roof']} ms (NCHW) against PyTorch's whole"
-        f" inference kernel at {fill['infer_NCHW_torch_native']} ms, so a 1.2× target"
+        " element, so it is three NumPy ufunc passes (over cache-sized blocks)"
+        " where PyTorch does one vectorised pass. The floor for any NumPy"
+        " implementation is the `copy roof` column, one single-threaded NumPy copy"
+        f" of the same bytes: {fill['infer_NCHW_memory_roof']} ms (NCHW) against"
+        f" PyTorch's whole inference kernel at {fill['infer_NCHW_torch_native']} ms,"
+        " so a 1.2× target"
         f" ({_scaled(payload, 'infer', 'NCHW', 'torch native', 1.2)} ms) leaves"
-        f" {_room(payload)} for three arithmetic passes. The fast path takes"
-        f" {fill['infer_NCHW_numpy_fast']} ms (NCHW) and {fill['infer_NHWC_numpy_fast']} ms"
+        f" {_room(payload)} for three arithmetic passes. Sharing the blocks between"
+        " threads (NumPy releases the GIL inside a ufunc) takes the fast path from"
+        f" {fill['infer_NCHW_numpy_fast_1t']} ms on one thread to"
+        f" {fill['infer_NCHW_numpy_fast']} ms (NCHW), and from"
+        f" {fill['infer_NHWC_numpy_fast_1t']} ms to {fill['infer_NHWC_numpy_fast']} ms"
         f" (NHWC), against {fill['infer_NCHW_numpy_generic']} ms and"
         f" {fill['infer_NHWC_numpy_generic']} ms for the generic kernel. Fusing the"
         " three steps would need compiled code (or fewer roundings, which would no"
-        " longer be TensorFlow's numbers); splitting the blocks over two Python"
-        " threads (NumPy releases the GIL inside a ufunc) gave no reliable gain on"
-        " this machine, where the second core is often busy and the handoffs"
-        " between cache-sized blocks cost as much as they save.",
+        " longer be TensorFlow's numbers).",
         "",
-        "Training adds the statistics. In NCHW every channel is independent, so each"
+        "**NumPy NHWC training.** In NCHW every channel is independent, so each"
         " channel group is read from memory once and its sum, centred squares and"
         " normalization all run while it is in cache"
         f" ({fill['train_NCHW_numpy_fast']} ms against PyTorch's"
@@ -321,7 +351,9 @@ def render(payload: dict, json_name: str) -> str:
         f" ({fill['train_NHWC_numpy_fast']} ms against"
         f" {fill['train_NHWC_torch_native']} ms, and"
         f" {_cell(payload, 'train', 'NHWC', 'torch native 1t')} ms for PyTorch on one"
-        " thread).",
+        " thread). Sharing the training kernel's blocks between two threads was"
+        " measured 4–9 % slower on this machine (its BLAS sums, called from two"
+        " threads at once, contend), so it stays on one.",
         "",
         "**torch-backend NHWC training.** PyTorch's training kernel for channels-last"
         " input (and for float16/bfloat16 input, and NCHW with one pixel per image)"
@@ -330,25 +362,44 @@ def render(payload: dict, json_name: str) -> str:
         " ulps of σ, its variance by up to 100 ulps and y by up to 50 ulps of its"
         " largest value, far outside TensorFlow's numbers (the generic path: 1–5"
         " ulps). The fast path therefore computes the statistics itself, two"
-        " cascade-summed `torch.sum` passes over cache-sized blocks, and only then"
-        " runs the native kernel (in inference mode, with PyTorch's own training"
-        " backward attached): about two extra reads of the input and a dozen more"
-        " small kernel launches, which is what the ratio pays for accuracy. Only"
-        " contiguous float32 NCHW, where PyTorch's statistics are accurate (about"
-        " one ulp), runs the native training kernel as it is"
-        f" ({fill['train_NCHW_torch_fast']} ms against {fill['train_NCHW_torch_native']} ms).",
+        " cascade-summed `torch.sum` passes over cache-sized blocks (the centred"
+        " squares are a subtract, a square and a sum per block), and only then runs"
+        " the native kernel in inference mode: one more read of the input than"
+        " PyTorch's two passes, and three in-cache kernels per block, which is what"
+        " the ratio pays for accuracy. Only contiguous float32 NCHW, where"
+        " PyTorch's statistics are accurate (about one ulp), runs the native"
+        f" training kernel as it is ({fill['train_NCHW_torch_fast']} ms against"
+        f" {fill['train_NCHW_torch_native']} ms).",
         "",
-        "**torch-backend inference and NCHW training** call the same native kernel"
-        " as `torch.nn.functional.batch_norm`. Timed on their own, alternating with"
-        " the native call on this machine, the fast-path kernels are within 1–2 % of"
-        " it (inference) and 2–4 % (training: two small statistics buffers and the"
-        " Bessel rescaling); the public `fused_batch_norm` adds its own argument"
-        " validation and bookkeeping, a further 50–120 µs here, which is 5–10 % of a"
-        " one-millisecond inference call. That wrapper is generic code, outside the"
-        " fast paths.",
+        "**torch-backend inference** calls the same native kernel as"
+        " `torch.nn.functional.batch_norm`; the rest is the public"
+        " `fused_batch_norm`'s argument validation and bookkeeping, generic code"
+        f" outside the fast paths: {_overhead_us(payload)} µs per call in this run"
+        " (torch fast minus torch native at 64×64), a few per cent of a"
+        " one-millisecond call, within this machine's run-to-run noise.",
+        "",
+        "**Backward.** The NumPy fast path blocks and shares both backward passes"
+        " (the sums Σdy and Σdy·(x − μ), then dx), at"
+        f" {fill['backward_NCHW_numpy_fast']} ms (NCHW) and"
+        f" {fill['backward_NHWC_numpy_fast']} ms (NHWC) against"
+        f" {fill['backward_NCHW_numpy_generic']} ms and"
+        f" {fill['backward_NHWC_numpy_generic']} ms generic. On PyTorch,"
+        " `fused_batch_norm_grad` works block by block with block-sized temporaries"
+        f" ({fill['backward_NCHW_torch_fast']} ms and"
+        f" {fill['backward_NHWC_torch_fast']} ms against PyTorch's single fused"
+        f" backward at {fill['backward_NCHW_torch_native']} ms and"
+        f" {fill['backward_NHWC_torch_native']} ms); autograd through the forward"
+        " runs PyTorch's native backward itself. There is no backward target on"
+        " the CPU.",
         "",
         "**JAX** runs the generic kernels under `jax.jit`; XLA fuses them as it fuses"
-        " the naive composite, so the two are equal within noise.",
+        " the naive composite, and the two are equal within this machine's noise,"
+        " which is larger than the target's margin: in this run the fast/naive"
+        f" ratio is {_ratio_text(payload, 'train', 'jax fast', 'jax naive')} (training)"
+        f" and {_ratio_text(payload, 'infer', 'jax fast', 'jax naive')} (inference),"
+        " NCHW and NHWC, and between saved runs the same ratios have fallen on"
+        " either side of 1.0 (0.92× to 1.17×), so this run neither meets nor"
+        " misses the target by more than its noise.",
         "",
         "**float16 on NumPy** is dominated by NumPy's float16 conversions (about"
         " 1.2 ns per value each way, scalar code): every implementation pays at"
