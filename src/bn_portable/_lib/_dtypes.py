@@ -4,10 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+#: (dtype class, dtype) -> name: ``str(dtype)`` is slow on NumPy dtypes, and every
+#: call checks several. The class comes first so that dtypes of two libraries are
+#: never compared with each other (array-api-strict warns when they are).
+_NAMES: dict[tuple[type, Any], str] = {}
+
 
 def dtype_name(dtype: Any) -> str:
     """``float32`` for any library's float32, for messages and dispatch."""
-    return str(dtype).rsplit(".", 1)[-1].removeprefix("dtype('").removesuffix("')")
+    key = (type(dtype), dtype)
+    try:
+        return _NAMES[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype object
+        pass
+    name = str(dtype).rsplit(".", 1)[-1].removeprefix("dtype('").removesuffix("')")
+    try:
+        if len(_NAMES) < 256:  # a handful of dtypes per library in practice
+            _NAMES[key] = name
+    except TypeError:
+        pass
+    return name
 
 
 def is_half(dtype: Any) -> bool:
