@@ -1,8 +1,9 @@
-"""Sessions: lint, tests (one per backend), golden, conformance, bench.
+"""Sessions: lint, tests (one per backend), numpy1, golden, conformance, bench, bench_tensorflow.
 
 ``nox`` with no arguments runs what CI runs: lint, the unit tests on every
-backend, the golden check (regenerates TensorFlow's outputs and compares them
-with the committed goldens) and the conformance suite.
+backend, the NumPy tests and conformance again on NumPy 1.x, the golden check
+(regenerates TensorFlow's outputs and compares them with the committed
+goldens) and the conformance suite.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import shutil
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "golden_check", "conformance"]
+nox.options.sessions = ["lint", "tests", "numpy1", "golden_check", "conformance"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
@@ -63,6 +64,17 @@ def tests(session: nox.Session, backend: str) -> None:
     session.run("pytest", *selected, *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def numpy1(session: nox.Session) -> None:
+    """Unit tests and conformance on NumPy 1.x (TensorFlow 2.15, the reference, pins numpy < 2)."""
+    session.install(TORCH, ".[test]", "numpy>=1.24,<2")
+    session.run("pytest", "--backend=numpy", *session.posargs)
+    session.run(
+        "python", "-m", "conformance.run",
+        "--backend=numpy", "--backend=numpy-generic", "--no-report",
+    )
+
+
 def _golden(session: nox.Session, arguments: list[str]) -> None:
     session.install(*GOLDEN_PACKAGES)
     session.run(
@@ -88,6 +100,20 @@ def conformance(session: nox.Session) -> None:
     """Every golden case on every backend present, fast paths on and off; writes the report."""
     session.install(TORCH, ".[test,jax,dask,array-api-strict]")
     session.run("python", "-m", "conformance.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_tensorflow(session: nox.Session) -> None:
+    """The benchmark with TensorFlow's fused op beside the others (NumPy < 2, TF 2.15's pin)."""
+    session.install(TORCH, GOLDEN_PACKAGES[0], "numpy<2", ".[bench]")
+    session.run(
+        "python",
+        "benchmarks/bench.py",
+        "--out",
+        "benchmarks/results/cpu_tensorflow.json",
+        *session.posargs,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 @nox.session(python=PYTHON)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import tracemalloc
 import zlib
 
+import array_api_compat.numpy as NP  # the namespace the library hands its kernels
 import numpy as np
 import pytest
 
@@ -179,9 +180,9 @@ def numpy_fast(request, monkeypatch):
 @pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
 def test_numpy_fused_training_matches_generic(numpy_fast, shape, channel, dtype):
     x, scale, offset = _data(shape, channel, dtype)
-    fast = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)
+    fast = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)
     assert fast is not NotImplemented
-    generic = _normalize.fused_training_core.generic(x, scale, offset, EPSILON, channel, np)
+    generic = _normalize.fused_training_core.generic(x, scale, offset, EPSILON, channel, NP)
     y, mean, variance, count = fast
     assert count == generic[3]
     assert y.dtype == x.dtype and y.shape == x.shape
@@ -198,10 +199,10 @@ def test_numpy_fused_inference_is_bit_identical(numpy_fast, shape, channel, dtyp
     channels = shape[channel]
     mean = RNG.normal(1.0, 1.0, channels).astype(np.float32)
     variance = RNG.uniform(0.5, 4.0, channels).astype(np.float32)
-    fast = numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, np)
+    fast = numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, NP)
     assert fast is not NotImplemented
     generic = _normalize.fused_inference.generic(
-        x, scale, offset, mean, variance, EPSILON, channel, np
+        x, scale, offset, mean, variance, EPSILON, channel, NP
     )
     np.testing.assert_array_equal(fast, generic)
     assert fast.dtype == generic.dtype
@@ -212,9 +213,9 @@ def test_numpy_fused_inference_is_bit_identical(numpy_fast, shape, channel, dtyp
 def test_numpy_batch_moments_match_generic(numpy_fast, shape, channel, dtype):
     x, _, _ = _data(shape, channel, dtype)
     axes = _axes(x.ndim, channel)
-    fast = numpy_fast.batch_moments(x, axes, np)
+    fast = numpy_fast.batch_moments(x, axes, NP)
     assert fast is not NotImplemented
-    generic = _moments.batch_moments.generic(x, axes, np)
+    generic = _moments.batch_moments.generic(x, axes, NP)
     for f, g in zip(fast, generic):
         assert f.dtype == g.dtype and f.shape == g.shape
     if dtype == "float64":
@@ -234,8 +235,8 @@ def test_numpy_batch_moments_match_generic(numpy_fast, shape, channel, dtype):
 def test_numpy_batch_moments_over_every_axis(numpy_fast):
     x = RNG.normal(2.0, 3.0, size=(5, 6, 7)).astype(np.float32)
     axes = (0, 1, 2)
-    fast = numpy_fast.batch_moments(x, axes, np)
-    generic = _moments.batch_moments.generic(x, axes, np)
+    fast = numpy_fast.batch_moments(x, axes, NP)
+    generic = _moments.batch_moments.generic(x, axes, NP)
     assert fast[0].shape == generic[0].shape == (1, 1, 1)
     np.testing.assert_allclose(fast[0], generic[0], rtol=SUM_ULPS * 2**-23)
     np.testing.assert_allclose(fast[1], generic[1], rtol=SUM_ULPS * 2**-23)
@@ -254,9 +255,9 @@ def test_numpy_normalize_is_bit_identical(numpy_fast, shape, channel, dtype, wit
         scale.reshape(parameter_shape).astype(dtype),
         offset.reshape(parameter_shape).astype(dtype) if with_offset else None,
     )
-    fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, np)
+    fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, NP)
     assert fast is not NotImplemented
-    generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, np)
+    generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, NP)
     np.testing.assert_array_equal(fast, generic)
     assert fast.dtype == generic.dtype
 
@@ -268,8 +269,8 @@ def test_numpy_normalize_with_scalar_and_trailing_parameters(numpy_fast):
         (np.zeros(9, np.float32), np.full(9, 2.0, np.float32), np.ones(9, np.float32), None),
     ]
     for mean, variance, offset, scale in cases:
-        fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, np)
-        generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, np)
+        fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, NP)
+        generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, NP)
         np.testing.assert_array_equal(fast, generic)
 
 
@@ -292,9 +293,9 @@ def test_numpy_gradient_input_is_bit_identical(numpy_fast, shape, channel, dtype
     mean, a, b, c = _backward_constants(shape, channel, dtype)
     if not is_training:
         b = c = None
-    fast = numpy_fast.gradient_input(dy, x, mean, a, b, c, None, np)
+    fast = numpy_fast.gradient_input(dy, x, mean, a, b, c, None, NP)
     assert fast is not NotImplemented
-    generic = _grad.gradient_input.generic(dy, x, mean, a, b, c, None, np)
+    generic = _grad.gradient_input.generic(dy, x, mean, a, b, c, None, NP)
     np.testing.assert_array_equal(fast, generic)
     assert fast.dtype == generic.dtype == x.dtype
 
@@ -306,9 +307,9 @@ def test_numpy_gradient_sums_are_accurate(numpy_fast, shape, channel, dtype):
     dy = RNG.normal(0.3, 1.0, shape).astype(dtype)
     compute = np.float64 if dtype == "float64" else np.float32
     mean = RNG.normal(1.5, 0.1, shape[channel]).astype(compute)
-    fast = numpy_fast.gradient_sums(dy, x, mean, channel, np)
+    fast = numpy_fast.gradient_sums(dy, x, mean, channel, NP)
     assert fast is not NotImplemented
-    generic = _grad.gradient_sums.generic(dy, x, mean, channel, np)
+    generic = _grad.gradient_sums.generic(dy, x, mean, channel, NP)
     axes = _axes(x.ndim, channel)
     shape_b = [1] * x.ndim
     shape_b[channel] = -1
@@ -330,11 +331,11 @@ def test_numpy_backward_declines_what_it_does_not_cover(numpy_fast):
     dy = RNG.normal(size=x.shape).astype(np.float32)
     mean, a, b, c = _backward_constants(x.shape, 3, "float32")
     share = np.full((4, 1, 1, 1), 0.25, np.float32)  # weighted: the generic kernel's job
-    assert numpy_fast.gradient_input(dy, x, mean, a, b, c, share, np) is NotImplemented
+    assert numpy_fast.gradient_input(dy, x, mean, a, b, c, share, NP) is NotImplemented
     transposed = dy.transpose(0, 2, 1, 3)
-    assert numpy_fast.gradient_input(transposed, x, mean, a, b, c, None, np) is NotImplemented
+    assert numpy_fast.gradient_input(transposed, x, mean, a, b, c, None, NP) is NotImplemented
     assert (
-        numpy_fast.gradient_sums(dy.astype(np.float16), x, mean.reshape(-1), 3, np)
+        numpy_fast.gradient_sums(dy.astype(np.float16), x, mean.reshape(-1), 3, NP)
         is NotImplemented
     )
 
@@ -358,21 +359,21 @@ def test_numpy_declines_what_it_does_not_cover(numpy_fast):
     x, scale, offset = _data((4, 5, 6, 3), 3, "float32")
     transposed = x.transpose(0, 2, 1, 3)  # not C-contiguous
     assert (
-        numpy_fast.fused_training_core(transposed, scale, offset, EPSILON, 3, np) is NotImplemented
+        numpy_fast.fused_training_core(transposed, scale, offset, EPSILON, 3, NP) is NotImplemented
     )
     single = x[:1, :1, :1, :]  # one value per channel: TF's n = 1 corner case
-    assert numpy_fast.fused_training_core(single, scale, offset, EPSILON, 3, np) is NotImplemented
+    assert numpy_fast.fused_training_core(single, scale, offset, EPSILON, 3, NP) is NotImplemented
     # and the public function still gives TF's n = 1 answer: y = offset, variance 0
     y, _, variance = bn.fused_batch_norm(np.ascontiguousarray(single), scale, offset)
     np.testing.assert_array_equal(y.reshape(-1), offset)
     np.testing.assert_array_equal(variance, np.zeros(3, np.float32))
     grid = RNG.normal(size=(3, 4, 5)).astype(np.float32)
-    assert numpy_fast.batch_moments(grid, (0,), np) is NotImplemented  # two kept axes
+    assert numpy_fast.batch_moments(grid, (0,), NP) is NotImplemented  # two kept axes
     empty = np.zeros((0, 4, 4, 3), np.float32)
     stats = np.ones(3, np.float32)
-    assert numpy_fast.fused_training_core(empty, scale, offset, EPSILON, 3, np) is NotImplemented
+    assert numpy_fast.fused_training_core(empty, scale, offset, EPSILON, 3, NP) is NotImplemented
     assert (
-        numpy_fast.fused_inference(empty, scale, offset, stats, stats, EPSILON, 3, np)
+        numpy_fast.fused_inference(empty, scale, offset, stats, stats, EPSILON, 3, NP)
         is NotImplemented
     )
 
@@ -381,7 +382,7 @@ def test_numpy_declines_what_it_does_not_cover(numpy_fast):
 def test_numpy_fast_statistics_stay_accurate_on_large_batches(numpy_fast, shape, channel):
     """25 600 rows per channel: the fast sums stay within 2 ulps of exact."""
     x, scale, offset = _data(shape, channel, "float32", mean=4.0)
-    y, mean, variance, _ = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)
+    y, mean, variance, _ = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)
     mean64, variance64, y64 = _reference(x, scale, offset, channel)
     eps = float(np.finfo(np.float32).eps)
     magnitude = np.mean(np.abs(x.astype(np.float64)), axis=_axes(x.ndim, channel))
@@ -402,7 +403,7 @@ def test_numpy_training_peak_memory(shape, channel, dtype, monkeypatch):
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        result = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)
+        result = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()

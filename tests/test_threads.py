@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import array_api_compat.numpy as NP  # the namespace the library hands its kernels
 import numpy as np
 import pytest
 
@@ -37,17 +38,17 @@ def _kernel_outputs(x, channel):
     dy = rng.normal(size=x.shape).astype(x.dtype)
     centre, a, b, c = (v.astype(compute).reshape(shape) for v in (mean, scale, offset, variance))
     outputs = [
-        *numpy_fast.gradient_sums(dy, x, mean.astype(compute), channel, np),
-        numpy_fast.gradient_input(dy, x, centre, a, b, c, None, np),
-        *numpy_fast.batch_moments(x, axes, np),
+        *numpy_fast.gradient_sums(dy, x, mean.astype(compute), channel, NP),
+        numpy_fast.gradient_input(dy, x, centre, a, b, c, None, NP),
+        *numpy_fast.batch_moments(x, axes, NP),
         numpy_fast.normalize(
-            x, mean.reshape(shape), variance.reshape(shape), None, None, EPSILON, np
+            x, mean.reshape(shape), variance.reshape(shape), None, None, EPSILON, NP
         ),
     ]
     if x.dtype != np.float64:  # the fused kernels take float32 and float16
         outputs += [
-            *numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, np)[:3],
-            numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, np),
+            *numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)[:3],
+            numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, NP),
         ]
     return outputs
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from ._lib._compat import device
-from ._lib._dtypes import tf_constant
+from ._lib._dtypes import scalar, tf_constant
 
 
 def update_weight(decay: float, rounding: str, dtype: Any, xp: Any, dev: Any) -> Any:
     """``a = 1 − decay`` as a 0-d array of ``dtype``, rounded per ``rounding``."""
     if rounding == "python":
         return tf_constant(xp, 1.0 - decay, dtype, dev)
-    return 1.0 - tf_constant(xp, decay, dtype, dev)
+    # 0-d arrays on both sides: NumPy 1.x would promote ``1.0 - array`` to float64.
+    return scalar(xp, 1.0, dtype, dev) - tf_constant(xp, decay, dtype, dev)
 
 
 def moving_average(variable: Any, value: Any, decay: float, rounding: str, xp: Any) -> Any:
@@ -42,7 +43,9 @@ def zero_debiased_average(
     """
     weight = update_weight(decay, "python", biased.dtype, xp, device(biased))
     new_biased = biased - (biased - xp.astype(value, biased.dtype)) * weight
-    # asarray: NumPy turns 0-d results into scalars; the state holds arrays.
-    new_step = xp.asarray(local_step + 1)
-    bias_factor = 1 - xp.pow(1 - weight, new_step)
+    # 0-d arrays throughout: NumPy 1.x promotes a 0-d array combined with a
+    # Python number to float64. asarray: NumPy turns 0-d results into scalars.
+    one = scalar(xp, 1.0, local_step.dtype, device(local_step))
+    new_step = xp.asarray(local_step + one)
+    bias_factor = one - xp.pow(one - weight, new_step)
     return new_biased / bias_factor, new_biased, new_step

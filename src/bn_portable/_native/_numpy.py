@@ -89,7 +89,12 @@ import math
 
 import numpy as np
 
+from .._lib._compat import array_namespace
 from . import _threads
+
+#: NumPy's array-API namespace, for the generic helpers these kernels reuse
+#: (the bare ``numpy`` module is not one before NumPy 2).
+_XP = array_namespace(np.empty(0))
 
 #: Values per block of whole rows (NHWC): the block, its squares and the
 #: tiles stay in L2 cache.
@@ -181,7 +186,7 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
         return NotImplemented
     from .._normalize import rsqrt  # the generic kernel's own small expressions
 
-    inv = rsqrt(variance + variance_epsilon, np)
+    inv = rsqrt(variance + variance_epsilon, _XP)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
@@ -285,7 +290,7 @@ def _fused_factor(variance, scale, epsilon):
     """``rsqrt(variance + ε)·scale`` exactly as the generic fused kernel computes it."""
     from .._normalize import rsqrt
 
-    return rsqrt(variance + epsilon, np) * scale
+    return rsqrt(variance + epsilon, _XP) * scale
 
 
 # ---------------------------------------------------------------------------
@@ -786,9 +791,19 @@ def _row_dots(a, b=None):
         return _row_dots(a[:, 0], b[:, 0])[:, None]
     total = None
     for s0, s1 in _segments(a.shape[-1]):
-        part = np.vecdot(a[..., s0:s1], b[..., s0:s1]).astype(np.float64)
+        part = _vecdot(a[..., s0:s1], b[..., s0:s1]).astype(np.float64)
         total = part if total is None else total + part
     return total
+
+
+def _vecdot(a, b):
+    """``Σ a·b`` along the last axis (``np.vecdot`` is NumPy 2; einsum's loop before it)."""
+    if _HAS_VECDOT:
+        return np.vecdot(a, b)
+    return np.einsum("...i,...i->...", a, b)
+
+
+_HAS_VECDOT = hasattr(np, "vecdot")
 
 
 def _column_sums(block):
