@@ -111,6 +111,7 @@ def bench_tensorflow(session: nox.Session) -> None:
         "benchmarks/bench.py",
         "--out",
         "benchmarks/results/cpu_tensorflow.json",
+        "--no-plots",  # the performance page plots the main run; this one adds a table
         *session.posargs,
         env={"TF_CPP_MIN_LOG_LEVEL": "2"},
     )

@@ -24,7 +24,8 @@ Implementations (absent ones are recorded with the reason):
   thread (a one-thread kernel is not thrown off when another process holds
   the other core);
 - ``numpy naive``: the array-API composite (mean, var, subtract, multiply, add);
-- ``tensorflow``: TensorFlow's fused op, when TensorFlow is importable;
+- ``tensorflow``: TensorFlow's fused op, when TensorFlow is importable (``nox -s
+  bench_tensorflow`` runs the harness in TensorFlow's environment, NumPy < 2);
 - ``jax fast`` / ``jax naive``: bn_portable under ``jax.jit`` and the naive
   ``jax.numpy`` composite under ``jax.jit``;
 - ``memory roof``: a copy of the input's bytes into a preallocated output

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/report.py [benchmarks/results/cpu.json] [--out docs/performance.md]
+    python benchmarks/report.py [benchmarks/results/cpu.json] [--tensorflow RUN.json]
+        [--out docs/performance.md]
 
 Every number on the page comes from the JSON written by ``benchmarks/bench.py``;
 the prose around the tables is fixed text that states how to read them and why
@@ -278,7 +279,9 @@ def render(payload: dict, json_name: str) -> str:
         "",
         "```",
         "python benchmarks/bench.py --out benchmarks/results/cpu.json",
-        "python benchmarks/report.py benchmarks/results/cpu.json --out docs/performance.md",
+        "nox -s bench_tensorflow   # TensorFlow's fused op, in TensorFlow's environment",
+        "python benchmarks/report.py benchmarks/results/cpu.json \\",
+        "    --tensorflow benchmarks/results/cpu_tensorflow.json --out docs/performance.md",
         "```",
         "",
         "There are no GPU figures yet: the CuPy and PyTorch-CUDA targets (an H100)"
@@ -464,13 +467,56 @@ def render(payload: dict, json_name: str) -> str:
     return "\n".join(parts)
 
 
+def tensorflow_section(payload: dict, json_name: str) -> str:
+    """TensorFlow's fused op from a run made in TensorFlow's environment (NumPy < 2)."""
+    m = payload["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v != "not installed")
+    parts = [
+        "## TensorFlow's fused op",
+        "",
+        "TensorFlow 2.15 needs NumPy < 2, so its fused op (`FusedBatchNormV3` /"
+        " `FusedBatchNormGradV3` under `tf.function`, TensorFlow's default CPU"
+        " settings) is timed in a run of its own, in an environment with"
+        f" {versions} (`nox -s bench_tensorflow`, saved as"
+        f" `benchmarks/results/{json_name}`, {m['date_utc']}). Every ratio below"
+        " comes from that run's interleaved rounds: TensorFlow against PyTorch's"
+        " native kernel, and bn_portable's NumPy and PyTorch fast paths against"
+        " TensorFlow. float32; lower is faster.",
+        "",
+        "| operation | shape | layout | TensorFlow ms | TensorFlow / torch native |"
+        " NumPy fast / TensorFlow | torch fast / TensorFlow |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for case in payload["cases"]:
+        if case["dtype"] != "float32" or "median_ms" not in case["results"].get("tensorflow", {}):
+            continue
+        tf_ms = _median(case, "tensorflow")
+        parts.append(
+            f"| {case['operation']} | {case['shape_name']} | {case['layout']} | {_fmt_ms(tf_ms)} |"
+            f" {_fmt_ratio(_ratio(case, 'tensorflow', 'torch native'))} |"
+            f" {_fmt_ratio(_ratio(case, 'numpy fast', 'tensorflow'))} |"
+            f" {_fmt_ratio(_ratio(case, 'torch fast', 'tensorflow'))} |"
+        )
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="?", type=Path, default=HERE / "results" / "cpu.json")
     parser.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    parser.add_argument(
+        "--tensorflow",
+        type=Path,
+        default=None,
+        help="a run with TensorFlow installed (nox -s bench_tensorflow): adds its section",
+    )
     args = parser.parse_args(argv)
     payload: dict[str, Any] = json.loads(args.json.read_text())
     text = render(payload, args.json.name)
+    if args.tensorflow is not None:
+        tensorflow = json.loads(args.tensorflow.read_text())
+        _sorted_cases(tensorflow)
+        text += "\n" + tensorflow_section(tensorflow, args.tensorflow.name)
     if args.out is None:
         print(text)
     else:
