@@ -41,3 +41,27 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     if reason is not None:
         pytest.skip(f"{chosen.name}: {reason}")
     return chosen
+
+
+@pytest.fixture
+def tiny_numpy_blocks(monkeypatch: pytest.MonkeyPatch):
+    """The NumPy fast paths with every input taken and cut into tiny blocks.
+
+    Small test inputs then run the multi-block code: several row blocks and
+    chunks, channel groups split across rows, partial last blocks, short BLAS
+    runs and their float64 totals.
+    """
+    from bn_portable._native import _numpy
+
+    for name, value in {
+        "_SMALL": 0,
+        "_SMALL_HALF": 0,
+        "_MIN_BLOCK": 16,
+        "_ROW_BLOCK": 96,
+        "_CHANNEL_BLOCK": 200,
+        "_RUN": 4,
+        "_CHUNK": 2,
+        "_SEGMENT": 64,
+    }.items():
+        monkeypatch.setattr(_numpy, name, value)
+    return _numpy

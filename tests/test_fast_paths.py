@@ -164,12 +164,7 @@ def numpy_fast(request, monkeypatch):
     monkeypatch.setattr(_numpy, "_SMALL_HALF", 0)
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "1")
     if request.param.startswith("tiny-blocks"):
-        monkeypatch.setattr(_numpy, "_MIN_BLOCK", 16)
-        monkeypatch.setattr(_numpy, "_ROW_BLOCK", 96)
-        monkeypatch.setattr(_numpy, "_CHANNEL_BLOCK", 200)
-        monkeypatch.setattr(_numpy, "_RUN", 4)
-        monkeypatch.setattr(_numpy, "_CHUNK", 2)
-        monkeypatch.setattr(_numpy, "_SEGMENT", 64)
+        request.getfixturevalue("tiny_numpy_blocks")
     if request.param.endswith("3-threads"):
         monkeypatch.setattr(_numpy, "_PARALLEL", 0)
         monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")

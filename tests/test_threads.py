@@ -15,15 +15,9 @@ EPSILON = 1e-3
 
 
 @pytest.fixture
-def small_blocks(monkeypatch):
+def small_blocks(tiny_numpy_blocks, monkeypatch):
     """Many blocks (and chunks) on a small input, every input shared among threads."""
-    monkeypatch.setattr(numpy_fast, "_SMALL", 0)
-    monkeypatch.setattr(numpy_fast, "_SMALL_HALF", 0)
-    monkeypatch.setattr(numpy_fast, "_PARALLEL", 0)
-    monkeypatch.setattr(numpy_fast, "_MIN_BLOCK", 16)
-    monkeypatch.setattr(numpy_fast, "_ROW_BLOCK", 96)
-    monkeypatch.setattr(numpy_fast, "_CHANNEL_BLOCK", 200)
-    monkeypatch.setattr(numpy_fast, "_CHUNK", 2)
+    monkeypatch.setattr(tiny_numpy_blocks, "_PARALLEL", 0)
 
 
 def _kernel_outputs(x, channel):
