@@ -354,8 +354,8 @@ def render(payload: dict, json_name: str) -> str:
         f" ({fill['train_NHWC_numpy_fast']} ms against"
         f" {fill['train_NHWC_torch_native']} ms, and"
         f" {_cell(payload, 'train', 'NHWC', 'torch native 1t')} ms for PyTorch on one"
-        " thread). Sharing the training kernel's blocks between two threads was"
-        " measured 4–9 % slower on this machine (its BLAS sums, called from two"
+        " thread). Sharing the training kernel's blocks between two threads did"
+        " not make it faster on this machine (its BLAS sums, called from two"
         " threads at once, contend), so it stays on one.",
         "",
         "**torch-backend NHWC training.** PyTorch's training kernel for channels-last"

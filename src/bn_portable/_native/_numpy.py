@@ -67,11 +67,11 @@ Threads
 NumPy releases the GIL inside ufuncs, so the inference, ``normalize``,
 moments and backward kernels share their blocks among threads (``_threads``;
 ``BN_PORTABLE_NUM_THREADS``) on inputs of ``_PARALLEL`` values or more. The
-blocking, and so every result, is the same for any number of threads. The
-training kernel stays on the calling thread: measured on 2 CPU cores at
-32×64×56×56 float32, sharing it made it 4–9 % slower (its BLAS sums from two
-threads at once contend), while NCHW inference gains about 40 %; NHWC
-elementwise passes gain little, being limited by memory bandwidth already.
+blocking, and so every result, is the same for any number of threads (the
+benchmark's ``NumPy fast, 1 thread`` column shows what the threads gain). The
+training kernel stays on the calling thread: on 2 CPU cores, sharing its
+blocks did not make it faster (its BLAS sums, called from two threads at once,
+contend).
 
 Limits: NumPy has no fast float16 conversion here (about 1.2 ns per value
 each way, scalar code), so float16 input is dominated by widening and
