@@ -337,30 +337,19 @@ def tensorflow_impls(case: Case, tf: Any) -> dict[str, Callable[[], Any] | str]:
     tdy = tf.constant(case.dy)
     ts, to, tm, tv = (tf.constant(v) for v in (case.scale, case.offset, case.mean, case.variance))
     empty = tf.constant([], dtype=tf.float32)
-    if case.operation == "train":
+    if case.operation in ("train", "infer"):
+        training = case.operation == "train"
+        statistics = (empty, empty) if training else (tm, tv)
         function = tf.function(
             lambda: tf.raw_ops.FusedBatchNormV3(
                 x=tx,
                 scale=ts,
                 offset=to,
-                mean=empty,
-                variance=empty,
+                mean=statistics[0],
+                variance=statistics[1],
                 epsilon=EPSILON,
                 data_format=fmt,
-                is_training=True,
-            )[0]
-        )
-    elif case.operation == "infer":
-        function = tf.function(
-            lambda: tf.raw_ops.FusedBatchNormV3(
-                x=tx,
-                scale=ts,
-                offset=to,
-                mean=tm,
-                variance=tv,
-                epsilon=EPSILON,
-                data_format=fmt,
-                is_training=False,
+                is_training=training,
             )[0]
         )
     else:

@@ -328,6 +328,14 @@ class _ChannelView:
             # input on one thread.
             self.block = min(_ROW_BLOCK, max(_MIN_BLOCK, size * itemsize // 100))
 
+    def _grouped(self, *arrays):
+        """Each array viewed as ``(A, C, S)``."""
+        return [a.reshape(self.outer, self.channels, self.inner) for a in arrays]
+
+    def _rows(self, *arrays):
+        """Each array viewed as ``A`` rows of ``C·S`` values."""
+        return [a.reshape(self.outer, self.channels * self.inner) for a in arrays]
+
     def _in_shares(self, work, items):
         return _threads.in_shares(work, items, self.threads)
 
@@ -336,21 +344,21 @@ class _ChannelView:
     def channel_sums(self, x):
         """Σx per channel, float64 totals of float32 BLAS partial sums."""
         if self.long:
-            return self._long_sums(x.reshape(self.outer, self.channels, self.inner))
-        return self._short_sums(x.reshape(self.outer, self.channels * self.inner))
+            return self._long_sums(*self._grouped(x))
+        return self._short_sums(*self._rows(x))
 
     def squared_deviation_sums(self, x, mean):
         """Σ(x − mean)² per channel (moments only: the centred block is scratch)."""
         mean32 = np.asarray(mean, dtype=_compute(x.dtype)).reshape(-1)
         if self.long:
-            x3 = x.reshape(self.outer, self.channels, self.inner)
+            (x3,) = self._grouped(x)
 
             def block_sums(a0, a1, c0, c1):
                 d = np.subtract(x3[a0:a1, c0:c1], mean32[c0:c1, None])
                 return _row_dots(d).sum(axis=0)
 
             return self._long_block_totals(block_sums)
-        x2 = x.reshape(self.outer, self.channels * self.inner)
+        (x2,) = self._rows(x)
         rows = self._rows_per_block()
         mean_tile = self._tile(mean32, rows)
 
@@ -454,8 +462,7 @@ class _ChannelView:
         channel), so ``x`` streams through memory once and ``y`` once. The
         groups are shared among threads.
         """
-        x3 = x.reshape(self.outer, self.channels, self.inner)
-        y3 = y.reshape(self.outer, self.channels, self.inner)
+        x3, y3 = self._grouped(x, y)
         mean = np.empty(self.channels, dtype=np.float32)
         variance = np.empty(self.channels, dtype=np.float32)
 
@@ -474,8 +481,7 @@ class _ChannelView:
         """Whole rows: a mean pass, a centred-squares pass, then the output pass."""
         mean = self.channel_sums(x).astype(np.float32) * inverse_count
         width = self.channels * self.inner
-        x2 = x.reshape(self.outer, width)
-        y2 = y.reshape(self.outer, width)
+        x2, y2 = self._rows(x, y)
         rows = self._rows_per_block()
         in_place = x.dtype == np.float32
         mean_tile = self._tile(mean, rows)
@@ -518,8 +524,7 @@ class _ChannelView:
         """``y = (x − mean)·factor + offset`` in float32, rounded once to y's dtype."""
         in_place = x.dtype == np.float32
         if self.long:
-            x3 = x.reshape(self.outer, self.channels, self.inner)
-            y3 = y.reshape(self.outer, self.channels, self.inner)
+            x3, y3 = self._grouped(x, y)
 
             def work(blocks):
                 for a0, a1, c0, c1 in blocks:
@@ -536,8 +541,7 @@ class _ChannelView:
             self._in_shares(work, list(self._long_blocks()))
             return
         width = self.channels * self.inner
-        x2 = x.reshape(self.outer, width)
-        y2 = y.reshape(self.outer, width)
+        x2, y2 = self._rows(x, y)
         rows = self._rows_per_block()
         tiles = [self._tile(v, rows) for v in (mean, factor, offset)]
 
@@ -556,25 +560,19 @@ class _ChannelView:
     def scale_shift(self, x, y, inv, shift):
         """``y = x·inv + shift`` in x's dtype (``tf.nn.batch_normalization``)."""
         if self.long or inv.size == 1:
-            x3 = x.reshape(self.outer, self.channels, self.inner)
-            y3 = y.reshape(self.outer, self.channels, self.inner)
-            inv_b, shift_b = (
-                v.reshape(-1, 1) if v.size > 1 else v.reshape(1, 1) for v in (inv, shift)
-            )
+            x3, y3 = self._grouped(x, y)
+            inv_b, shift_b = _columns(inv, shift)
 
             def work(blocks):
                 for a0, a1, c0, c1 in blocks:
                     out = y3[a0:a1, c0:c1]
-                    pi = inv_b if inv_b.shape[0] == 1 else inv_b[c0:c1]
-                    ps = shift_b if shift_b.shape[0] == 1 else shift_b[c0:c1]
-                    np.multiply(x3[a0:a1, c0:c1], pi, out=out)
-                    np.add(out, ps, out=out)
+                    np.multiply(x3[a0:a1, c0:c1], _channel_rows(inv_b, c0, c1), out=out)
+                    np.add(out, _channel_rows(shift_b, c0, c1), out=out)
 
             self._in_shares(work, list(self._long_blocks()))
             return
         width = self.channels * self.inner
-        x2 = x.reshape(self.outer, width)
-        y2 = y.reshape(self.outer, width)
+        x2, y2 = self._rows(x, y)
         rows = self._rows_per_block()
         inv_tile, shift_tile = (self._tile(v, rows) for v in (inv, shift))
 
@@ -593,8 +591,7 @@ class _ChannelView:
         """``Σ dy`` and ``Σ dy·(x − mean)`` per channel, as float64."""
         compute = _compute(x.dtype)
         if self.long:
-            x3 = x.reshape(self.outer, self.channels, self.inner)
-            dy3 = dy.reshape(self.outer, self.channels, self.inner)
+            x3, dy3 = self._grouped(x, dy)
 
             def block_sums(a0, a1, c0, c1):
                 g = dy3[a0:a1, c0:c1].astype(compute, copy=False)
@@ -604,8 +601,7 @@ class _ChannelView:
             totals = self._long_block_totals(block_sums)
             return totals[0], totals[1]
         width = self.channels * self.inner
-        x2 = x.reshape(self.outer, width)
-        dy2 = dy.reshape(self.outer, width)
+        x2, dy2 = self._rows(x, dy)
         mean_tile = self._tile(mean, self._rows_per_block())
 
         def products(r0, r1, scratch):
@@ -625,31 +621,25 @@ class _ChannelView:
         """
         compute = a.dtype
         if self.long:
-            x3, dy3, dx3 = (v.reshape(self.outer, self.channels, self.inner) for v in (x, dy, dx))
-            a_b, b_b, c_b, mean_b = (
-                None if v is None else (v.reshape(-1, 1) if v.size > 1 else v.reshape(1, 1))
-                for v in (a, b, c, mean)
-            )
-
-            def pick(v, c0, c1):
-                return v if v.shape[0] == 1 else v[c0:c1]
+            x3, dy3, dx3 = self._grouped(x, dy, dx)
+            a_b, b_b, c_b, mean_b = _columns(a, b, c, mean)
 
             def work(blocks):
                 for a0, a1, c0, c1 in blocks:
                     out = dx3[a0:a1, c0:c1]
                     if b_b is None:
-                        np.multiply(dy3[a0:a1, c0:c1], pick(a_b, c0, c1), out=out)
+                        np.multiply(dy3[a0:a1, c0:c1], _channel_rows(a_b, c0, c1), out=out)
                         continue
-                    t = np.multiply(dy3[a0:a1, c0:c1], pick(a_b, c0, c1), dtype=compute)
-                    d = np.subtract(x3[a0:a1, c0:c1], pick(mean_b, c0, c1), dtype=compute)
-                    np.multiply(d, pick(b_b, c0, c1), out=d)
-                    np.add(d, pick(c_b, c0, c1), out=d)
+                    t = np.multiply(dy3[a0:a1, c0:c1], _channel_rows(a_b, c0, c1), dtype=compute)
+                    d = np.subtract(x3[a0:a1, c0:c1], _channel_rows(mean_b, c0, c1), dtype=compute)
+                    np.multiply(d, _channel_rows(b_b, c0, c1), out=d)
+                    np.add(d, _channel_rows(c_b, c0, c1), out=d)
                     np.add(t, d, out=out)
 
             self._in_shares(work, list(self._long_blocks()))
             return
         width = self.channels * self.inner
-        x2, dy2, dx2 = (v.reshape(self.outer, width) for v in (x, dy, dx))
+        x2, dy2, dx2 = self._rows(x, dy, dx)
         rows = self._rows_per_block()
         a_tile, b_tile, c_tile, mean_tile = (
             None if v is None else self._tile(v, rows) for v in (a, b, c, mean)
@@ -761,6 +751,19 @@ def _train_group(x3, y3, c0, c1, a_blocks, scale, offset, epsilon, inverse_count
         np.multiply(d, factor_b, out=d)
         np.add(d, offset_b, out=y3[a0:a1, c0:c1])
     return group_mean, group_variance
+
+
+def _columns(*vectors):
+    """``[C]`` (or one-value) vectors as ``[C, 1]`` (``[1, 1]``) columns; None stays None."""
+    return [
+        None if v is None else (v.reshape(-1, 1) if v.size > 1 else v.reshape(1, 1))
+        for v in vectors
+    ]
+
+
+def _channel_rows(column, c0, c1):
+    """Channels ``c0:c1`` of a column from ``_columns`` (a one-value column serves all)."""
+    return column if column.shape[0] == 1 else column[c0:c1]
 
 
 def _compute(dtype):

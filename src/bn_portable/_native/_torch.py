@@ -72,6 +72,8 @@ from typing import Any
 
 import torch
 
+from .. import _layout
+
 #: Largest ``|μ|/sqrt(σ² + ε)`` for which the folded native formula is used.
 FOLD_LIMIT = 4.0
 #: Values per block of the variance pass of ``_training_with_summed_statistics``.
@@ -224,11 +226,9 @@ def gradient_sums(dy, x, mean, channel, xp):
     """
     if torch._C._are_functorch_transforms_active() or _needs_autograd([dy, x, mean]):
         return NotImplemented
-    axes = tuple(axis for axis in range(x.ndim) if axis != channel)
-    shape = [1] * x.ndim
-    shape[channel] = -1
+    axes = _layout.reduction_axes(x.ndim, channel)
     compute = mean.dtype
-    mean_b = mean.reshape(shape)
+    mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
     partials = [
         torch.sum(torch.sub(x[rows].to(compute), mean_b).mul_(dy[rows].to(compute)), axes)
         for rows in _outer_blocks(x)
