@@ -111,14 +111,14 @@ _SMALL = 1 << 16
 _SMALL_HALF = 1 << 20
 #: A run of at least this many contiguous values per channel counts as long.
 _LONG_RUN = 128
-#: Rows summed in float32 by one BLAS product before the float64 total.
+#: Rows summed in float32 (a BLAS product or an ``add.reduce``) before the float64 total.
 _RUN = 64
 #: Row blocks added elementwise in float32 before their float64 column totals.
 _CHUNK = 16
 #: Inputs of at least this many values are shared among threads (below it,
 #: handing work to another thread costs more than it saves).
 _PARALLEL = 1 << 18
-#: Longest contiguous stretch one BLAS dot product sums in float32.
+#: Longest contiguous stretch one dot product sums in float32.
 _SEGMENT = 4096
 
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -199,7 +199,7 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
 
 
 def gradient_sums(dy, x, mean, channel, xp):
-    """``(Σ dy, Σ dy·(x − mean))`` per channel, blocked, BLAS sums with float64 totals."""
+    """``(Σ dy, Σ dy·(x − mean))`` per channel, blocked: float32 partial sums, float64 totals."""
     if not _plain(x, _MOMENT_DTYPES) or not _same_layout(dy, x):
         return NotImplemented
     if not (type(mean) is np.ndarray and mean.ndim == 1 and mean.dtype == _compute(x.dtype)):
