@@ -1,0 +1,286 @@
+"""``bn_portable.torch``: the nn.Module, from_torch and to_torch."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="bn_portable.torch needs PyTorch, which is not installed")
+
+import bn_portable as bn  # noqa: E402
+from bn_portable.torch import BatchNorm, from_torch, to_torch  # noqa: E402
+
+nn = torch.nn
+
+
+def _input(shape=(4, 3, 5, 6), seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator, dtype=torch.float64) * 2 + 0.5).to(dtype)
+
+
+def _perturb(module, seed=1):
+    """Non-default parameters and statistics, so that copying them is observable."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_floating_point():
+                tensor.add_(0.3 * torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype))
+    return module
+
+
+def test_variables_have_tensorflow_names_and_kinds():
+    module = BatchNorm(3, scale=True, zero_debias_moving_mean=True)
+    assert [name for name, _ in module.named_parameters()] == ["beta", "gamma"]
+    assert [name for name, _ in module.named_buffers()] == [
+        "moving_mean", "moving_variance", "moving_mean_biased", "local_step"
+    ]
+    assert all(p.requires_grad for p in module.parameters())
+    renorm = BatchNorm(3, renorm=True)
+    assert [name for name, _ in renorm.named_buffers()] == [
+        "moving_mean", "moving_variance", "moving_stddev", "renorm_mean", "renorm_stddev"
+    ]
+    assert [name for name, _ in renorm.named_parameters()] == ["beta"]  # scale=False: TF's default
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"scale": True, "fused": True}, {"zero_debias_moving_mean": True}, {"renorm": True}]
+)
+def test_train_and_eval_match_the_functional_core(options):
+    module = _perturb(BatchNorm(3, decay=0.9, **options))
+    x = _input()
+    before = module.state._replace(**{f: getattr(module, f).clone() for f in module.fields})
+    y, expected = bn.batch_norm(x, before, decay=0.9, data_format="NCHW", **options)
+    torch.testing.assert_close(module(x), y, rtol=0, atol=0)
+    for field in module.fields:
+        torch.testing.assert_close(getattr(module, field), getattr(expected, field), rtol=0, atol=0)
+        if field in ("moving_mean", "moving_variance"):
+            assert not torch.equal(getattr(module, field), getattr(before, field))
+    module.eval()
+    after_training = {f: getattr(module, f).clone() for f in module.fields}
+    y_eval, _ = bn.batch_norm(x, expected, decay=0.9, data_format="NCHW", is_training=False, **options)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), y_eval, rtol=0, atol=0)
+    for field in module.fields:  # inference changes nothing
+        assert torch.equal(getattr(module, field), after_training[field])
+
+
+def test_nhwc_normalizes_the_last_axis():
+    module = BatchNorm(6, data_format="NHWC")
+    x = _input()
+    y, _ = bn.batch_norm(x, data_format="NHWC")
+    torch.testing.assert_close(module(x), y, rtol=0, atol=0)
+
+
+def test_gradients_reach_the_parameters():
+    module = _perturb(BatchNorm(3, scale=True))
+    x = _input().requires_grad_(True)
+    weights = _input(seed=5)
+    (module(x) * weights).sum().backward()
+    # Reference: PyTorch's own batch norm in training normalizes with the same
+    # biased batch variance and epsilon.
+    gamma = module.gamma.detach().clone().requires_grad_(True)
+    beta = module.beta.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = nn.functional.batch_norm(x_ref, None, None, gamma, beta, training=True, eps=0.001)
+    (y_ref * weights).sum().backward()
+    torch.testing.assert_close(module.gamma.grad, gamma.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(module.beta.grad, beta.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    assert all(b.grad is None and not b.requires_grad for b in module.buffers())
+
+
+def test_state_dict_round_trip():
+    source = BatchNorm(3, scale=True, decay=0.5, zero_debias_moving_mean=True)
+    _perturb(source)
+    for seed in range(3):
+        source(_input(seed=seed))
+    state_dict = source.state_dict()
+    assert set(state_dict) == {
+        "beta", "gamma", "moving_mean", "moving_variance", "moving_mean_biased", "local_step"
+    }
+    target = BatchNorm(3, scale=True, decay=0.5, zero_debias_moving_mean=True)
+    target.load_state_dict(state_dict)
+    x = _input(seed=9)
+    source.eval(), target.eval()
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+    source.train(), target.train()
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_load_state_and_from_state():
+    source = _perturb(BatchNorm(3, scale=True))
+    numpy_state = source.state._replace(
+        **{f: getattr(source, f).detach().numpy().copy() for f in source.fields}
+    )
+    rebuilt = BatchNorm.from_state(numpy_state, scale=True)
+    for field in source.fields:
+        assert torch.equal(getattr(rebuilt, field), getattr(source, field))
+    assert isinstance(rebuilt.gamma, nn.Parameter)
+    with pytest.raises(ValueError, match="fields"):
+        BatchNorm(3).load_state(numpy_state)  # scale=False has no gamma
+    wrong = numpy_state._replace(moving_variance=numpy_state.moving_variance[:2])
+    before = rebuilt.moving_mean.clone()
+    with pytest.raises(ValueError, match=r"state.moving_variance must have shape \(3,\)"):
+        rebuilt.load_state(wrong)
+    assert torch.equal(rebuilt.moving_mean, before)  # nothing copied
+
+
+def test_half_precision_input_keeps_float32_variables():
+    """TensorFlow's Keras paths keep float32 variables for float16/bfloat16 input."""
+    module = BatchNorm(3, scale=True, fused=True)
+    x = _input(dtype=torch.bfloat16)
+    y, expected = bn.batch_norm(x, module.state, scale=True, fused=True, data_format="NCHW")
+    torch.testing.assert_close(module(x), y, rtol=0, atol=0)
+    assert y.dtype == torch.bfloat16 and module.moving_mean.dtype == torch.float32
+    torch.testing.assert_close(module.moving_variance, expected.moving_variance, rtol=0, atol=0)
+
+
+def test_autocast_does_not_change_the_numbers():
+    module = BatchNorm(3, scale=True)
+    reference = BatchNorm(3, scale=True)
+    conv = nn.Conv2d(2, 3, 3)
+    x = _input((4, 2, 7, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = conv(x)
+        y = module(features)
+        y_float = module.eval()(_input())
+    assert features.dtype == torch.bfloat16  # the convolution was autocast...
+    expected = reference(features)  # ...the batch norm runs as outside autocast
+    assert y.dtype == torch.bfloat16 and module.moving_mean.dtype == torch.float32
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    torch.testing.assert_close(module.moving_variance, reference.moving_variance, rtol=0, atol=0)
+    assert y_float.dtype == torch.float32
+    torch.testing.assert_close(y_float, reference.eval()(_input()), rtol=0, atol=0)
+
+
+# Two warnings Dynamo itself raises while tracing: array-api-compat caches the
+# namespace of each array type with functools.lru_cache (a type-keyed lookup,
+# not data), and Dynamo's own wrapping of intermediate tensors reads their .grad.
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+@pytest.mark.parametrize("options", [{"scale": True}, {"scale": True, "fused": True}])
+def test_torch_compile(options):
+    # fullgraph=True is not asserted: the core has graph breaks (the fast-path
+    # switch is a ContextVar that Dynamo cannot trace yet).
+    eager = _perturb(BatchNorm(3, decay=0.8, **options))
+    compiled_module = _perturb(BatchNorm(3, decay=0.8, **options))
+    compiled = torch.compile(compiled_module, backend="aot_eager")
+    for seed in range(2):
+        x = _input(seed=seed)
+        y_eager, y_compiled = eager(x), compiled(x)
+        torch.testing.assert_close(y_compiled, y_eager, rtol=1e-6, atol=1e-6)
+        (y_eager * x).sum().backward()
+        (y_compiled * x).sum().backward()
+    for name, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled_module.state_dict()[name], value, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compiled_module.gamma.grad, eager.gamma.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_ddp_single_process(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("this PyTorch build has no torch.distributed")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        plain = _perturb(BatchNorm(3, scale=True))
+        wrapped_module = _perturb(BatchNorm(3, scale=True))
+        wrapped = nn.parallel.DistributedDataParallel(wrapped_module)
+        x = _input()
+        (plain(x) * x).sum().backward()
+        (wrapped(x) * x).sum().backward()
+        torch.testing.assert_close(wrapped_module.gamma.grad, plain.gamma.grad)
+        torch.testing.assert_close(wrapped_module.moving_variance, plain.moving_variance)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [(nn.BatchNorm1d, (24, 3)), (nn.BatchNorm2d, (3, 3, 2, 2)), (nn.BatchNorm3d, (2, 3, 2, 2, 3))],
+)
+def test_from_torch_follows_pytorch_statistics(kind, shape):
+    """The fused kernel's moving variance is Bessel-corrected like PyTorch's.
+
+    With 12 or 24 values per channel a biased update would be off by 1/11 or
+    1/23 of the batch variance's share, far above the tolerance.
+    """
+    source = kind(3, momentum=0.3, eps=1e-3)
+    _perturb(source)
+    converted = from_torch(source)
+    assert converted.options["decay"] == pytest.approx(0.7)
+    assert converted.options["epsilon"] == 1e-3 and converted.options["fused"]
+    for seed in range(3):
+        x = _input(shape, seed=seed)
+        with torch.no_grad():
+            torch.testing.assert_close(converted(x), source(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(converted.moving_mean, source.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(converted.moving_variance, source.running_var, rtol=1e-6, atol=1e-6)
+    source.eval(), converted.eval()
+    x = _input(shape, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), source(x), rtol=1e-5, atol=1e-5)
+    back = to_torch(converted, kind)
+    assert back.momentum == pytest.approx(0.3) and back.eps == 1e-3 and not back.training
+    for name, field in [("running_mean", "moving_mean"), ("running_var", "moving_variance"),
+                        ("weight", "gamma"), ("bias", "beta")]:
+        assert torch.equal(getattr(back, name), getattr(converted, field))
+
+
+def test_from_torch_keeps_affine_off_and_requires_grad():
+    source = nn.BatchNorm2d(3, affine=False)
+    converted = from_torch(source)
+    assert converted.fields == ("moving_mean", "moving_variance")
+    frozen = nn.BatchNorm2d(3)
+    frozen.weight.requires_grad_(False)
+    assert not from_torch(frozen).gamma.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("module", "error", "match"),
+    [
+        (nn.BatchNorm2d(3, momentum=None), ValueError, "momentum=None"),
+        (nn.BatchNorm2d(3, track_running_stats=False), ValueError, "track_running_stats=False"),
+        (nn.BatchNorm2d(3).double(), ValueError, "float32"),
+        (nn.LazyBatchNorm2d(), ValueError, "lazy"),
+        (nn.SyncBatchNorm(3), TypeError, "SyncBatchNorm"),
+        (nn.InstanceNorm2d(3), TypeError, "InstanceNorm2d"),
+    ],
+)
+def test_from_torch_refuses_with_a_reason(module, error, match):
+    with pytest.raises(error, match=match):
+        from_torch(module)
+
+
+def test_to_torch_refuses_with_a_reason():
+    with pytest.raises(ValueError, match="fused=False"):
+        to_torch(BatchNorm(3, scale=True))
+    with pytest.raises(ValueError, match=r"NHWC.*center and scale differ"):
+        to_torch(BatchNorm(3, data_format="NHWC", fused=True))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"num_features": 0}, ValueError, "num_features"),
+        ({"num_features": 3.0}, TypeError, "num_features"),
+        ({"num_features": 3, "is_training": False}, TypeError, r"\.train\(\) or \.eval\(\)"),
+        ({"num_features": 3, "momentum": 0.1}, TypeError, "unknown option 'momentum'"),
+        ({"num_features": 3, "decay": 2.0}, ValueError, "decay"),
+        ({"num_features": 3, "data_format": "NCDHW"}, ValueError, "data_format"),
+    ],
+)
+def test_bad_arguments(arguments, error, match):
+    with pytest.raises(error, match=match):
+        BatchNorm(**arguments)
+
+
+def test_wrong_input_changes_nothing():
+    module = BatchNorm(3)
+    before = module.moving_mean.clone()
+    with pytest.raises(ValueError, match=r"state.beta must have shape \(5,\)"):
+        module(_input((4, 5, 2, 2)))  # 5 channels, the module has 3
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
+        module([1.0, 2.0])
+    assert torch.equal(module.moving_mean, before)
