@@ -1,4 +1,5 @@
-"""Sessions: lint, tests (one per backend), numpy1, golden, conformance, bench, bench_tensorflow.
+"""Sessions: lint, tests (one per backend), numpy1, golden, checkpoints, conformance, bench,
+bench_tensorflow.
 
 ``nox`` with no arguments runs what CI runs: lint, the unit tests on every
 backend, the NumPy tests and conformance again on NumPy 1.x, the golden check
@@ -93,6 +94,16 @@ def golden(session: nox.Session) -> None:
 def golden_check(session: nox.Session) -> None:
     """Regenerate the goldens into a temporary folder; fail unless identical."""
     _golden(session, ["--check"])
+
+
+@nox.session(python=PYTHON)
+def checkpoints(session: nox.Session) -> None:
+    """Rewrite tests/data/porting: checkpoints and Keras files TensorFlow trains and saves."""
+    session.install(*GOLDEN_PACKAGES)  # tensorflow brings h5py
+    session.run(
+        "python", "-m", "conformance.checkpoints", *session.posargs,
+        env={"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 @nox.session(python=PYTHON)

@@ -128,7 +128,8 @@ def _to_torch(device):
     def convert(array, dtype):
         import torch
 
-        tensor = torch.from_numpy(np.ascontiguousarray(array).copy())
+        # np.ascontiguousarray would make a 0-d array 1-d (local_step is a scalar).
+        tensor = torch.from_numpy(np.array(array, order="C", copy=True))
         return tensor.to(device=device, dtype=getattr(torch, dtype))
 
     return convert

@@ -29,6 +29,20 @@ class BatchNormState(NamedTuple):
     renorm_mean: Any = None
     renorm_stddev: Any = None
 
+    @classmethod
+    def from_tf_variables(
+        cls, mapping: Any, scope: str, **options: Any
+    ) -> tuple[BatchNormState, dict[str, Any]]:
+        """``(state, options)`` of the layer under ``scope`` in a TF checkpoint's dict.
+
+        ``mapping`` is ``{name: value}`` as a checkpoint reader returns it
+        (tf-slim or Keras names, with or without ``:0``); see
+        ``bn_portable.porting.state_from_tf_variables``.
+        """
+        from .porting import state_from_tf_variables
+
+        return state_from_tf_variables(mapping, scope, **options)
+
 
 #: Names accepted in ``param_initializers`` (TensorFlow's).
 INITIALIZED_FIELDS = ("beta", "gamma", "moving_mean", "moving_variance")

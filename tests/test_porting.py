@@ -1,0 +1,175 @@
+"""Porting helpers against files TensorFlow wrote (tests/data/porting, see its manifest).
+
+``conformance/checkpoints.py`` trained tf-slim and Keras batch-norm layers for
+three steps, saved them (a TF1 checkpoint, a TF2 object checkpoint, Keras
+``.h5`` and ``.keras`` files) and recorded TensorFlow's outputs for a fixed
+input: inference, one more training step and the variables after it. Here the
+state and options come back through the helpers only, and bn_portable's
+outputs must equal TensorFlow's within the conformance tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conformance.compare import error_in_epsilons, tolerance
+
+import bn_portable as bn
+from bn_portable.porting import load_keras_batch_norm, state_from_tf_variables
+
+DATA = Path(__file__).parent / "data" / "porting"
+MANIFEST = json.loads((DATA / "manifest.json").read_text())
+SLIM_LAYERS = MANIFEST["slim_layers"]
+KERAS_LAYERS = MANIFEST["keras_layers"]
+
+
+def _arrays(name: str) -> dict[str, np.ndarray]:
+    with np.load(DATA / name) as file:
+        return {key: file[key] for key in file.files}
+
+
+def _section(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k.split("|", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + "|")}
+
+
+SLIM = _arrays("slim.npz")
+KERAS = _arrays("keras.npz")
+
+
+def _h5py():
+    return pytest.importorskip("h5py", reason="reading Keras files needs h5py (the h5py extra)")
+
+
+def _assert_matches_tensorflow(backend, state, options, x, expected_infer, expected_train, after):
+    """Inference, one training step and its variables, on ``backend``, against TensorFlow."""
+    channel_axis = 1 if options.get("data_format", "NHWC") == "NCHW" else x.ndim - 1
+    on_backend = state._replace(
+        **{f: backend.asarray(getattr(state, f), "float32") for f in state._fields if getattr(state, f) is not None}
+    )
+    xb = backend.asarray(x, "float32")
+    y_infer, _ = backend.call(lambda x_, s_: bn.batch_norm(x_, s_, is_training=False, **options), xb, on_backend)
+    y_train, new = backend.call(lambda x_, s_: bn.batch_norm(x_, s_, **options), xb, on_backend)
+    results = {"infer": (backend.to_numpy(y_infer), expected_infer), "train": (backend.to_numpy(y_train), expected_train)}
+    for field in state._fields:
+        if getattr(state, field) is not None:
+            results[field] = (backend.to_numpy(getattr(new, field)), getattr(after, field))
+    for name, (actual, expected) in results.items():
+        source = x if name in ("infer", "train") else None
+        error = error_in_epsilons(actual, expected, "float32", source=source, channel_axis=channel_axis)
+        assert error <= tolerance("float32", "y", None), f"{name}: {error:.1f} float32 epsilons from TensorFlow"
+
+
+@pytest.mark.parametrize("scope", sorted(SLIM_LAYERS))
+def test_tf_slim_checkpoint_round_trip(backend, scope):
+    given = dict(SLIM_LAYERS[scope]["options"])
+    state, options = bn.BatchNormState.from_tf_variables(_section(SLIM, "checkpoint"), scope, **given)
+    assert options == {"center": True, "zero_debias_moving_mean": False, "renorm": False, **given}
+    after, _ = state_from_tf_variables(_section(SLIM, "after"), scope)
+    _assert_matches_tensorflow(
+        backend, state, options, SLIM[f"input|{scope}"], SLIM[f"infer|{scope}"], SLIM[f"train|{scope}"], after
+    )
+
+
+@pytest.mark.parametrize("layer", list(KERAS_LAYERS))
+@pytest.mark.parametrize("file", ["keras_model.h5", "keras_model.keras"])
+def test_keras_file_round_trip(backend, layer, file):
+    _h5py()
+    rank = len(KERAS_LAYERS[layer]["shape"])
+    state, options = load_keras_batch_norm(DATA / file, layer, input_rank=rank)
+    given = KERAS_LAYERS[layer]["options"]
+    assert options["decay"] == given["momentum"]
+    assert options["epsilon"] == given.get("epsilon", 0.001)  # Keras' default
+    assert options["data_format"] == ("NCHW" if given.get("axis") == 1 or rank == 2 else "NHWC")
+    assert options["fused"] == (rank in (4, 5) and not given.get("renorm", False))
+    # The same values as the TF2 object checkpoint of the same model holds.
+    from_checkpoint, _ = bn.BatchNormState.from_tf_variables(
+        _section(KERAS, "checkpoint"), KERAS_LAYERS[layer]["checkpoint_scope"]
+    )
+    for field in state._fields:
+        np.testing.assert_array_equal(getattr(state, field), getattr(from_checkpoint, field))
+    after, _ = state_from_tf_variables(_section(KERAS, "after"), layer)
+    _assert_matches_tensorflow(
+        backend, state, options, KERAS[f"input|{layer}"], KERAS[f"infer|{layer}"], KERAS[f"train|{layer}"], after
+    )
+
+
+def test_keras_input_rank_from_the_keras_archive():
+    _h5py()
+    _, options = load_keras_batch_norm(DATA / "keras_model.keras", "bn_nchw")
+    assert options["fused"] and options["data_format"] == "NCHW"
+    with pytest.raises(ValueError, match="pass input_rank"):
+        load_keras_batch_norm(DATA / "keras_model.h5", "bn_nchw")
+
+
+def test_keras_weights_only_file_needs_the_config():
+    _h5py()
+    with pytest.raises(ValueError, match=r"pass config=layer\.get_config\(\)"):
+        load_keras_batch_norm(DATA / "keras_weights.h5", "bn_conv")
+    config = {"axis": [3], **KERAS_LAYERS["bn_conv"]["options"]}
+    state, options = load_keras_batch_norm(DATA / "keras_weights.h5", "bn_conv", config=config)
+    reference, reference_options = load_keras_batch_norm(DATA / "keras_model.h5", "bn_conv")
+    assert options == reference_options
+    for field in state._fields:
+        np.testing.assert_array_equal(getattr(state, field), getattr(reference, field))
+
+
+def test_keras_unknown_layer():
+    _h5py()
+    for file in ("keras_model.h5", "keras_model.keras"):
+        with pytest.raises(ValueError, match="no layer named 'nope'"):
+            load_keras_batch_norm(DATA / file, "nope")
+
+
+def test_names_with_suffixes_and_a_single_scope():
+    mapping = {
+        "net/bn/moving_mean:0": np.zeros(3, np.float32),
+        "net/bn/moving_variance:0": np.ones(3, np.float32),
+        "net/bn/moving_mean/biased:0": np.zeros(3, np.float32),
+        "net/bn/moving_mean/local_step:0": np.zeros((), np.float32),
+        "net/other/moving_mean": np.zeros(4, np.float32),
+    }
+    state, options = state_from_tf_variables(mapping, "net/bn/", decay=0.9)
+    assert options == {
+        "decay": 0.9, "center": False, "scale": False, "zero_debias_moving_mean": True, "renorm": False
+    }
+    assert state.local_step.shape == () and state.beta is None
+
+
+@pytest.mark.parametrize(
+    ("mapping", "options", "error", "match"),
+    [
+        ({}, {}, ValueError, "no batch-norm layer under scope 'bn'"),
+        ({"bn/moving_mean": np.zeros(3)}, {}, ValueError, "bn/moving_variance"),
+        ({"bn/moving_mean": np.zeros(3), "bn/moving_variance": np.ones(4)}, {}, ValueError,
+         r"moving_variance of the variables under 'bn' must have shape \(3,\)"),
+        ({"bn/moving_mean": np.zeros(3), "bn/moving_variance": [1.0, 1.0, 1.0]}, {}, TypeError,
+         "moving_variance of the variables under 'bn' must be an array"),
+        ({"bn/moving_mean": np.zeros(3), "bn/moving_variance": np.ones(3)}, {"scale": True}, ValueError,
+         "scale=True was given, but the variables under 'bn' say scale=False"),
+        ({"bn/moving_mean": np.zeros(3), "bn/moving_variance": np.ones(3)}, {"momentum": 0.9}, TypeError,
+         "unknown batch_norm option 'momentum'"),
+        ({"bn/moving_mean": np.zeros(3), "bn/moving_variance": np.ones(3)}, {"decay": 1.5}, ValueError,
+         "decay"),
+        ({"bn/moving_mean": np.zeros(3), "bn/moving_mean:0": np.zeros(3), "bn/moving_variance": np.ones(3)},
+         {}, ValueError, "twice"),
+    ],
+)
+def test_bad_mappings(mapping, options, error, match):
+    with pytest.raises(error, match=match):
+        bn.BatchNormState.from_tf_variables(mapping, "bn", **options)
+
+
+def test_torch_module_from_a_keras_file():
+    _h5py()
+    torch = pytest.importorskip("torch", reason="bn_portable.torch needs PyTorch")
+    from bn_portable.torch import BatchNorm
+
+    state, options = load_keras_batch_norm(DATA / "keras_model.keras", "bn_nchw")
+    module = BatchNorm.from_state(state, **options).eval()
+    with torch.no_grad():
+        y = module(torch.from_numpy(KERAS["input|bn_nchw"]))
+    error = error_in_epsilons(y.numpy(), KERAS["infer|bn_nchw"], "float32", source=KERAS["input|bn_nchw"], channel_axis=1)
+    assert error <= tolerance("float32", "y", None)
