@@ -87,7 +87,7 @@ def state_from_tf_variables(
     if not isinstance(scope, str):
         raise TypeError(f"scope must be a str, got {type(scope).__name__}")
     scope = scope.rstrip("/")
-    found = {}
+    found: dict[str, Any] = {}
     for field, name in _TF_NAMES.items():
         candidates = [f"{scope}/{name}"]
         if field in ("moving_mean_biased", "local_step"):
@@ -128,7 +128,7 @@ def load_keras_batch_norm(
     are Keras' defaults.
     """
     try:
-        import h5py
+        import h5py  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError:
         raise ImportError(
             "load_keras_batch_norm reads HDF5 files with h5py: pip install 'bn_portable[h5py]'"
@@ -136,6 +136,7 @@ def load_keras_batch_norm(
     path = os.fspath(path)
     if not isinstance(layer_name, str):
         raise TypeError(f"layer_name must be a str, got {type(layer_name).__name__}")
+    layer: dict[str, Any] | None
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             model_config = json.loads(archive.read("config.json"))
@@ -160,7 +161,9 @@ def load_keras_batch_norm(
     return _state_and_options(values, options, f"layer {layer_name!r} of {path}")
 
 
-def _state_and_options(found, options, where):
+def _state_and_options(
+    found: dict[str, Any], options: dict[str, Any], where: str
+) -> tuple[BatchNormState, dict[str, Any]]:
     """Check the values' shapes, merge the structural options, validate all."""
     for name in options:
         if name not in _DEFAULTS:
@@ -201,7 +204,9 @@ def _state_and_options(found, options, where):
     return BatchNormState(**{field: found[field] for field in wanted}), merged
 
 
-def _keras_options(layer, layer_name, input_rank):
+def _keras_options(
+    layer: Mapping[str, Any], layer_name: str, input_rank: int | None
+) -> dict[str, Any]:
     """batch_norm options reproducing a tf-keras ``BatchNormalization`` (TF2 behaviour)."""
     if layer.get("class_name") not in ("BatchNormalization", "SyncBatchNormalization"):
         raise ValueError(f"layer {layer_name!r} is a {layer.get('class_name')}, not a BatchNormalization")
@@ -250,7 +255,9 @@ def _keras_options(layer, layer_name, input_rank):
     return options
 
 
-def _find_layer(model_config, layer_name, path, prefix="layers"):
+def _find_layer(
+    model_config: Mapping[str, Any], layer_name: str, path: str, prefix: str = "layers"
+) -> tuple[dict[str, Any], str]:
     """``(layer config, path of its weights in a .keras file)``, searching nested models.
 
     The ``.keras`` format names each layer's weights by its class in snake case,
@@ -274,12 +281,14 @@ def _find_layer(model_config, layer_name, path, prefix="layers"):
     raise ValueError(f"{path} has no layer named {layer_name!r}")
 
 
-def _snake_case(name):
+def _snake_case(name: str) -> str:
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _keras_v3_values(file, layer_path, layer, layer_name):
+def _keras_v3_values(
+    file: Any, layer_path: str, layer: Mapping[str, Any], layer_name: str
+) -> dict[str, Any]:
     """A ``.keras`` layer's ``vars/0, 1, ...``: the layer's weights in Keras' order."""
     group = file.get(f"{layer_path}/vars")
     if group is None:
@@ -296,10 +305,10 @@ def _keras_v3_values(file, layer_path, layer, layer_name):
     return {name: group[str(i)][()] for i, name in enumerate(names)}
 
 
-def _h5_values(file, layer_name, path):
+def _h5_values(file: Any, layer_name: str, path: str) -> dict[str, Any]:
     """A Keras HDF5 layer's weights by name (``<layer>/<layer>/gamma:0`` ...)."""
     root = file.get("model_weights", file)
-    values = {}
+    values: dict[str, Any] = {}
     for group_name in ([layer_name] if layer_name in root else list(root)):
         group = root[group_name]
         for weight_name in (_text(n) for n in group.attrs.get("weight_names", ())):
@@ -314,7 +323,7 @@ def _h5_values(file, layer_name, path):
     raise ValueError(f"{path} has no weights for a layer named {layer_name!r}")
 
 
-def _text(value):
+def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 

@@ -126,6 +126,7 @@ class BatchNorm(nn.Module):
         # Autocast would re-type the core's reductions (sum, rsqrt) and change its
         # numbers; the input arrives in whatever dtype autocast gave it and is
         # normalized as TensorFlow normalizes that dtype.
+        y: torch.Tensor
         with torch.autocast(device_type=x.device.type, enabled=False):
             y, new_state = batch_norm(
                 x,
@@ -251,14 +252,13 @@ def from_torch(module: nn.Module) -> BatchNorm:
         scale=module.affine,
         fused=True,
     )
-    with torch.no_grad():
-        converted.moving_mean.copy_(module.running_mean)
-        converted.moving_variance.copy_(module.running_var)
-        if module.affine:
-            converted.gamma.copy_(module.weight)
-            converted.beta.copy_(module.bias)
-            converted.gamma.requires_grad_(module.weight.requires_grad)
-            converted.beta.requires_grad_(module.bias.requires_grad)
+    pairs = [("moving_mean", "running_mean"), ("moving_variance", "running_var")]
+    if module.affine:
+        pairs += [("gamma", "weight"), ("beta", "bias")]
+    _copy_tensors(converted, module, pairs)
+    if module.affine:
+        converted.gamma.requires_grad_(module.weight.requires_grad)
+        converted.beta.requires_grad_(module.bias.requires_grad)
     return converted.train(module.training)
 
 
@@ -301,12 +301,10 @@ def to_torch(module: BatchNorm, kind: type[nn.Module] = nn.BatchNorm2d) -> nn.Mo
         device=mean.device,
         dtype=mean.dtype,
     )
-    with torch.no_grad():
-        converted.running_mean.copy_(mean)
-        converted.running_var.copy_(module.moving_variance)
-        if options["scale"]:
-            converted.weight.copy_(module.gamma)
-            converted.bias.copy_(module.beta)
+    pairs = [("running_mean", "moving_mean"), ("running_var", "moving_variance")]
+    if options["scale"]:
+        pairs += [("weight", "gamma"), ("bias", "beta")]
+    _copy_tensors(converted, module, pairs)
     return converted.train(module.training)
 
 
@@ -327,6 +325,13 @@ def _module_options(options: dict[str, Any], data_format: str) -> dict[str, Any]
         name: merged[name] if name in ("param_initializers", "renorm_clipping") else getattr(validated, name)
         for name in _DEFAULTS
     }
+
+
+def _copy_tensors(target: nn.Module, source: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """``target.<t>.copy_(source.<s>)`` for each ``(t, s)``, outside autograd."""
+    with torch.no_grad():
+        for target_name, source_name in pairs:
+            getattr(target, target_name).copy_(getattr(source, source_name))
 
 
 def _host_or_tensor(value: Any) -> Any:
