@@ -228,6 +228,22 @@ def test_from_torch_follows_pytorch_statistics(kind, shape):
         assert torch.equal(getattr(back, name), getattr(converted, field))
 
 
+def test_from_torch_rank_3_input_takes_the_biased_variance():
+    """The documented residual difference: no fused kernel for (N, C, L) input.
+
+    TensorFlow's layer runs its composite there, whose moving variance moves
+    toward the biased batch variance; PyTorch's toward the unbiased one.
+    """
+    source = nn.BatchNorm1d(3, momentum=0.5)
+    converted = from_torch(source)
+    x = _input((2, 3, 3))
+    n = 6
+    source(x), converted(x)
+    biased = x.var(dim=(0, 2), unbiased=False)
+    torch.testing.assert_close(converted.moving_variance, 0.5 + 0.5 * biased)
+    torch.testing.assert_close(source.running_var, 0.5 + 0.5 * biased * n / (n - 1))
+
+
 def test_from_torch_keeps_affine_off_and_requires_grad():
     source = nn.BatchNorm2d(3, affine=False)
     converted = from_torch(source)
@@ -243,6 +259,7 @@ def test_from_torch_keeps_affine_off_and_requires_grad():
         (nn.BatchNorm2d(3, momentum=None), ValueError, "momentum=None"),
         (nn.BatchNorm2d(3, track_running_stats=False), ValueError, "track_running_stats=False"),
         (nn.BatchNorm2d(3).double(), ValueError, "float32"),
+        (nn.BatchNorm2d(3).half(), ValueError, "float32"),
         (nn.LazyBatchNorm2d(), ValueError, "lazy"),
         (nn.SyncBatchNorm(3), TypeError, "SyncBatchNorm"),
         (nn.InstanceNorm2d(3), TypeError, "InstanceNorm2d"),

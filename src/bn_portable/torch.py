@@ -235,11 +235,12 @@ def from_torch(module: nn.Module) -> BatchNorm:
             "TensorFlow's moving statistics are exponential moving averages; give the module "
             "a momentum (decay = 1 - momentum)"
         )
-    if module.running_mean.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if module.running_mean.dtype != torch.float32:
         raise ValueError(
             f"module's statistics are {module.running_mean.dtype}, but TensorFlow's fused "
             "kernel (the one whose moving variance is Bessel-corrected, like PyTorch's) "
-            "keeps float32 statistics; convert the module with .float() first"
+            "keeps float32 statistics and takes float16, bfloat16 or float32 input; "
+            "convert the module with .float() first (autocast keeps it float32)"
         )
     converted = BatchNorm(
         module.num_features,
