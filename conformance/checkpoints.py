@@ -9,9 +9,10 @@ It trains, for three steps of gradient descent on a fixed linear loss:
 - three tf-slim ``batch_norm`` layers in one TF1 graph (scopes ``slim_legacy``:
   zero-debiased, the legacy composite; ``slim_fused``: the fused kernel on NCHW;
   ``slim_renorm``: batch renormalization), saved with ``tf.compat.v1.train.Saver``;
-- one Keras model with four ``tf_keras.layers.BatchNormalization`` layers
+- one Keras model with five ``tf_keras.layers.BatchNormalization`` layers
   (``bn_conv``: rank 4, axis -1, fused kernel; ``bn_nchw``: rank 4, axis 1;
-  ``bn_renorm``: renorm; ``bn_dense``: rank 2, no beta), saved as a full-model
+  ``bn_renorm``: renorm; ``bn_dense``: rank 2, no beta; ``bn_inner``: inside a
+  nested ``Sequential``), saved as a full-model
   ``.h5``, a ``.keras`` archive, a weights-only ``.h5`` and a TF2 object
   checkpoint.
 
@@ -81,7 +82,11 @@ KERAS_LAYERS = {
          "renorm_clipping": {"rmin": 0.5, "rmax": 2.0, "dmax": 1.0}},
     ),
     "bn_dense": ((8, 5), {"momentum": 0.95, "epsilon": 1e-2, "center": False}),
+    "bn_inner": ((6, 4, 4, 3), {"momentum": 0.7}),
 }
+
+#: Keras layers inside a nested model: layer name -> the nested Sequential's name.
+KERAS_NESTED = {"bn_inner": "inner"}
 
 #: Filled by keras_files: each Keras layer's scope in the TF2 object checkpoint.
 KERAS_CHECKPOINT_SCOPES: dict[str, str] = {}
@@ -174,6 +179,19 @@ def slim_files(tf, slim, out: str, scratch: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _batch_norms(model, scope):
+    """``(name, layer, object-checkpoint scope)`` of each batch norm, nested ones included.
+
+    A TF2 object checkpoint names layers by their position among those with weights.
+    """
+    for i, layer in enumerate(layer for layer in model.layers if layer.weights):
+        here = f"{scope}/layer_with_weights-{i}"
+        if hasattr(layer, "layers"):
+            yield from _batch_norms(layer, here)
+        else:
+            yield layer.name, layer, here
+
+
 def keras_files(tf, out: str, scratch: str) -> dict[str, np.ndarray]:
     import tf_keras
 
@@ -181,13 +199,12 @@ def keras_files(tf, out: str, scratch: str) -> dict[str, np.ndarray]:
     for name, (shape, options) in KERAS_LAYERS.items():
         x = tf_keras.Input(shape[1:], batch_size=shape[0], name=f"{name}_x")
         inputs.append(x)
-        outputs.append(tf_keras.layers.BatchNormalization(name=name, **options)(x))
+        layer = tf_keras.layers.BatchNormalization(name=name, **options)
+        if name in KERAS_NESTED:
+            layer = tf_keras.Sequential([layer], name=KERAS_NESTED[name])
+        outputs.append(layer(x))
     model = tf_keras.Model(inputs, outputs)
-    # A TF2 object checkpoint names layers by their position among those with weights.
-    KERAS_CHECKPOINT_SCOPES.update(
-        {layer.name: f"model/layer_with_weights-{i}"
-         for i, layer in enumerate(layer for layer in model.layers if layer.weights)}
-    )
+    KERAS_CHECKPOINT_SCOPES.update({name: scope for name, _, scope in _batch_norms(model, "model")})
     optimizer = tf_keras.optimizers.SGD(LEARNING_RATE)
     weights = [_weights(name, shape) for name, (shape, _) in KERAS_LAYERS.items()]
 
@@ -212,9 +229,9 @@ def keras_files(tf, out: str, scratch: str) -> dict[str, np.ndarray]:
         arrays[f"infer|{name}"] = y.numpy()
     for name, y in zip(KERAS_LAYERS, model(test, training=True)):
         arrays[f"train|{name}"] = y.numpy()
-    for layer in model.layers:
+    for name, layer, _ in _batch_norms(model, "model"):
         for variable in layer.weights:
-            arrays[f"after|{layer.name}/{variable.name.split('/')[-1].removesuffix(':0')}"] = (
+            arrays[f"after|{name}/{variable.name.split('/')[-1].removesuffix(':0')}"] = (
                 variable.numpy()
             )
     np.savez(os.path.join(out, "keras.npz"), **arrays)
@@ -234,7 +251,8 @@ def manifest(out: str) -> dict:
         "learning_rate": LEARNING_RATE,
         "slim_layers": {k: {"shape": s, "options": o} for k, (s, o) in SLIM_LAYERS.items()},
         "keras_layers": {
-            k: {"shape": s, "options": o, "checkpoint_scope": KERAS_CHECKPOINT_SCOPES[k]}
+            k: {"shape": s, "options": o, "checkpoint_scope": KERAS_CHECKPOINT_SCOPES[k],
+                "nested_in": KERAS_NESTED.get(k)}
             for k, (s, o) in KERAS_LAYERS.items()
         },
         "versions": {
