@@ -98,7 +98,8 @@ def golden_check(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def checkpoints(session: nox.Session) -> None:
-    """Rewrite tests/data/porting: checkpoints and Keras files TensorFlow trains and saves."""
+    """Rewrite tests/data/porting: checkpoints and Keras files TensorFlow trains and saves
+    (``-- --check`` compares instead)."""
     session.install(*GOLDEN_PACKAGES)  # tensorflow brings h5py
     session.run(
         "python", "-m", "conformance.checkpoints", *session.posargs,

@@ -2,7 +2,7 @@
 
 Run from the repository root in the golden environment (``nox -s checkpoints``)::
 
-    python -m conformance.checkpoints [--out DIR]
+    python -m conformance.checkpoints [--out DIR] [--check]
 
 It trains, for three steps of gradient descent on a fixed linear loss:
 
@@ -21,7 +21,9 @@ The checkpoints are read back with ``tf.train.load_checkpoint`` into plain dicts
 fixed test input each file also holds TensorFlow's outputs: ``infer|<layer>``
 (inference), ``train|<layer>`` (one more training step) and
 ``after|<layer>/<variable>`` (the variables after that step). ``manifest.json``
-records versions and the files' sha256.
+records versions and the files' sha256. ``--check`` regenerates into a
+temporary folder and compares every stored array (a ``.keras`` archive's bytes
+hold its save time).
 """
 
 from __future__ import annotations
@@ -270,10 +272,55 @@ def manifest(out: str) -> dict:
     }
 
 
+def _stored_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz, .h5 or .keras file, by name (what ``--check`` compares)."""
+    import io
+    import zipfile
+
+    import h5py
+
+    if path.endswith(".npz"):
+        with np.load(path) as file:
+            return {key: file[key] for key in file.files}
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            data = io.BytesIO(archive.read("model.weights.h5"))
+    else:
+        data = path
+    arrays = {}
+    with h5py.File(data, "r") as file:
+        file.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def check(out: str) -> None:
+    """Regenerate into a temporary folder; fail unless every stored array is identical."""
+    with tempfile.TemporaryDirectory() as fresh:
+        main(["--out", fresh])
+        differences = []
+        for name in sorted(f for f in os.listdir(fresh) if f != "manifest.json"):
+            old, new = _stored_arrays(os.path.join(out, name)), _stored_arrays(os.path.join(fresh, name))
+            if sorted(old) != sorted(new):
+                differences.append(f"{name}: other arrays")
+                continue
+            differences += [
+                f"{name}: {key}" for key in sorted(old) if not np.array_equal(old[key], new[key])
+            ]
+    if differences:
+        sys.exit("regenerated files differ:\n  " + "\n  ".join(differences))
+    print(f"regenerated files match {out} array for array")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--check", action="store_true", help="compare with --out instead of writing")
     arguments = parser.parse_args(argv)
+    if arguments.check:
+        check(arguments.out)
+        return
     os.makedirs(arguments.out, exist_ok=True)
     tf, slim = _import_tf()
     scratch = tempfile.mkdtemp()
