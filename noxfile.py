@@ -92,8 +92,13 @@ def golden(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def golden_check(session: nox.Session) -> None:
-    """Regenerate the goldens into a temporary folder; fail unless identical."""
+    """Regenerate the goldens into a temporary folder; fail unless identical (the porting
+    test files of ``checkpoints`` too, array for array)."""
     _golden(session, ["--check"])
+    session.run(
+        "python", "-m", "conformance.checkpoints", "--check",
+        env={"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 @nox.session(python=PYTHON)
