@@ -173,3 +173,20 @@ def test_torch_module_from_a_keras_file():
         y = module(torch.from_numpy(KERAS["input|bn_nchw"]))
     error = error_in_epsilons(y.numpy(), KERAS["infer|bn_nchw"], "float32", source=KERAS["input|bn_nchw"], channel_axis=1)
     assert error <= tolerance("float32", "y", None)
+
+
+def test_importing_imports_neither_torch_nor_h5py():
+    import os
+    import subprocess
+    import sys
+
+    package = bn.__name__  # whatever the package is called here (a vendored copy too)
+    code = (
+        f"import sys, {package}, {package}.porting; "
+        "print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert result.stdout.strip() == "[]"
