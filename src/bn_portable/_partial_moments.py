@@ -95,6 +95,13 @@ def merge_moments(*parts: PartialMoments) -> PartialMoments:
     Merged pairwise as a balanced tree, so rounding grows like log₂ of the
     number of parts; the result does not depend on the order or grouping of
     the parts beyond that rounding.
+
+    Accuracy: each part's mean is rounded at the mean's own magnitude, and the
+    merge squares differences of means, so the merged ``m2`` carries a
+    relative error of about ``eps·|mean|/σ`` (σ the spread; eps of the
+    summary's dtype), where one two-pass over all the data has ``eps``. When
+    ``|mean| ≫ σ`` summarize data shifted by a rough mean (``x − k``, adding
+    ``k`` back to the merged mean), as ``recalibrate`` does.
     """
     if not parts:
         raise TypeError("merge_moments needs at least one PartialMoments, got none")

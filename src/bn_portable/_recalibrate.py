@@ -21,11 +21,12 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from . import _cross_replica
+from . import _cross_replica, _layout
 from ._layer import batch_norm, layer_options, prepare
 from ._lib import _checks
 from ._lib._compat import is_array_api_obj
-from ._lib._dtypes import astype
+from ._lib._dtypes import astype, compute_dtype
+from ._moments import divide_no_nan
 from ._partial_moments import PartialMoments, merge_two, summarize
 from ._state import BatchNormState
 
@@ -88,10 +89,11 @@ def recalibrate(
         raise TypeError(
             f"batches must be an iterable of arrays or one array, got {type(batches).__name__}"
         )
-    summary, plan, xp, state = _summarize_all(_with_progress(batches, progress), state, layer)
+    summary, shift, plan, xp, state = _summarize_all(_with_progress(batches, progress), state, layer)
     if cross_replica_sum is not None:
         summary = PartialMoments(*_cross_replica.merge_across(*summary, cross_replica_sum, xp))
-    mean, variance = summary.mean_variance(bessel=plan.fused_kernel)
+    shifted_mean, variance = summary.mean_variance(bessel=plan.fused_kernel)
+    mean = shift + shifted_mean
     mean, variance = astype(mean, plan.state_dtype, xp), astype(variance, plan.state_dtype, xp)
     if not layer.renorm:
         return state._replace(moving_mean=mean, moving_variance=variance)
@@ -117,17 +119,39 @@ def _layer_options(options: dict[str, Any], cross_replica_sum: Any):
 
 
 def _summarize_all(batches, state, layer):
-    summary = plan = xp = None
+    """The merged summary of every batch, of the data minus ``shift`` (per channel)."""
+    summary = shift = plan = xp = None
     checked = dataclasses.replace(layer, param_initializers={})
     for index, batch in enumerate(batches):
         if not is_array_api_obj(batch):
             raise TypeError(f"batches[{index}] must be an array, got {type(batch).__name__}")
         xp, plan, state = prepare(batch, state, None, layer if index == 0 else checked)
-        part = summarize(batch, plan.axes, None, xp)
+        batch = astype(batch, compute_dtype(xp, batch.dtype), xp)
+        if shift is None:
+            shift = _shift(batch, plan, layer.cross_replica_sum, xp)
+        shifted = batch - _layout.per_channel(shift, batch.ndim, plan.channel, xp)
+        part = summarize(shifted, plan.axes, None, xp)
         summary = part if summary is None else merge_two(summary, part, xp)
     if summary is None:
         raise ValueError("batches is empty: recalibrate needs at least one batch")
-    return summary, plan, xp, state
+    return summary, shift, plan, xp, state
+
+
+def _shift(first_batch, plan, cross_replica_sum, xp):
+    """A rough mean (the first batches'), subtracted from every batch before it is summarized.
+
+    Merging rounds each batch's mean at the mean's magnitude (see
+    ``merge_moments``); around the shift the means are of the order of the
+    spread, so the merged variance keeps float32's precision even where the
+    mean is far larger than the spread. Replicas agree on one shift.
+    """
+    first = summarize(first_batch, plan.axes, None, xp)
+    if cross_replica_sum is None:
+        return first.mean
+    count, weighted_means = _cross_replica.sum_across(
+        cross_replica_sum, [first.count, first.count * first.mean], xp
+    )
+    return divide_no_nan(weighted_means, count, xp)
 
 
 def _with_progress(batches, progress):
