@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from conformance.backends import Backend
@@ -53,7 +55,7 @@ def test_merging_chunks_in_any_order_gives_the_whole(backend: Backend, weighted:
     def summaries(x, w):
         parts = [
             bn.partial_moments(x[a:b, ...], 0, frequency_weights=None if w is None else w[a:b, ...])
-            for a, b in zip(bounds[:-1], bounds[1:])
+            for a, b in itertools.pairwise(bounds)
         ]
         forward = bn.merge_moments(*parts)
         backward = bn.merge_moments(*reversed(parts))
