@@ -32,6 +32,27 @@ CASES = (
 )
 
 
+#: The recalibration dataset: 100 batches of uneven sizes; replica 0 takes the first 37.
+RECALIBRATION_BATCHES = 100
+RECALIBRATION_SPLIT = 37
+RECALIBRATION_OPTIONS = {
+    "plain": {},
+    "fused": {"fused": True},
+    "renorm": {"renorm": True},
+}
+
+
+def recalibration_batches() -> list[np.ndarray]:
+    """The dataset of the recalibration tests (float32, 6 channels, NHWC, means far from 0)."""
+    rng = np.random.default_rng(2026)
+    sizes = rng.integers(1, 24, RECALIBRATION_BATCHES)
+    offsets = np.linspace(-30.0, 60.0, 6)
+    return [
+        (rng.standard_normal((int(n), 2, 3, 6)) * np.linspace(0.5, 3.0, 6) + offsets).astype(np.float32)
+        for n in sizes
+    ]
+
+
 def case_data(index: int) -> dict[str, Any]:
     """Inputs of case ``index`` as float32 NumPy arrays (the global batch)."""
     _, sample, options, weighted = CASES[index]

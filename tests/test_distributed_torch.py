@@ -73,7 +73,7 @@ def test_replicas_match_one_process(replicas, index, split) -> None:
 @pytest.mark.parametrize("label", list(torch_replica.RECALIBRATION_OPTIONS))
 def test_recalibrate_over_two_processes(replicas, label) -> None:
     options = torch_replica.RECALIBRATION_OPTIONS[label]
-    everything = np.concatenate(torch_replica.recalibration_batches()).astype(np.float64)
+    everything = np.concatenate(cases.recalibration_batches()).astype(np.float64)
     count = everything.size // everything.shape[-1]
     mean = everything.mean(axis=(0, 1, 2))
     m2 = ((everything - mean) ** 2).sum(axis=(0, 1, 2))

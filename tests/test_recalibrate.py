@@ -8,7 +8,7 @@ from conformance.backends import Backend
 from conformance.compare import error_in_epsilons
 
 import bn_portable as bn
-import torch_replica
+import scaleout_cases as cases
 
 EPSILON = 0.001
 
@@ -38,7 +38,7 @@ OPTIONS = {
 @pytest.mark.parametrize("label", list(OPTIONS))
 def test_population_statistics_over_100_uneven_batches(backend: Backend, label: str) -> None:
     options, bessel = OPTIONS[label]
-    batches = torch_replica.recalibration_batches()
+    batches = cases.recalibration_batches()
     assert len(batches) == 100 and len({b.shape[0] for b in batches}) > 10
     if backend.jit or "lazy" in backend.traits:
         # One traced function or one task graph over 100 batches of different
@@ -73,7 +73,7 @@ def test_nchw_and_one_array_as_the_dataset() -> None:
 
 
 def test_does_not_depend_on_batching() -> None:
-    batches = torch_replica.recalibration_batches()
+    batches = cases.recalibration_batches()
     everything = np.concatenate(batches)
     one = bn.recalibrate([everything], None, fused=True)
     many = bn.recalibrate(batches, None, fused=True)
@@ -82,7 +82,7 @@ def test_does_not_depend_on_batching() -> None:
 
 
 def test_inputs_are_not_mutated_and_the_state_is_new() -> None:
-    batches = torch_replica.recalibration_batches()[:3]
+    batches = cases.recalibration_batches()[:3]
     copies = [b.copy() for b in batches]
     _, state = bn.batch_norm(batches[0])
     before = {k: np.copy(v) for k, v in state._asdict().items() if v is not None}
@@ -96,7 +96,7 @@ def test_inputs_are_not_mutated_and_the_state_is_new() -> None:
 
 def test_progress_bar(capsys) -> None:
     pytest.importorskip("tqdm")
-    batches = torch_replica.recalibration_batches()[:5]
+    batches = cases.recalibration_batches()[:5]
     quiet = bn.recalibrate(batches, None)
     shown = bn.recalibrate(batches, None, progress=True)
     np.testing.assert_array_equal(shown.moving_mean, quiet.moving_mean)

@@ -19,25 +19,8 @@ import bn_portable as bn
 import scaleout_cases as cases
 from bn_portable.distributed import torch_cross_replica_sum
 
-#: The recalibration dataset: 100 batches of uneven sizes; replica 0 takes the first 37.
-RECALIBRATION_BATCHES = 100
-RECALIBRATION_SPLIT = 37
-RECALIBRATION_OPTIONS = {
-    "plain": {},
-    "fused": {"fused": True},
-    "renorm": {"renorm": True},
-}
-
-
-def recalibration_batches() -> list[np.ndarray]:
-    """The dataset of the recalibration tests (float32, 6 channels, NHWC, mean far from 0)."""
-    rng = np.random.default_rng(2026)
-    sizes = rng.integers(1, 24, RECALIBRATION_BATCHES)
-    offsets = np.linspace(-30.0, 60.0, 6)
-    return [
-        (rng.standard_normal((int(n), 2, 3, 6)) * np.linspace(0.5, 3.0, 6) + offsets).astype(np.float32)
-        for n in sizes
-    ]
+RECALIBRATION_SPLIT = cases.RECALIBRATION_SPLIT
+RECALIBRATION_OPTIONS = cases.RECALIBRATION_OPTIONS
 
 
 def _to_torch(array):
@@ -69,7 +52,7 @@ def run(rank: int, world: int, port: int, out: str) -> None:
                 produced = _numpy(cases.step(bn, x, dy, w, state, data["options"], reducer))
                 produced.update(_autograd(x, dy, w, state, data["options"], reducer))
                 results.update({f"{key}|{name}": value for name, value in produced.items()})
-        batches = recalibration_batches()
+        batches = cases.recalibration_batches()
         mine = batches[:RECALIBRATION_SPLIT] if rank == 0 else batches[RECALIBRATION_SPLIT:]
         for label, options in RECALIBRATION_OPTIONS.items():
             state = bn.recalibrate(

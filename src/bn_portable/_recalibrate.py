@@ -90,8 +90,8 @@ def recalibrate(
             f"batches must be an iterable of arrays or one array, got {type(batches).__name__}"
         )
     summary, shift, plan, xp, state = _summarize_all(_with_progress(batches, progress), state, layer)
-    if cross_replica_sum is not None:
-        summary = PartialMoments(*_cross_replica.merge_across(*summary, cross_replica_sum, xp))
+    if layer.cross_replica_sum is not None:
+        summary = PartialMoments(*_cross_replica.merge_across(*summary, layer.cross_replica_sum, xp))
     shifted_mean, variance = summary.mean_variance(bessel=plan.fused_kernel)
     mean = shift + shifted_mean
     mean, variance = astype(mean, plan.state_dtype, xp), astype(variance, plan.state_dtype, xp)
@@ -114,8 +114,7 @@ def _layer_options(options: dict[str, Any], cross_replica_sum: Any):
             f"recalibrate got unknown options {unknown}; it takes batch_norm's: "
             f"{', '.join(sorted(_OPTIONS))}"
         )
-    _cross_replica.check_reducer(cross_replica_sum)
-    return layer_options(weighted=False, **{**_OPTIONS, **options})
+    return layer_options(weighted=False, cross_replica_sum=cross_replica_sum, **{**_OPTIONS, **options})
 
 
 def _summarize_all(batches, state, layer):
