@@ -16,13 +16,14 @@ from typing import Any
 def torch_cross_replica_sum(group: Any = None) -> Callable[[Any], Any]:
     """A sum over the processes of ``group`` (default: all) with ``torch.distributed``.
 
-    It is an all-reduce through ``torch.distributed.nn.functional.all_reduce``,
-    which is differentiable: autograd through a synchronized forward all-reduces
-    the gradient too, so every replica gets its part of the global batch's
-    gradient. The process group must be initialized (any backend: gloo, NCCL).
+    An all-reduce that autograd differentiates (its gradient is the
+    all-reduce of the incoming gradient): autograd through a synchronized
+    forward then gives every replica its part of the global batch's gradient.
+    The process group must be initialized (any backend: gloo, NCCL). The
+    argument is never modified (the sum goes into a copy).
     """
+    import torch
     import torch.distributed as dist
-    from torch.distributed.nn.functional import all_reduce
 
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
@@ -31,8 +32,21 @@ def torch_cross_replica_sum(group: Any = None) -> Callable[[Any], Any]:
         )
     chosen = dist.group.WORLD if group is None else group
 
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, array):
+            total = array.clone(memory_format=torch.contiguous_format)
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=chosen)
+            return total
+
+        @staticmethod
+        def backward(ctx, gradient):
+            # d(Σ_r a_r)/d a_k = 1 for every replica's output: the gradient of
+            # this replica's input sums the gradients of every replica's output.
+            return AllReduceSum.apply(gradient)
+
     def cross_replica_sum(array: Any) -> Any:
-        return all_reduce(array, op=dist.ReduceOp.SUM, group=chosen)
+        return AllReduceSum.apply(array)
 
     return cross_replica_sum
 
