@@ -9,7 +9,9 @@
    kernel): one process with the whole batch; two gloo processes with half of
    it each, synchronized with ``torch_cross_replica_sum``; and the same two
    processes unsynchronized (each its own statistics). The difference between
-   the last two is the synchronization's own cost per call.
+   the last two is the synchronization's cost per call; one process with the
+   identity as reducer shows how much of it is the synchronized code path
+   itself (the native fast paths are bypassed there) rather than communication.
 
 Every number is measured in one run of this script, side by side; the load
 average of the machine is recorded with them, since it is shared.
@@ -130,7 +132,12 @@ def synchronization_cost(calls: dict[str, int]) -> dict[str, dict[str, float]]:
     for label, (shape, options) in SYNC_SHAPES.items():
         generator = torch.Generator().manual_seed(0)
         x, dy = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
-        single[label] = _time_calls(x, dy, options, None, calls[label])
+        single[label] = (
+            _time_calls(x, dy, options, None, calls[label]),
+            # The synchronized code path with nothing to talk to: what bypassing
+            # the native fast paths costs, apart from the communication.
+            _time_calls(x, dy, options, lambda a: a, calls[label]),
+        )
     with tempfile.TemporaryDirectory() as out:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -142,7 +149,8 @@ def synchronization_cost(calls: dict[str, int]) -> dict[str, dict[str, float]]:
         synced = max(r[f"{label}/synchronized"] for r in ranks)
         unsynced = max(r[f"{label}/unsynchronized"] for r in ranks)
         table[label] = {
-            "one_process_s": single[label],
+            "one_process_s": single[label][0],
+            "one_process_identity_reducer_s": single[label][1],
             "two_processes_synchronized_s": synced,
             "two_processes_unsynchronized_s": unsynced,
             "synchronization_s": synced - unsynced,

@@ -7,7 +7,9 @@ each batch is summarized as a ``PartialMoments`` (two-pass within the batch)
 and the summaries are merged exactly (Chan et al.), so the result does not
 depend on how the data is batched, and needs one batch in memory at a time.
 With ``cross_replica_sum`` each replica passes its own part of the dataset and
-all get the statistics of the union.
+all get the statistics of the union. Every batch is first shifted by a rough
+mean (the first batches', agreed across replicas), which keeps float32's
+precision in the merged variance where the mean is far larger than the spread.
 
 The variance convention is that of the layer's TensorFlow path, because that
 is what the moving variance would converge to on that path: Bessel-corrected
@@ -60,8 +62,9 @@ def recalibrate(
         The trained layer's state (None: the initial state, as ``batch_norm``
         creates it). Only the statistics change; ``beta`` and ``gamma`` are kept.
     cross_replica_sum : callable or None
-        Each replica passes its part of the dataset; the statistics are those
-        of all parts together (see ``bn_portable.distributed``).
+        Each replica passes its part of the dataset, at least one batch
+        (possibly of length 0); the statistics are those of all parts
+        together (see ``bn_portable.distributed``).
     progress : bool
         Show a ``tqdm`` progress bar when tqdm is installed (nothing otherwise).
     **options
