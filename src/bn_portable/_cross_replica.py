@@ -28,7 +28,7 @@ from ._lib._compat import device
 from ._lib._dtypes import astype, compute_dtype, scalar
 from ._lib._sums import accurate_sum
 from ._moments import divide_no_nan
-from ._normalize import fused_affine
+from ._normalize import fused_inference
 
 
 def check_reducer(value: Any) -> None:
@@ -103,8 +103,10 @@ def fused_training_global(x, scale, offset, epsilon, channel, reducer, xp):
     (squares,) = sum_across(reducer, [accurate_sum(centered * centered, axes, xp)], xp)
     variance = squares * inverse_count
     bessel = count / xp.maximum(count - one, one)
-    y = fused_affine(x32, mean_b, variance, scale, offset, epsilon, x.ndim, channel, xp)
-    return xp.astype(y, x.dtype), mean, variance, bessel
+    # With the statistics known, the training kernel's y is the inference
+    # kernel's formula: a library's fast inference kernel may do it.
+    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
+    return y, mean, variance, bessel
 
 
 def gradient_totals(local_total, sum_dy, sum_dy_centered, reducer, xp):
