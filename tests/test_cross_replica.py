@@ -102,3 +102,34 @@ def test_one_replica_is_the_plain_call() -> None:
         for field, value in state._asdict().items():
             if value is not None:
                 cases._close(getattr(state_sync, field), value, f"{field} {options}")
+
+
+def test_torch_reducer_needs_a_process_group() -> None:
+    dist = pytest.importorskip("torch.distributed")
+    if dist.is_available() and dist.is_initialized():
+        pytest.fail("a process group is already initialized in the test process")
+    from bn_portable.distributed import torch_cross_replica_sum
+
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        torch_cross_replica_sum()
+
+
+def test_jax_reducer_needs_an_axis_name() -> None:
+    pytest.importorskip("jax")
+    from bn_portable.distributed import jax_cross_replica_sum
+
+    with pytest.raises(TypeError, match="axis_name must be the mapped axis name"):
+        jax_cross_replica_sum(None)
+
+
+def test_importing_bn_portable_imports_no_distributed_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bn_portable, bn_portable.distributed\n"
+        "loaded = [m for m in ('torch', 'jax', 'dask', 'distributed', 'tqdm') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
