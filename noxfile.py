@@ -1,8 +1,9 @@
-"""Sessions: lint, tests (one per backend), numpy1, golden, checkpoints, conformance, bench,
-bench_tensorflow.
+"""Sessions: lint, tests (one per backend), scaleout, numpy1, golden, checkpoints, conformance,
+bench, bench_tensorflow, bench_scale_out.
 
 ``nox`` with no arguments runs what CI runs: lint, the unit tests on every
-backend, the NumPy tests and conformance again on NumPy 1.x, the golden check
+backend, the scale-out tests (processes, devices and a cluster), the NumPy
+tests and conformance again on NumPy 1.x, the golden check
 (regenerates TensorFlow's outputs and compares them with the committed
 goldens) and the conformance suite.
 """
@@ -13,7 +14,7 @@ import shutil
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "numpy1", "golden_check", "conformance"]
+nox.options.sessions = ["lint", "tests", "scaleout", "numpy1", "golden_check", "conformance"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
@@ -62,14 +63,22 @@ def tests(session: nox.Session, backend: str) -> None:
     # PyTorch is in every session: the gradient tests use its autograd as a reference.
     session.install(TORCH, ".[test]", *BACKEND_PACKAGES[backend])
     selected = [f"--backend={name}" for name in TEST_BACKENDS.get(backend, [backend])]
-    session.run("pytest", *selected, *session.posargs)
+    # Tests that start processes, devices or a cluster run once, in ``scaleout``.
+    session.run("pytest", *selected, "-m", "not scaleout", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def scaleout(session: nox.Session) -> None:
+    """Synchronized BN over two gloo processes and two JAX CPU devices; a two-worker Dask cluster."""
+    session.install(TORCH, ".[test,jax,distributed,progress]")
+    session.run("pytest", "-m", "scaleout", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def numpy1(session: nox.Session) -> None:
     """Unit tests and conformance on NumPy 1.x (TensorFlow 2.15, the reference, pins numpy < 2)."""
     session.install(TORCH, ".[test]", "numpy>=1.24,<2")
-    session.run("pytest", "--backend=numpy", *session.posargs)
+    session.run("pytest", "--backend=numpy", "-m", "not scaleout", *session.posargs)
     session.run(
         "python", "-m", "conformance.run",
         "--backend=numpy", "--backend=numpy-generic", "--no-report",
@@ -139,3 +148,10 @@ def bench(session: nox.Session) -> None:
     """The benchmark harness (``-- --quick`` for a short run)."""
     session.install(TORCH, ".[bench,jax]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_scale_out(session: nox.Session) -> None:
+    """Dask throughput with 1 and 2 workers; synchronization cost, two gloo processes vs one."""
+    session.install(TORCH, ".[distributed]")
+    session.run("python", "benchmarks/scale_out.py", *session.posargs)

@@ -11,12 +11,15 @@ from ._layer import batch_norm
 from ._moments import moments, weighted_moments
 from ._native import fast_paths, fast_paths_enabled
 from ._normalize import batch_normalization, fused_batch_norm
+from ._partial_moments import PartialMoments, merge_moments, partial_moments
+from ._recalibrate import recalibrate
 from ._state import BatchNormState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchNormState",
+    "PartialMoments",
     "__version__",
     "batch_norm",
     "batch_norm_vjp",
@@ -25,6 +28,9 @@ __all__ = [
     "fast_paths_enabled",
     "fused_batch_norm",
     "fused_batch_norm_grad",
+    "merge_moments",
     "moments",
+    "partial_moments",
+    "recalibrate",
     "weighted_moments",
 ]

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _layout
+from ._cross_replica import gradient_totals
 from ._layer import LayerOptions, LayerPlan, Normalization, layer_options, layer_step, prepare
 from ._lib import _checks
 from ._lib._compat import array_namespace, device
@@ -116,6 +117,7 @@ def batch_norm_vjp(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
+    cross_replica_sum: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, BatchNormState, VJP]:
     """``batch_norm`` and its vector-Jacobian product; returns ``(y, new_state, vjp)``.
 
@@ -140,6 +142,14 @@ def batch_norm_vjp(
     - inference (moving statistics, r = 1, d = 0): ``dx = dy·γ·inv``;
     - ``dγ = Σ dy·x̂``, ``dβ = Σ dy``.
 
+    With ``cross_replica_sum`` (synchronized batch norm, as in ``batch_norm``)
+    the forward uses the global batch's statistics, and ``vjp`` sums ``Σdy``
+    and ``Σdy·(x − μ)`` (and the count or total weight) over the replicas, so
+    ``dx`` is this shard's part of the global batch's gradient. ``dgamma`` and
+    ``dbeta`` are this replica's contributions, as autograd through the
+    forward gives them: their sum over the replicas (DDP's gradient
+    all-reduce) is the global batch's.
+
     The gradients of ``batch_weights`` and of the state are not computed
     (TensorFlow's state updates carry none). ``activation_fn`` must be None:
     the gradient of an arbitrary callable is the caller's (apply it to ``y``
@@ -151,7 +161,7 @@ def batch_norm_vjp(
         param_initializers=param_initializers, is_training=is_training, fused=fused,
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        weighted=batch_weights is not None,
+        cross_replica_sum=cross_replica_sum, weighted=batch_weights is not None,
     )
     if options.activation_fn is not None:
         raise ValueError(
@@ -181,26 +191,34 @@ def layer_backward(
 ) -> tuple[Any, Any, Any]:
     """The layer's ``(dx, dgamma, dbeta)`` from what its forward normalized with."""
     training = options.is_training
-    share = None
-    if training and batch_weights is not None:
+    share = synchronize = None
+    if training and options.cross_replica_sum is not None:
+        synchronize = _synchronizer(batch_weights, x, plan, options.cross_replica_sum, xp)
+    elif training and batch_weights is not None:
         share = _weight_share(batch_weights, x, plan, xp)
     renorm_r = used.r if training else None
     renorm_d = used.d if training else None
     dx, dgamma, dbeta = backward(
         dy, x, used.mean, used.variance, used.gamma, options.epsilon, plan.channel,
-        training, share, renorm_r, renorm_d, xp,
+        training, share, renorm_r, renorm_d, xp, synchronize=synchronize,
     )
     dgamma = None if used.gamma is None else xp.astype(dgamma, plan.state_dtype)
     dbeta = None if used.beta is None else xp.astype(dbeta, plan.state_dtype)
     return dx, dgamma, dbeta
 
 
-def backward(dy, x, mean, variance, gamma, epsilon, channel, training, share, renorm_r, renorm_d, xp):
+def backward(
+    dy, x, mean, variance, gamma, epsilon, channel, training, share, renorm_r, renorm_d, xp,
+    *, synchronize=None,
+):
     """``(dx, dγ, dβ)`` of ``y = (x − μ)·inv·(r·γ) + (d·γ + β)`` (see the module doc).
 
     ``gamma``, ``renorm_r``, ``renorm_d`` and ``share`` may be None (γ = r = 1,
     d = 0, share = 1/n). ``share``, the weight share ``w/W`` broadcastable to
     x, matters in training only. dγ and dβ come back in the compute dtype.
+    ``synchronize`` (training across replicas) maps this shard's ``(S₀, S₁)``
+    to the global ones and the share (``1/n`` per channel, or ``w/W``) that
+    replaces the local count; dγ and dβ stay this shard's.
     """
     dtype = compute_dtype(xp, x.dtype)
     rank = x.ndim
@@ -217,9 +235,14 @@ def backward(dy, x, mean, variance, gamma, epsilon, channel, training, share, re
     a = inv if scale is None else scale * inv
     b = c = None
     if training:
-        b = -(a * (inv * inv)) * sum_dy_centered
-        c = -a * sum_dy
-        if share is None:
+        total_dy, total_dy_centered, inverse_count = sum_dy, sum_dy_centered, None
+        if synchronize is not None:
+            total_dy, total_dy_centered, inverse_count, share = synchronize(sum_dy, sum_dy_centered)
+        b = -(a * (inv * inv)) * total_dy_centered
+        c = -a * total_dy
+        if inverse_count is not None:
+            b, c = b * inverse_count, c * inverse_count
+        elif share is None:
             inverse_count = scalar(xp, 1.0 / max(_layout.elements_per_channel(x, channel), 1), dtype, device(x))
             b, c = b * inverse_count, c * inverse_count
     mean_b, a_b, b_b, c_b = (
@@ -261,6 +284,26 @@ def gradient_input(dy, x, mean, a, b, c, share, xp):
     return xp.astype(dx, x.dtype) if dx.dtype != x.dtype else dx
 
 
+def _synchronizer(batch_weights, x, plan, cross_replica_sum, xp):
+    """``(S₀, S₁) -> (global S₀, global S₁, 1/n or None, w/W or None)`` across replicas."""
+    dtype = compute_dtype(xp, x.dtype)
+    if batch_weights is None:
+        local_total = scalar(xp, float(_layout.elements_per_channel(x, plan.channel)), dtype, device(x))
+    else:
+        weights, local_total = _sample_weights(batch_weights, x, plan, xp)
+
+    def synchronize(sum_dy, sum_dy_centered):
+        total, total_dy, total_dy_centered = gradient_totals(
+            local_total, sum_dy, sum_dy_centered, cross_replica_sum, xp
+        )
+        if batch_weights is None:
+            return total_dy, total_dy_centered, divide_no_nan(xp.ones_like(total), total, xp), None
+        # Every channel sees the same total weight; W is a 0-d array.
+        return total_dy, total_dy_centered, None, divide_no_nan(weights, total[0], xp)
+
+    return synchronize
+
+
 def _weight_share(batch_weights, x, plan, xp):
     """``w/W`` per sample, shaped ``[N, 1, …]``: each element's share of the weighted statistics.
 
@@ -268,11 +311,17 @@ def _weight_share(batch_weights, x, plan, xp):
     channel sees the same total); 0 where ``W`` is 0, as ``div_no_nan`` gives
     TensorFlow's weighted moments no gradient there.
     """
+    weights, total = _sample_weights(batch_weights, x, plan, xp)
+    return divide_no_nan(weights, total, xp)
+
+
+def _sample_weights(batch_weights, x, plan, xp):
+    """Per-sample weights shaped ``[N, 1, …]`` in the compute dtype, and ``W`` (0-d)."""
     dtype = compute_dtype(xp, x.dtype)
     weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
     per_sample = math.prod(x.shape[axis] for axis in plan.axes if axis != 0)
     total = xp.sum(weights) * scalar(xp, float(per_sample), dtype, device(x))
-    return divide_no_nan(weights, total, xp)
+    return weights, total
 
 
 def _check_cotangent(dy, x):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import _layout
+from ._cross_replica import fused_training_global, global_moments
 from ._lib import _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
@@ -60,6 +61,8 @@ class LayerOptions:
     renorm: bool
     renorm_clipping: Mapping[str, float]
     renorm_decay: float
+    #: Sum over replicas of one small array (synchronized batch norm), or None.
+    cross_replica_sum: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def batch_norm(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
+    cross_replica_sum: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, BatchNormState]:
     """One call of ``tf.contrib.layers.batch_norm``; returns ``(y, new_state)``.
 
@@ -123,6 +127,12 @@ def batch_norm(
     the moving statistics move toward it; in inference the moving statistics
     are used and the state comes back unchanged. Nothing is mutated.
 
+    ``cross_replica_sum`` synchronizes replicas that each hold one shard of a
+    global batch: a callable returning the sum of one small array over every
+    replica (``bn_portable.distributed`` has them for torch.distributed and
+    JAX). Training statistics, batch weights included, are then the global
+    batch's, and the moving statistics are identical on every replica.
+
     See the user guide for every argument; names and defaults are TensorFlow's.
     """
     options = layer_options(
@@ -130,7 +140,7 @@ def batch_norm(
         param_initializers=param_initializers, is_training=is_training, fused=fused,
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        weighted=batch_weights is not None,
+        cross_replica_sum=cross_replica_sum, weighted=batch_weights is not None,
     )
     xp, plan, state = prepare(x, state, batch_weights, options)
     y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp)
@@ -149,6 +159,7 @@ def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     )
     arguments["epsilon"] = _checks.check_real("epsilon", arguments["epsilon"], low=0.0, low_open=True)
     _checks.check_callable("activation_fn", arguments["activation_fn"])
+    _checks.check_callable("cross_replica_sum", arguments.get("cross_replica_sum"))
     _checks.check_choice("data_format", arguments["data_format"], _layout.LAYER_DATA_FORMATS)
     arguments["param_initializers"] = _param_initializers(arguments["param_initializers"])
     arguments["renorm_clipping"] = _renorm_clipping(
@@ -266,10 +277,16 @@ def _fused_step(x, state, options, plan, xp):
             x, gamma, beta, state.moving_mean, state.moving_variance, options.epsilon, plan.channel, xp
         )
         return y, state, Normalization(state.moving_mean, state.moving_variance, state.gamma, state.beta)
-    y, batch_mean, biased_variance, count = fused_training_core(
-        x, gamma, beta, options.epsilon, plan.channel, xp
-    )
-    unbiased_variance = biased_variance * bessel_correction(count, xp, dev)
+    if options.cross_replica_sum is None:
+        y, batch_mean, biased_variance, count = fused_training_core(
+            x, gamma, beta, options.epsilon, plan.channel, xp
+        )
+        bessel = bessel_correction(count, xp, dev)
+    else:
+        y, batch_mean, biased_variance, bessel = fused_training_global(
+            x, gamma, beta, options.epsilon, plan.channel, options.cross_replica_sum, xp
+        )
+    unbiased_variance = biased_variance * bessel
     # tf-slim's fused path rounds 1 - decay in double precision; the Keras
     # layer's fused path makes decay a float32 tensor first.
     rounding = "python" if plan.path == "slim_fused" else "float32"
@@ -289,7 +306,7 @@ def _keras_step(x, state, options, plan, xp):
     # there and rounds y once; other dtypes are their own compute dtype.
     x_compute = xp.astype(x, plan.state_dtype)
     if options.is_training:
-        mean, variance = _per_channel_moments(x_compute, plan, xp)
+        mean, variance = _per_channel_moments(x_compute, plan, options, xp)
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = _renorm_step(mean, variance, new_state, state, options, xp)
@@ -321,12 +338,14 @@ def _legacy_step(x, state, batch_weights, options, plan, xp):
     rank = x.ndim
     if options.is_training:
         if batch_weights is None:
-            mean, variance = _per_channel_moments(x, plan, xp)
+            mean, variance = _per_channel_moments(x, plan, options, xp)
         else:
             weights = xp.reshape(batch_weights, (-1,) + (1,) * (rank - 1))
-            mean, variance = (
-                xp.reshape(s, (-1,)) for s in batch_weighted_moments(x, plan.axes, weights, xp)
-            )
+            if options.cross_replica_sum is None:
+                statistics = batch_weighted_moments(x, plan.axes, weights, xp)
+            else:
+                statistics = global_moments(x, plan.axes, options.cross_replica_sum, xp, weights)
+            mean, variance = (xp.reshape(s, (-1,)) for s in statistics)
         # tf.nn.(weighted_)moments rounds half-precision statistics back to x's dtype.
         mean, variance = xp.astype(mean, x.dtype), xp.astype(variance, x.dtype)
         new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
@@ -344,8 +363,11 @@ def _legacy_step(x, state, batch_weights, options, plan, xp):
     return y, new_state, Normalization(mean, variance, state.gamma, state.beta)
 
 
-def _per_channel_moments(x, plan, xp):
-    mean, variance = batch_moments(x, plan.axes, xp)
+def _per_channel_moments(x, plan, options, xp):
+    if options.cross_replica_sum is None:
+        mean, variance = batch_moments(x, plan.axes, xp)
+    else:
+        mean, variance = global_moments(x, plan.axes, options.cross_replica_sum, xp)
     return xp.reshape(mean, (-1,)), xp.reshape(variance, (-1,))
 
 

@@ -16,7 +16,9 @@ from ._lib._dtypes import dtype_name
 from ._native import overridable
 
 
-def moments(x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False) -> tuple[Any, Any]:
+def moments(
+    x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False, cross_replica_sum: Any = None
+) -> tuple[Any, Any]:
     """Mean and biased variance of ``x`` over ``axes`` (``tf.nn.moments``).
 
     Parameters
@@ -30,6 +32,11 @@ def moments(x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False) -> 
         broadcasts to x) and ignored, as TensorFlow ignores it.
     keepdims : bool
         Keep the reduced axes with length 1.
+    cross_replica_sum : callable or None
+        ``x`` is this replica's shard of a global batch split along the
+        reduced axes; ``cross_replica_sum(a)`` returns the sum of ``a`` over
+        every replica (see ``bn_portable.distributed``). The statistics are
+        then the global batch's (two-pass, any shard sizes, empty ones too).
 
     Returns
     -------
@@ -42,18 +49,27 @@ def moments(x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False) -> 
     if shift is not None:
         _checks.check_broadcasts_to("shift", shift, tuple(x.shape))
     axes = _checks.normalize_axes("axes", axes, x.ndim)
-    mean, variance = batch_moments(x, axes, xp)
+    if cross_replica_sum is None:
+        mean, variance = batch_moments(x, axes, xp)
+    else:
+        mean, variance = _global_moments(x, axes, cross_replica_sum, xp)
     return _finish(mean, variance, axes, keepdims, x.dtype, xp)
 
 
 def weighted_moments(
-    x: Any, axes: Any, frequency_weights: Any, *, keepdims: bool = False
+    x: Any,
+    axes: Any,
+    frequency_weights: Any,
+    *,
+    keepdims: bool = False,
+    cross_replica_sum: Any = None,
 ) -> tuple[Any, Any]:
     """Frequency-weighted mean and variance (``tf.nn.weighted_moments``).
 
     ``mean = Σw·x / Σw`` and ``variance = Σw·(x − mean)² / Σw`` with the weights
     broadcast to ``x``'s shape before summing. A zero total weight gives 0, not
-    NaN (TensorFlow's ``div_no_nan``).
+    NaN (TensorFlow's ``div_no_nan``). ``cross_replica_sum`` as in ``moments``:
+    the weighted statistics of the global batch.
     """
     xp = _checks.namespace(x=x, frequency_weights=frequency_weights)
     _checks.check_floating("x", x, xp)
@@ -61,7 +77,10 @@ def weighted_moments(
     _checks.check_real_dtype("frequency_weights", frequency_weights, xp)
     _checks.check_broadcasts_to("frequency_weights", frequency_weights, tuple(x.shape))
     axes = _checks.normalize_axes("axes", axes, x.ndim)
-    mean, variance = batch_weighted_moments(x, axes, frequency_weights, xp)
+    if cross_replica_sum is None:
+        mean, variance = batch_weighted_moments(x, axes, frequency_weights, xp)
+    else:
+        mean, variance = _global_moments(x, axes, cross_replica_sum, xp, frequency_weights)
     return _finish(mean, variance, axes, keepdims, x.dtype, xp)
 
 
@@ -90,6 +109,14 @@ def batch_weighted_moments(
     centered = x - mean
     weighted_square_distance = xp.sum(weights * (centered * centered), axis=axes, keepdims=True)
     return mean, divide_no_nan(weighted_square_distance, total_weight, xp)
+
+
+def _global_moments(x, axes, cross_replica_sum, xp, weights=None):
+    # Imported here: _cross_replica builds on this module's divide_no_nan.
+    from ._cross_replica import check_reducer, global_moments
+
+    check_reducer(cross_replica_sum)
+    return global_moments(x, axes, cross_replica_sum, xp, weights)
 
 
 def divide_no_nan(numerator: Any, denominator: Any, xp: Any) -> Any:

@@ -1,0 +1,142 @@
+"""Mergeable statistics: ``PartialMoments``, ``partial_moments`` and ``merge_moments``.
+
+A chunk of data is summarized by its per-channel count (or total weight), mean
+and ``m2``, the sum of squared deviations from that mean. Two summaries merge
+exactly (Chan, Golub and LeVeque, 1979)::
+
+    n = nₐ + n_b,  δ = μ_b − μₐ,  μ = μₐ + δ·n_b/n,  m2 = m2ₐ + m2_b + δ²·nₐ·n_b/n
+
+which never subtracts two large sums (the one-pass ``E[x²] − E[x]²`` does), so
+merging in any order or grouping gives the statistics of the concatenated data
+up to rounding. Each chunk's own mean and m2 are two-pass, as
+``tf.nn.moments``. Half-precision inputs are summarized in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ._cross_replica import local_count
+from ._lib import _checks
+from ._lib._dtypes import astype, compute_dtype, dtype_name
+from ._lib._sums import accurate_sum
+from ._moments import divide_no_nan
+
+
+class PartialMoments(NamedTuple):
+    """Per-channel ``count`` (or total weight), ``mean`` and ``m2`` (Σ squared deviations).
+
+    A NamedTuple, so a pytree for JAX and plain data everywhere; all three
+    arrays share one shape and dtype (float32 for half-precision data).
+    """
+
+    count: Any
+    mean: Any
+    m2: Any
+
+    def mean_variance(self, bessel: bool = False) -> tuple[Any, Any]:
+        """``(mean, variance)``: ``m2 / n``, or with ``bessel=True`` ``m2 / max(n − 1, 1)``.
+
+        The Bessel form is the fused kernel's ``n / max(n − 1, 1)`` times the
+        biased variance. Zero count gives mean and variance 0, not NaN.
+        """
+        _checks.check_bool("bessel", bessel)
+        xp = _checks.namespace(count=self.count)
+        if not bessel:
+            return self.mean, divide_no_nan(self.m2, self.count, xp)
+        one = xp.ones_like(self.count)
+        return self.mean, self.m2 / xp.maximum(self.count - one, one)
+
+
+def partial_moments(x: Any, axes: Any, *, frequency_weights: Any = None) -> PartialMoments:
+    """The mergeable summary of ``x`` over ``axes``.
+
+    Parameters
+    ----------
+    x : array
+        Real floating input.
+    axes : int or sequence of int
+        Axes to reduce; the summary has ``x``'s shape without them.
+    frequency_weights : array or None
+        Broadcasts to ``x``; ``count`` is then the total weight and ``mean`` and
+        ``m2`` are weighted (``Σw·x / Σw`` and ``Σw·(x − mean)²``), as in
+        ``tf.nn.weighted_moments``.
+    """
+    xp = _checks.namespace(x=x, frequency_weights=frequency_weights)
+    _checks.check_floating("x", x, xp)
+    _checks.check_known_shape("x", x)
+    if frequency_weights is not None:
+        _checks.check_real_dtype("frequency_weights", frequency_weights, xp)
+        _checks.check_broadcasts_to("frequency_weights", frequency_weights, tuple(x.shape))
+    axes = _checks.normalize_axes("axes", axes, x.ndim)
+    return summarize(x, axes, frequency_weights, xp)
+
+
+def summarize(x: Any, axes: tuple[int, ...], weights: Any, xp: Any) -> PartialMoments:
+    """``partial_moments`` without validation."""
+    x = astype(x, compute_dtype(xp, x.dtype), xp)
+    if weights is None:
+        count = local_count(x, axes, xp)
+        mean = divide_no_nan(accurate_sum(x, axes, xp, keepdims=True), count, xp)
+        centered = x - mean
+        m2 = accurate_sum(centered * centered, axes, xp, keepdims=True)
+    else:
+        weights = xp.broadcast_to(astype(weights, x.dtype, xp), x.shape)
+        count = accurate_sum(weights, axes, xp, keepdims=True)
+        mean = divide_no_nan(accurate_sum(weights * x, axes, xp, keepdims=True), count, xp)
+        centered = x - mean
+        m2 = accurate_sum(weights * (centered * centered), axes, xp, keepdims=True)
+    return PartialMoments(*(xp.squeeze(a, axis=axes) if axes else a for a in (count, mean, m2)))
+
+
+def merge_moments(*parts: PartialMoments) -> PartialMoments:
+    """Merge any number of summaries into the summary of all their data (exact, stable).
+
+    Merged pairwise as a balanced tree, so rounding grows like log₂ of the
+    number of parts; the result does not depend on the order or grouping of
+    the parts beyond that rounding.
+
+    Accuracy: each part's mean is rounded at the mean's own magnitude, and the
+    merge squares differences of means, so the merged ``m2`` carries a
+    relative error of about ``eps·|mean|/σ`` (σ the spread; eps of the
+    summary's dtype), where one two-pass over all the data has ``eps``. When
+    ``|mean| ≫ σ`` summarize data shifted by a rough mean (``x − k``, adding
+    ``k`` back to the merged mean), as ``recalibrate`` does.
+    """
+    if not parts:
+        raise TypeError("merge_moments needs at least one PartialMoments, got none")
+    for index, part in enumerate(parts):
+        if not isinstance(part, PartialMoments):
+            raise TypeError(
+                f"parts[{index}] must be a PartialMoments (from partial_moments), got {type(part).__name__}"
+            )
+    first = parts[0]
+    xp = _checks.namespace(**{"parts[0].count": first.count})
+    for index, part in enumerate(parts):
+        for field in PartialMoments._fields:
+            value = getattr(part, field)
+            _checks.check_namespace(f"parts[{index}].{field}", value, xp, "parts[0].count")
+            if tuple(value.shape) != tuple(first.count.shape) or value.dtype != first.count.dtype:
+                raise ValueError(
+                    f"parts[{index}].{field} has shape {tuple(value.shape)} and dtype "
+                    f"{dtype_name(value.dtype)}; every part must match parts[0].count "
+                    f"({tuple(first.count.shape)}, {dtype_name(first.count.dtype)})"
+                )
+    level = list(parts)
+    while len(level) > 1:
+        merged = [merge_two(level[i], level[i + 1], xp) for i in range(0, len(level) - 1, 2)]
+        level = merged + ([level[-1]] if len(level) % 2 else [])
+    return level[0]
+
+
+def merge_two(a: PartialMoments, b: PartialMoments, xp: Any) -> PartialMoments:
+    """Chan's pairwise update (see the module doc); an empty part changes nothing."""
+    count = a.count + b.count
+    delta = b.mean - a.mean
+    share_b = divide_no_nan(b.count, count, xp)
+    mean = a.mean + delta * share_b
+    m2 = a.m2 + b.m2 + (delta * delta) * (a.count * share_b)
+    return PartialMoments(count, mean, m2)
+
+
+__all__ = ["PartialMoments", "merge_moments", "partial_moments"]
