@@ -99,3 +99,39 @@ def test_thread_count_defaults_to_the_usable_cpus(monkeypatch):
     assert _threads.thread_count() >= 1
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")
     assert _threads.thread_count() == 3
+
+
+def test_concurrent_callers_while_the_pool_grows(monkeypatch):
+    """Several threads call at once while the shared pool keeps being replaced by a larger one.
+
+    A pool that a caller had fetched but another caller shut down to grow it
+    refused that caller's work ("cannot schedule new futures after shutdown").
+    """
+    callers, rounds, largest = 8, 6, 12
+    errors, results = [], []
+    start = threading.Barrier(callers)
+
+    def work(share):
+        return [item * 2 for item in share]
+
+    def caller(index):
+        try:
+            start.wait()
+            for _ in range(rounds):
+                for threads in range(2, largest + 1):
+                    items = list(range(threads + index))
+                    if _threads.in_shares(work, items, threads) != [i * 2 for i in items]:
+                        results.append("wrong result")
+        except Exception as error:  # collected, asserted below
+            errors.append(error)
+
+    for _ in range(10):
+        monkeypatch.setattr(_threads, "_pool", None)
+        monkeypatch.setattr(_threads, "_pool_size", 0)
+        workers = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    assert not errors, f"{len(errors)} calls failed, the first: {errors[0]!r}"
+    assert not results
