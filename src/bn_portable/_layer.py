@@ -147,7 +147,8 @@ def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     arguments["renorm_decay"] = _checks.check_real(
         "renorm_decay", arguments["renorm_decay"], low=0.0, high=1.0
     )
-    arguments["epsilon"] = _checks.check_real("epsilon", arguments["epsilon"], low=0.0, low_open=True)
+    # epsilon = 0 as in TensorFlow: a channel of zero variance then normalizes to NaN.
+    arguments["epsilon"] = _checks.check_real("epsilon", arguments["epsilon"], low=0.0)
     _checks.check_callable("activation_fn", arguments["activation_fn"])
     _checks.check_choice("data_format", arguments["data_format"], _layout.LAYER_DATA_FORMATS)
     arguments["param_initializers"] = _param_initializers(arguments["param_initializers"])
@@ -408,14 +409,31 @@ def _param_initializers(value: Any) -> Mapping[str, Any]:
 
 
 def _renorm_clipping(value: Any, renorm: bool) -> Mapping[str, float]:
+    """The finite bounds of ``renorm_clipping``; None and infinite ones mean no bound.
+
+    As in TensorFlow, ``rmax`` and ``dmax`` may be ``inf`` and ``rmin`` ``-inf``
+    or any number <= 0 (r is a ratio of standard deviations, never negative). A
+    bound TensorFlow would apply to meaningless effect is refused: ``rmin = inf``
+    (every r becomes inf), a negative ``dmax`` or ``rmin > rmax`` (empty ranges),
+    NaN.
+    """
     if value is not None and not renorm:
         raise ValueError("renorm_clipping is given but renorm=False; pass renorm=True or drop it")
     value = _checks.check_options_dict("renorm_clipping", value, RENORM_CLIPPING_KEYS)
-    clipping = {
-        key: _checks.check_real(f"renorm_clipping[{key!r}]", value[key], low=0.0)
-        for key in RENORM_CLIPPING_KEYS
-        if value.get(key) is not None
-    }
+    clipping = {}
+    for key in RENORM_CLIPPING_KEYS:
+        bound = value.get(key)
+        if bound is None:
+            continue
+        label = f"renorm_clipping[{key!r}]"
+        if key == "rmin":
+            lowest = _checks.check_real(label, bound, low=-math.inf, high=math.inf, allow=(-math.inf,))
+            if lowest != -math.inf:
+                clipping[key] = lowest
+        else:
+            highest = _checks.check_real(label, bound, low=0.0, allow=(math.inf,))
+            if highest != math.inf:
+                clipping[key] = highest
     if clipping.get("rmin", 0.0) > clipping.get("rmax", math.inf):
         raise ValueError(
             f"renorm_clipping must have rmin <= rmax, got rmin={clipping['rmin']} "

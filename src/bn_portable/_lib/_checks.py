@@ -121,8 +121,12 @@ def check_real(
     low: float = -math.inf,
     high: float = math.inf,
     low_open: bool = False,
+    allow: tuple[float, ...] = (),
 ) -> float:
-    """A finite real number (Python or NumPy scalar) in ``[low, high]`` (``(low, high]`` with low_open)."""
+    """A finite real number (Python or NumPy scalar) in ``[low, high]`` (``(low, high]`` with low_open).
+
+    ``allow`` lists infinite values accepted besides (``inf`` as "no bound").
+    """
     if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
         hint = " (under jax.jit, pass it as a static argument)" if "Tracer" in type(value).__name__ else ""
         raise TypeError(f"{name} must be a real number, got {value!r}{hint}")
@@ -131,9 +135,14 @@ def check_real(
         value = float(value)
     except OverflowError:  # an int beyond float's range, 10**400 say
         value = math.inf if value > 0 else -math.inf
+    if value in allow:
+        return value
     below = value <= low if low_open else value < low
     if not math.isfinite(value) or below or value > high:
-        raise ValueError(f"{name} must be {_interval(low, high, low_open)}, got {_short(given)}")
+        also = "".join(f" or {v}" for v in allow)
+        raise ValueError(
+            f"{name} must be {_interval(low, high, low_open)}{also}, got {_short(given)}"
+        )
     return value
 
 
@@ -186,9 +195,16 @@ def check_floating(name: str, array: Any, xp: Any, allowed: Iterable[str] | None
 
 
 def check_real_dtype(name: str, array: Any, xp: Any) -> None:
-    """A real (integer or floating) dtype, as TensorFlow casts weights to x's dtype."""
-    if not (is_half(array.dtype) or xp.isdtype(array.dtype, ("real floating", "integral"))):
-        raise TypeError(f"{name} must have a real dtype, got {dtype_name(array.dtype)}")
+    """A real, integer or boolean dtype: TensorFlow casts weights to x's dtype.
+
+    Complex weights are refused: TensorFlow's cast would drop the imaginary
+    part silently, which has no meaning for a frequency.
+    """
+    if not (is_half(array.dtype) or xp.isdtype(array.dtype, ("real floating", "integral", "bool"))):
+        raise TypeError(
+            f"{name} must have a real floating, integer or bool dtype (it is cast to x's "
+            f"dtype), got {dtype_name(array.dtype)}"
+        )
 
 
 def check_broadcasts_to(name: str, array: Any, shape: tuple[int, ...]) -> None:
