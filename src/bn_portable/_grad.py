@@ -116,6 +116,7 @@ def batch_norm_vjp(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
+    skip_nonfinite: bool = False,
 ) -> tuple[Any, BatchNormState, VJP]:
     """``batch_norm`` and its vector-Jacobian product; returns ``(y, new_state, vjp)``.
 
@@ -140,6 +141,8 @@ def batch_norm_vjp(
     - inference (moving statistics, r = 1, d = 0): ``dx = dy·γ·inv``;
     - ``dγ = Σ dy·x̂``, ``dβ = Σ dy``.
 
+    ``skip_nonfinite`` is ``batch_norm``'s: it changes only ``new_state``.
+
     The gradients of ``batch_weights`` and of the state are not computed
     (TensorFlow's state updates carry none). ``activation_fn`` must be None:
     the gradient of an arbitrary callable is the caller's (apply it to ``y``
@@ -151,7 +154,7 @@ def batch_norm_vjp(
         param_initializers=param_initializers, is_training=is_training, fused=fused,
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        weighted=batch_weights is not None,
+        weighted=batch_weights is not None, skip_nonfinite=skip_nonfinite,
     )
     if options.activation_fn is not None:
         raise ValueError(

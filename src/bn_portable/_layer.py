@@ -31,6 +31,7 @@ from ._lib._compat import device
 from ._lib._dtypes import compute_dtype, dtype_name, scalar, tf_constant
 from ._moments import batch_moments, batch_weighted_moments
 from ._moving_averages import moving_average, zero_debiased_average
+from ._nonfinite import keep_state_unless_finite
 from ._normalize import (
     FUSED_INPUT_DTYPES,
     bessel_correction,
@@ -60,6 +61,7 @@ class LayerOptions:
     renorm: bool
     renorm_clipping: Mapping[str, float]
     renorm_decay: float
+    skip_nonfinite: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def batch_norm(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
+    skip_nonfinite: bool = False,
 ) -> tuple[Any, BatchNormState]:
     """One call of ``tf.contrib.layers.batch_norm``; returns ``(y, new_state)``.
 
@@ -123,14 +126,18 @@ def batch_norm(
     the moving statistics move toward it; in inference the moving statistics
     are used and the state comes back unchanged. Nothing is mutated.
 
-    See the user guide for every argument; names and defaults are TensorFlow's.
+    ``skip_nonfinite=True`` (not in TensorFlow, which lets one bad batch turn
+    the moving statistics NaN for good) keeps the state of a training step whose
+    batch statistics are not finite, counting it in ``state.skipped_steps``.
+
+    See the user guide for every argument; other names and defaults are TensorFlow's.
     """
     options = layer_options(
         decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,
         param_initializers=param_initializers, is_training=is_training, fused=fused,
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        weighted=batch_weights is not None,
+        weighted=batch_weights is not None, skip_nonfinite=skip_nonfinite,
     )
     xp, plan, state = prepare(x, state, batch_weights, options)
     y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp)
@@ -141,7 +148,10 @@ def batch_norm(
 
 def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     """Validate the Python-level options of ``batch_norm``."""
-    for name in ("center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm"):
+    for name in (
+        "center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm",
+        "skip_nonfinite",
+    ):
         _checks.check_bool(name, arguments[name])
     arguments["decay"] = _checks.check_real("decay", arguments["decay"], low=0.0, high=1.0)
     arguments["renorm_decay"] = _checks.check_real(
@@ -220,6 +230,7 @@ def plan_layer(options: LayerOptions, rank: int, x: Any, weighted: bool, xp: Any
         scale=options.scale,
         zero_debias=options.zero_debias_moving_mean,
         renorm=options.renorm,
+        skip_nonfinite=options.skip_nonfinite,
     )
     return LayerPlan(
         path=path,
@@ -239,6 +250,8 @@ def layer_step(x, state, batch_weights, options, plan, xp):
         y, new_state, used = _keras_step(x, state, options, plan, xp)
     else:
         y, new_state, used = _legacy_step(x, state, batch_weights, options, plan, xp)
+    if options.skip_nonfinite and options.is_training:
+        new_state = keep_state_unless_finite(state, new_state, used.mean, used.variance, xp)
     return y, _without_gradient(new_state, state, xp), used
 
 
@@ -448,6 +461,7 @@ def _describe(options: LayerOptions) -> str:
         f"scale={options.scale}",
         f"zero_debias_moving_mean={options.zero_debias_moving_mean}",
         f"renorm={options.renorm}",
+        f"skip_nonfinite={options.skip_nonfinite}",
     ]
     return "batch_norm(" + ", ".join(flags) + ")"
 
