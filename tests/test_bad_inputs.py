@@ -245,3 +245,18 @@ def test_bad_input_is_refused_naming_the_argument_and_changes_nothing(bad):
 
 def test_there_are_at_least_forty_cases():
     assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float32, np.dtype("float32"), "torch.float32", "array_api_strict.float32"],
+    ids=["scalar-type", "numpy-dtype", "torch", "array-api-strict"],
+)
+def test_dtype_names_in_messages_are_plain(dtype):
+    from bn_portable._lib._dtypes import dtype_name
+
+    if dtype == "torch.float32":
+        dtype = pytest.importorskip("torch").float32
+    elif dtype == "array_api_strict.float32":
+        dtype = pytest.importorskip("array_api_strict").float32
+    assert dtype_name(dtype) == "float32"
