@@ -246,7 +246,7 @@ def normalize_axes(name: str, axes: Any, ndim: int) -> tuple[int, ...]:
     if isinstance(axes, (bool, str)):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}")
     try:
-        items = (operator.index(axes),)
+        items: tuple[int, ...] = (operator.index(axes),)
     except TypeError:
         try:
             items = tuple(operator.index(a) for a in axes)
