@@ -7,8 +7,23 @@ restricts the run, as the per-backend nox sessions do.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conformance.backends import BACKENDS, Backend, by_name
+from hypothesis import HealthCheck, settings
+
+# Property tests (tests/test_properties.py). "ci", the default, is fixed and
+# derandomized: the same examples on every run, small enough for every backend.
+# HYPOTHESIS_PROFILE=thorough draws many more, at random, for local runs.
+_PROPERTY_CHECKS = dict(
+    deadline=None,  # jax.jit compiles on first use of a shape; Dask builds graphs
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("ci", max_examples=6, derandomize=True, database=None, **_PROPERTY_CHECKS)
+settings.register_profile("thorough", max_examples=300, **_PROPERTY_CHECKS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The fast-path variants and jit are exercised by the conformance suite; unit
 # tests run each library once, eagerly, plus jax-jit for tracing.

@@ -99,3 +99,83 @@ def test_thread_count_defaults_to_the_usable_cpus(monkeypatch):
     assert _threads.thread_count() >= 1
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")
     assert _threads.thread_count() == 3
+
+
+def test_concurrent_callers_while_the_pool_grows(monkeypatch):
+    """Several threads call at once while the shared pool keeps being replaced by a larger one.
+
+    A pool that a caller had fetched but another caller shut down to grow it
+    refused that caller's work ("cannot schedule new futures after shutdown").
+    """
+    callers, rounds, largest = 8, 6, 12
+    errors, results = [], []
+    start = threading.Barrier(callers)
+
+    def work(share):
+        return [item * 2 for item in share]
+
+    def caller(index):
+        try:
+            start.wait()
+            for _ in range(rounds):
+                for threads in range(2, largest + 1):
+                    items = list(range(threads + index))
+                    if _threads.in_shares(work, items, threads) != [i * 2 for i in items]:
+                        results.append("wrong result")
+        except Exception as error:  # collected, asserted below
+            errors.append(error)
+
+    for _ in range(10):
+        monkeypatch.setattr(_threads, "_pool", None)
+        monkeypatch.setattr(_threads, "_pool_size", 0)
+        workers = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    assert not errors, f"{len(errors)} calls failed, the first: {errors[0]!r}"
+    assert not results
+
+
+def test_eight_concurrent_callers_get_identical_results(small_blocks, monkeypatch):
+    """Callers sharing the pool (and growing it) get the bits a lone caller gets."""
+    import bn_portable as bn
+
+    monkeypatch.setattr(_threads, "_pool", None)
+    monkeypatch.setattr(_threads, "_pool_size", 0)
+    x = np.random.default_rng(9).normal(3.0, 2.0, size=(6, 5, 7, 9)).astype(np.float32)
+    dy = np.random.default_rng(10).normal(size=x.shape).astype(np.float32)
+
+    def outputs():
+        y, state, vjp = bn.batch_norm_vjp(x, scale=True)
+        inference, _ = bn.batch_norm(x, state, scale=True, is_training=False)
+        return [y, *(v for v in state if v is not None), *vjp(dy), inference]
+
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "1")
+    alone = outputs()
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "6")
+    seen, errors = [], []
+    start = threading.Barrier(8)
+
+    def caller():
+        try:
+            start.wait()
+            for _ in range(10):
+                seen.append(outputs())
+        except Exception as error:  # collected, asserted below
+            errors.append(error)
+
+    submitted = []
+    submit = _threads._submit
+    monkeypatch.setattr(_threads, "_submit", lambda *args: submitted.append(1) or submit(*args))
+    workers = [threading.Thread(target=caller) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors[0]
+    assert len(seen) == 80
+    assert submitted, "no call shared its work with the pool"
+    for result in seen:
+        for got, expected in zip(result, alone):
+            np.testing.assert_array_equal(got, expected, strict=True)

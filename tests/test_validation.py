@@ -22,7 +22,7 @@ LAYER_ERRORS = [
     ({"decay": 1.5}, ValueError, "decay"),
     ({"decay": "0.9"}, TypeError, "decay"),
     ({"renorm_decay": -0.1}, ValueError, "renorm_decay"),
-    ({"epsilon": 0.0}, ValueError, "epsilon"),
+    ({"epsilon": -1e-3}, ValueError, "epsilon"),
     ({"epsilon": float("inf")}, ValueError, "epsilon"),
     ({"is_training": 1}, TypeError, "is_training"),
     ({"is_training": np.bool_(True)}, TypeError, "is_training"),

@@ -118,6 +118,7 @@ def batch_norm_vjp(
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
     cross_replica_sum: Callable[[Any], Any] | None = None,
+    skip_nonfinite: bool = False,
 ) -> tuple[Any, BatchNormState, VJP]:
     """``batch_norm`` and its vector-Jacobian product; returns ``(y, new_state, vjp)``.
 
@@ -149,6 +150,7 @@ def batch_norm_vjp(
     ``dbeta`` are this replica's contributions, as autograd through the
     forward gives them: their sum over the replicas (DDP's gradient
     all-reduce) is the global batch's.
+    ``skip_nonfinite`` is ``batch_norm``'s: it changes only ``new_state``.
 
     The gradients of ``batch_weights`` and of the state are not computed
     (TensorFlow's state updates carry none). ``activation_fn`` must be None:
@@ -162,6 +164,7 @@ def batch_norm_vjp(
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
         cross_replica_sum=cross_replica_sum, weighted=batch_weights is not None,
+        skip_nonfinite=skip_nonfinite,
     )
     if options.activation_fn is not None:
         raise ValueError(

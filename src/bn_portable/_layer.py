@@ -32,6 +32,7 @@ from ._lib._compat import device
 from ._lib._dtypes import compute_dtype, dtype_name, scalar, tf_constant
 from ._moments import batch_moments, batch_weighted_moments
 from ._moving_averages import moving_average, zero_debiased_average
+from ._nonfinite import keep_state_unless_finite
 from ._normalize import (
     FUSED_INPUT_DTYPES,
     bessel_correction,
@@ -63,6 +64,7 @@ class LayerOptions:
     renorm_decay: float
     #: Sum over replicas of one small array (synchronized batch norm), or None.
     cross_replica_sum: Callable[[Any], Any] | None = None
+    skip_nonfinite: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def batch_norm(
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
     cross_replica_sum: Callable[[Any], Any] | None = None,
+    skip_nonfinite: bool = False,
 ) -> tuple[Any, BatchNormState]:
     """One call of ``tf.contrib.layers.batch_norm``; returns ``(y, new_state)``.
 
@@ -133,7 +136,11 @@ def batch_norm(
     JAX). Training statistics, batch weights included, are then the global
     batch's, and the moving statistics are identical on every replica.
 
-    See the user guide for every argument; names and defaults are TensorFlow's.
+    ``skip_nonfinite=True`` (not in TensorFlow, which lets one bad batch turn
+    the moving statistics NaN for good) keeps the state of a training step whose
+    batch statistics are not finite, counting it in ``state.skipped_steps``.
+
+    See the user guide for every argument; other names and defaults are TensorFlow's.
     """
     options = layer_options(
         decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,
@@ -141,6 +148,7 @@ def batch_norm(
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
         cross_replica_sum=cross_replica_sum, weighted=batch_weights is not None,
+        skip_nonfinite=skip_nonfinite,
     )
     xp, plan, state = prepare(x, state, batch_weights, options)
     y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp)
@@ -151,13 +159,17 @@ def batch_norm(
 
 def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     """Validate the Python-level options of ``batch_norm``."""
-    for name in ("center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm"):
+    for name in (
+        "center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm",
+        "skip_nonfinite",
+    ):
         _checks.check_bool(name, arguments[name])
     arguments["decay"] = _checks.check_real("decay", arguments["decay"], low=0.0, high=1.0)
     arguments["renorm_decay"] = _checks.check_real(
         "renorm_decay", arguments["renorm_decay"], low=0.0, high=1.0
     )
-    arguments["epsilon"] = _checks.check_real("epsilon", arguments["epsilon"], low=0.0, low_open=True)
+    # epsilon = 0 as in TensorFlow: a channel of zero variance then normalizes to NaN.
+    arguments["epsilon"] = _checks.check_real("epsilon", arguments["epsilon"], low=0.0)
     _checks.check_callable("activation_fn", arguments["activation_fn"])
     _checks.check_callable("cross_replica_sum", arguments.get("cross_replica_sum"))
     _checks.check_choice("data_format", arguments["data_format"], _layout.LAYER_DATA_FORMATS)
@@ -230,6 +242,7 @@ def plan_layer(options: LayerOptions, rank: int, x: Any, weighted: bool, xp: Any
         scale=options.scale,
         zero_debias=options.zero_debias_moving_mean,
         renorm=options.renorm,
+        skip_nonfinite=options.skip_nonfinite,
     )
     return LayerPlan(
         path=path,
@@ -249,6 +262,8 @@ def layer_step(x, state, batch_weights, options, plan, xp):
         y, new_state, used = _keras_step(x, state, options, plan, xp)
     else:
         y, new_state, used = _legacy_step(x, state, batch_weights, options, plan, xp)
+    if options.skip_nonfinite and options.is_training:
+        new_state = keep_state_unless_finite(state, new_state, used.mean, used.variance, xp)
     return y, _without_gradient(new_state, state, xp), used
 
 
@@ -430,14 +445,31 @@ def _param_initializers(value: Any) -> Mapping[str, Any]:
 
 
 def _renorm_clipping(value: Any, renorm: bool) -> Mapping[str, float]:
+    """The finite bounds of ``renorm_clipping``; None and infinite ones mean no bound.
+
+    As in TensorFlow, ``rmax`` and ``dmax`` may be ``inf`` and ``rmin`` ``-inf``
+    or any number <= 0 (r is a ratio of standard deviations, never negative). A
+    bound TensorFlow would apply to meaningless effect is refused: ``rmin = inf``
+    (every r becomes inf), a negative ``dmax`` or ``rmin > rmax`` (empty ranges),
+    NaN.
+    """
     if value is not None and not renorm:
         raise ValueError("renorm_clipping is given but renorm=False; pass renorm=True or drop it")
     value = _checks.check_options_dict("renorm_clipping", value, RENORM_CLIPPING_KEYS)
-    clipping = {
-        key: _checks.check_real(f"renorm_clipping[{key!r}]", value[key], low=0.0)
-        for key in RENORM_CLIPPING_KEYS
-        if value.get(key) is not None
-    }
+    clipping = {}
+    for key in RENORM_CLIPPING_KEYS:
+        bound = value.get(key)
+        if bound is None:
+            continue
+        label = f"renorm_clipping[{key!r}]"
+        if key == "rmin":
+            lowest = _checks.check_real(label, bound, low=-math.inf, high=math.inf, allow=(-math.inf,))
+            if lowest != -math.inf:
+                clipping[key] = lowest
+        else:
+            highest = _checks.check_real(label, bound, low=0.0, allow=(math.inf,))
+            if highest != math.inf:
+                clipping[key] = highest
     if clipping.get("rmin", 0.0) > clipping.get("rmax", math.inf):
         raise ValueError(
             f"renorm_clipping must have rmin <= rmax, got rmin={clipping['rmin']} "
@@ -452,6 +484,7 @@ def _describe(options: LayerOptions) -> str:
         f"scale={options.scale}",
         f"zero_debias_moving_mean={options.zero_debias_moving_mean}",
         f"renorm={options.renorm}",
+        f"skip_nonfinite={options.skip_nonfinite}",
     ]
     return "batch_norm(" + ", ".join(flags) + ")"
 

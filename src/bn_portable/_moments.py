@@ -72,7 +72,9 @@ def weighted_moments(
     the weighted statistics of the global batch.
     """
     xp = _checks.namespace(x=x, frequency_weights=frequency_weights)
+    _checks.check_namespace("frequency_weights", frequency_weights, xp)
     _checks.check_floating("x", x, xp)
+    _checks.check_known_shape("x", x)
     _checks.check_bool("keepdims", keepdims)
     _checks.check_real_dtype("frequency_weights", frequency_weights, xp)
     _checks.check_broadcasts_to("frequency_weights", frequency_weights, tuple(x.shape))

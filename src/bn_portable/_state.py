@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, NamedTuple
 
+from . import _nonfinite
 from ._lib import _checks
 from ._lib._compat import is_array_api_obj
 from ._lib._dtypes import dtype_name
@@ -28,6 +29,8 @@ class BatchNormState(NamedTuple):
     moving_stddev: Any = None
     renorm_mean: Any = None
     renorm_stddev: Any = None
+    #: Training steps skipped for non-finite batch statistics (``skip_nonfinite=True``).
+    skipped_steps: Any = None
 
     @classmethod
     def from_tf_variables(
@@ -51,7 +54,9 @@ INITIALIZED_FIELDS = ("beta", "gamma", "moving_mean", "moving_variance")
 _DEFAULTS = {"beta": 0.0, "gamma": 1.0, "moving_mean": 0.0, "moving_variance": 1.0}
 
 
-def required_fields(*, center: bool, scale: bool, zero_debias: bool, renorm: bool) -> tuple[str, ...]:
+def required_fields(
+    *, center: bool, scale: bool, zero_debias: bool, renorm: bool, skip_nonfinite: bool = False
+) -> tuple[str, ...]:
     """The fields a layer of this configuration has, in ``BatchNormState`` order."""
     wanted = {"moving_mean", "moving_variance"}
     if center:
@@ -62,6 +67,8 @@ def required_fields(*, center: bool, scale: bool, zero_debias: bool, renorm: boo
         wanted |= {"moving_mean_biased", "local_step"}
     if renorm:
         wanted |= {"moving_stddev", "renorm_mean", "renorm_stddev"}
+    if skip_nonfinite:
+        wanted.add(_nonfinite.COUNTER)
     return tuple(field for field in BatchNormState._fields if field in wanted)
 
 
@@ -91,6 +98,7 @@ def initial_state(
         "moving_stddev": xp.sqrt(initial["moving_variance"]),
         "renorm_mean": xp.asarray(initial["moving_mean"], copy=True),
         "renorm_stddev": xp.sqrt(initial["moving_variance"]),
+        _nonfinite.COUNTER: _nonfinite.initial_counter(xp, device),
         **initial,
     }
     return BatchNormState(**{field: values[field] for field in fields})
@@ -118,12 +126,14 @@ def check_state(
         value = getattr(state, field)
         _checks.check_namespace(f"state.{field}", value, xp)
         _checks.check_device(f"state.{field}", value, device)
-        if value.dtype != dtype:
+        counter = field == _nonfinite.COUNTER  # an int32 count, whatever x's dtype
+        expected = getattr(xp, _nonfinite.COUNTER_DTYPE) if counter else dtype
+        if value.dtype != expected:
             raise TypeError(
-                f"state.{field} must have dtype {dtype_name(dtype)} for this input "
+                f"state.{field} must have dtype {dtype_name(expected)} for this input "
                 f"and configuration, got {dtype_name(value.dtype)}"
             )
-        shape = () if field == "local_step" else (channels,)
+        shape = () if field in ("local_step", _nonfinite.COUNTER) else (channels,)
         _checks.check_shape(f"state.{field}", value, shape, "one value per channel")
 
 

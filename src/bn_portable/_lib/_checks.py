@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,18 +22,15 @@ from ._dtypes import dtype_name, is_half
 def namespace(**named: Any) -> Any:
     """The array namespace shared by the named arrays; ``None`` values are skipped.
 
-    The first non-None argument sets the namespace; any other library is a
-    ``TypeError`` that names the argument.
+    The first argument (``x``) is required and sets the namespace; any other
+    library is a ``TypeError`` that names the argument. Every array must be a
+    plain dense array (see ``check_dense``).
     """
     xp, first = None, None
     for name, value in named.items():
-        if value is None:
+        if value is None and first is not None:
             continue
-        if not is_array_api_obj(value):
-            raise TypeError(
-                f"{name} must be an array (NumPy, CuPy, PyTorch, JAX, Dask or "
-                f"array-api-strict), got {type(value).__name__}"
-            )
+        check_dense(name, value)
         value_xp = array_namespace(value)
         if xp is None:
             xp, first = value_xp, name
@@ -45,14 +43,42 @@ def namespace(**named: Any) -> Any:
 
 
 def check_namespace(name: str, value: Any, xp: Any, reference: str = "x") -> None:
-    """``value`` is an array of namespace ``xp`` (the one of ``reference``)."""
-    if not is_array_api_obj(value):
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    """``value`` is a plain dense array of namespace ``xp`` (the one of ``reference``)."""
+    check_dense(name, value)
     value_xp = array_namespace(value)
     if value_xp is not xp:
         raise TypeError(
             f"{name} is a {library_name(value_xp)} array but {reference} is a "
             f"{library_name(xp)} array: pass arrays of one library"
+        )
+
+
+_LIBRARIES = "NumPy, CuPy, PyTorch, JAX, Dask or array-api-strict"
+
+
+def check_dense(name: str, value: Any) -> None:
+    """``value`` is a plain dense array of a supported library.
+
+    Refused with a ``TypeError``: ``None`` and non-arrays; NumPy masked arrays
+    (the mask would be honoured by some operations and not by others, so the
+    fused and composite paths would disagree, and the state would come back
+    masked); PyTorch tensors of a layout other than strided (sparse tensors
+    have no dense elementwise kernels). Looks at types and layouts only.
+    """
+    if not is_array_api_obj(value):
+        raise TypeError(f"{name} must be an array ({_LIBRARIES}), got {type(value).__name__}")
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must be a plain dense array, got a NumPy masked array: pass "
+            f"{name}.filled(...) or select the unmasked values, and give them weights "
+            "(weighted_moments, batch_weights) if some must not count"
+        )
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor) and value.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor, got layout {value.layout}: "
+            f"pass {name}.to_dense()"
         )
 
 
@@ -95,17 +121,43 @@ def check_real(
     low: float = -math.inf,
     high: float = math.inf,
     low_open: bool = False,
+    allow: tuple[float, ...] = (),
 ) -> float:
-    """A finite real number (Python or NumPy scalar) in ``[low, high]`` (``(low, high]`` with low_open)."""
+    """A finite real number (Python or NumPy scalar) in ``[low, high]`` (``(low, high]`` with low_open).
+
+    ``allow`` lists infinite values accepted besides (``inf`` as "no bound").
+    """
     if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
         hint = " (under jax.jit, pass it as a static argument)" if "Tracer" in type(value).__name__ else ""
         raise TypeError(f"{name} must be a real number, got {value!r}{hint}")
-    value = float(value)
+    given = value
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range, 10**400 say
+        value = math.inf if value > 0 else -math.inf
+    if value in allow:
+        return value
     below = value <= low if low_open else value < low
     if not math.isfinite(value) or below or value > high:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be finite and in {bracket}{low}, {high}], got {value!r}")
+        also = "".join(f" or {v}" for v in allow)
+        raise ValueError(
+            f"{name} must be {_interval(low, high, low_open)}{also}, got {_short(given)}"
+        )
     return value
+
+
+def _interval(low: float, high: float, low_open: bool) -> str:
+    """``a finite number in [0.0, 1.0]``, ``a finite number > 0.0`` and so on."""
+    if high == math.inf:
+        if low == -math.inf:
+            return "a finite number"
+        return f"a finite number {'>' if low_open else '>='} {low}"
+    return f"a finite number in {'(' if low_open else '['}{low}, {high}]"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -143,9 +195,16 @@ def check_floating(name: str, array: Any, xp: Any, allowed: Iterable[str] | None
 
 
 def check_real_dtype(name: str, array: Any, xp: Any) -> None:
-    """A real (integer or floating) dtype, as TensorFlow casts weights to x's dtype."""
-    if not (is_half(array.dtype) or xp.isdtype(array.dtype, ("real floating", "integral"))):
-        raise TypeError(f"{name} must have a real dtype, got {dtype_name(array.dtype)}")
+    """A real, integer or boolean dtype: TensorFlow casts weights to x's dtype.
+
+    Complex weights are refused: TensorFlow's cast would drop the imaginary
+    part silently, which has no meaning for a frequency.
+    """
+    if not (is_half(array.dtype) or xp.isdtype(array.dtype, ("real floating", "integral", "bool"))):
+        raise TypeError(
+            f"{name} must have a real floating, integer or bool dtype (it is cast to x's "
+            f"dtype), got {dtype_name(array.dtype)}"
+        )
 
 
 def check_broadcasts_to(name: str, array: Any, shape: tuple[int, ...]) -> None:
@@ -187,7 +246,7 @@ def normalize_axes(name: str, axes: Any, ndim: int) -> tuple[int, ...]:
     if isinstance(axes, (bool, str)):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}")
     try:
-        items = (operator.index(axes),)
+        items: tuple[int, ...] = (operator.index(axes),)
     except TypeError:
         try:
             items = tuple(operator.index(a) for a in axes)

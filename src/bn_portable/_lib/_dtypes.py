@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_WORD = re.compile(r"[A-Za-z0-9_]+")
 
 #: (dtype class, dtype) -> name: ``str(dtype)`` is slow on NumPy dtypes, and every
 #: call checks several. The class comes first so that dtypes of two libraries are
@@ -17,7 +20,10 @@ def dtype_name(dtype: Any) -> str:
         return _NAMES[key]
     except (KeyError, TypeError):  # TypeError: an unhashable dtype object
         pass
-    name = str(dtype).rsplit(".", 1)[-1].removeprefix("dtype('").removesuffix("')")
+    # The last word of "float32", "torch.float32", "dtype('float32')" or, for a
+    # scalar type given as a dtype, "<class 'numpy.float32'>".
+    words = _WORD.findall(str(dtype))
+    name = words[-1] if words else str(dtype)
     try:
         if len(_NAMES) < 256:  # a handful of dtypes per library in practice
             _NAMES[key] = name

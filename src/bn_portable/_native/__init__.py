@@ -16,15 +16,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import os
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from .._lib._compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
+from . import _settings
 
 _enabled: ContextVar[bool] = ContextVar(
-    "bn_portable_fast_paths", default=os.environ.get("BN_PORTABLE_FAST_PATHS", "1") != "0"
+    "bn_portable_fast_paths", default=_settings.fast_paths_from_environment()  # noqa: B039 (a bool)
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from . import _settings
+
 T = TypeVar("T")
 
-_ENVIRONMENT_VARIABLE = "BN_PORTABLE_NUM_THREADS"
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -34,19 +35,8 @@ _pool_size = 0
 
 def thread_count() -> int:
     """Threads the fast paths may use (``BN_PORTABLE_NUM_THREADS`` or the usable CPUs)."""
-    setting = os.environ.get(_ENVIRONMENT_VARIABLE, "").strip()
-    if not setting:
-        return _usable_cpus()
-    try:
-        count = int(setting)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(
-            f"{_ENVIRONMENT_VARIABLE} must be a positive integer (a number of threads), "
-            f"got {setting!r}"
-        )
-    return count
+    count = _settings.num_threads_from_environment()
+    return _usable_cpus() if count is None else count
 
 
 @functools.cache
@@ -69,8 +59,7 @@ def in_shares(work: Callable[[Sequence[T]], list[Any] | None], items: Sequence[T
     if threads == 1:
         return work(items) or []
     shares = _split(items, threads)
-    pool = _executor(threads - 1)
-    futures = [pool.submit(work, share) for share in shares[1:]]
+    futures = _submit(work, shares[1:])
     try:
         first = work(shares[0]) or []
     finally:
@@ -95,15 +84,22 @@ def _split(items, parts):
     return shares
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
+def _submit(work, shares):
+    """Futures of ``work(share)`` for each share, on a pool with a thread for each.
+
+    The pool is grown (replaced by a larger one) when a call needs more
+    threads. Submitting happens under the lock: another caller may shut the
+    pool down to grow it, and a pool that is shut down refuses new work (work
+    already submitted to it still runs to completion).
+    """
     global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool_size < workers:
+        if _pool is None or _pool_size < len(shares):
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="bn_portable")
-            _pool_size = workers
-        return _pool
+            _pool = ThreadPoolExecutor(len(shares), thread_name_prefix="bn_portable")
+            _pool_size = len(shares)
+        return [_pool.submit(work, share) for share in shares]
 
 
 def _forget_pool_after_fork() -> None:

@@ -177,9 +177,19 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
     def backward(ctx, dy):
         x, scale, mean, inverse_std = ctx.saved_tensors
         mask = [bool(flag) for flag in ctx.needs_input_grad[:3]]
+        # Under create_graph (grad mode on here), autograd differentiates this
+        # backward op by op in its inputs' dtype: half inputs would make the
+        # second-order gradient half-precision arithmetic. In float32 it is
+        # float32 arithmetic, and only dx is rounded to x's dtype. First-order
+        # gradients keep the half kernel (float32 inside, the same result).
+        widen = torch.is_grad_enabled() and x.dtype != torch.float32
         dx, dscale, doffset = torch.ops.aten.native_batch_norm_backward(
-            dy, x, scale, None, None, mean, inverse_std, True, ctx.epsilon, mask
+            dy.float() if widen else dy,
+            x.float() if widen else x,
+            scale, None, None, mean, inverse_std, True, ctx.epsilon, mask,
         )
+        if widen and dx is not None:
+            dx = dx.to(x.dtype)
         return dx, dscale, doffset, None, None, None, None
 
 
