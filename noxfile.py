@@ -9,6 +9,7 @@ goldens) and the conformance suite.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nox
 
@@ -122,3 +123,24 @@ def bench(session: nox.Session) -> None:
     """The benchmark harness (``-- --quick`` for a short run)."""
     session.install(TORCH, ".[bench,jax]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def vendoring(session: nox.Session) -> None:
+    """The unit tests against a copy vendored under a fake library, with and without the hook.
+
+    The environment has neither bn_portable nor array-api-compat installed:
+    the copy must find the array-api-compat vendored with it.
+    """
+    session.install(TORCH, "pytest>=8", "numpy>=1.24")
+    tmp = Path(session.create_tmp())
+    site = tmp / "array-api-compat"
+    session.run(
+        "python", "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade",
+        "--target", str(site), "array-api-compat>=1.11",
+    )
+    for variant in ([], ["--hook"]):
+        session.run(
+            "python", "tests/vendor_copy.py", "--array-api-compat", str(site / "array_api_compat"),
+            "--dest", str(tmp / "vendored"), *variant, "--", "-q", *session.posargs,
+        )
