@@ -79,7 +79,7 @@ class Backend:
                 stack.enter_context(dask.config.set(scheduler=_forbid_compute))
             yield
 
-    def call(self, function: Callable[..., Any], *args: Any, static: Hashable = None) -> Any:
+    def call(self, function: Callable[..., Any], *args: Any, static: Hashable | None = None) -> Any:
         """``function(*args)`` on this backend: jitted for JAX-jit, lazy-checked for Dask.
 
         ``static``, when given, names everything ``function`` depends on besides

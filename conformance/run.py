@@ -4,6 +4,9 @@ Prints the matrix (feature group × backend: passed/total and the worst error as
 a fraction of its tolerance), writes ``docs/conformance.md`` and
 ``docs/conformance.json`` from the run, and exits non-zero on any failure,
 printing for each failure a command that reproduces it.
+
+Backends run in ``--jobs`` worker processes (default min(2, CPUs)), each
+backend whole in one worker; the results do not depend on the number.
 """
 
 from __future__ import annotations
