@@ -60,7 +60,7 @@ TF_QUIET = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.5")
-    session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "docs", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
