@@ -33,6 +33,13 @@ HOOK = '''"""mylib's array-api-compat, for the libraries vendored beside this mo
 from .._lib.array_api_compat import *  # noqa: F403
 '''
 
+#: Tests of the repository rather than of the library (its README, docs, src/
+#: layout, and docstring examples that import the installed ``bn_portable``):
+#: they do not apply to a vendored copy.
+REPOSITORY_TESTS = {
+    "test_readme.py", "test_docs.py", "test_doctests.py", "test_vendoring.py", "vendor_copy.py",
+}
+
 _NAMES = re.compile(r"(?<![\w.])(bn_portable|array_api_compat)(?=[.\s,\"]|$)", re.MULTILINE)
 
 
@@ -58,6 +65,8 @@ def build(dest: Path, array_api_compat: Path, *, hook: bool) -> None:
     for folder in ("tests", "conformance"):
         (dest / folder).mkdir()
         for source in (ROOT / folder).glob("*.py"):
+            if source.name in REPOSITORY_TESTS:
+                continue
             text = _NAMES.sub(lambda m: targets[m.group(1)], source.read_text())
             (dest / folder / source.name).write_text(text)
     (dest / "conformance" / "goldens").symlink_to(ROOT / "conformance" / "goldens")
