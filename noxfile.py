@@ -1,20 +1,27 @@
-"""Sessions: lint, tests (one per backend), scaleout, numpy1, golden, checkpoints, conformance,
-bench, bench_tensorflow, bench_scale_out.
+"""Sessions: lint, doctests, docs, tests (one per backend), gpu_tests, scaleout, vendoring,
+package, numpy1, golden, golden_check, checkpoints, conformance, bench, bench_tensorflow,
+bench_scale_out.
 
-``nox`` with no arguments runs what CI runs: lint, the unit tests on every
-backend, the scale-out tests (processes, devices and a cluster), the NumPy
-tests and conformance again on NumPy 1.x, the golden check
-(regenerates TensorFlow's outputs and compares them with the committed
-goldens) and the conformance suite.
+``nox`` with no arguments runs what CI runs: lint, the docstring examples, the
+docs site (strict), the unit tests on every CPU backend (and on the GPU ones
+where there is a GPU), the scale-out tests (processes, devices and a cluster),
+the unit tests against vendored copies, the wheel and sdist with a smoke test
+of the installed wheel, the NumPy tests and conformance again on NumPy 1.x, the
+golden check (regenerates TensorFlow's outputs and compares them with the
+committed goldens) and the conformance suite.
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "scaleout", "numpy1", "golden_check", "conformance"]
+nox.options.sessions = [
+    "lint", "doctests", "docs", "tests", "gpu_tests", "scaleout", "vendoring", "package",
+    "numpy1", "golden_check", "conformance",
+]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
@@ -31,40 +38,73 @@ BACKEND_PACKAGES = {
     "torch": [],
     "jax": [".[jax]"],
     "dask": [".[dask]"],
+}
+GPU_BACKEND_PACKAGES = {
     "cupy": [".[cupy]"],
     "torch-cuda": [],
 }
-GPU_BACKENDS = ("cupy", "torch-cuda")
+#: Decided before any session starts, so that GPU sessions on a machine without
+#: one skip without creating (and filling) an environment first.
+HAS_GPU = shutil.which("nvidia-smi") is not None
 
 #: The pytest ``--backend`` names each session covers (JAX also under jax.jit).
 TEST_BACKENDS = {"jax": ["jax", "jax-jit"]}
 
-#: TensorFlow's golden environment (shared/TF_REFERENCE.md): nothing else goes in it.
+#: TensorFlow's golden environment (docs/tensorflow-semantics.md): nothing else goes in it.
 GOLDEN_PACKAGES = ["tensorflow-cpu==2.15.1", "tf-keras==2.15.1", "tf-slim==1.1.0", "numpy<2"]
-
-
-def _skip_without_gpu(session: nox.Session, backend: str) -> None:
-    if shutil.which("nvidia-smi") is None:
-        session.skip(f"{backend} needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+#: TensorFlow on a CPU-only machine: no CUDA probing, and no C++ log lines below
+#: FATAL (tensorflow-cpu still logs failed cuDNN/cuFFT/cuBLAS registrations).
+#: Python exceptions are unaffected.
+TF_QUIET = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.5")
-    session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "docs", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def doctests(session: nox.Session) -> None:
+    """The examples in the public docstrings, on NumPy alone."""
+    session.install(".[test]")
+    session.run("pytest", "tests/test_doctests.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the docs site with warnings as errors (``-- serve`` to preview it)."""
+    session.install(".[docs]")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+        return
+    site = Path(session.create_tmp()) / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site), *session.posargs,
+                env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+def _unit_tests(session: nox.Session, backend: str, packages: list[str]) -> None:
+    # PyTorch is in every session: the gradient tests use its autograd as a reference.
+    session.install(TORCH, ".[test]", *packages)
+    selected = [f"--backend={name}" for name in TEST_BACKENDS.get(backend, [backend])]
+    # Tests that start processes, devices or a cluster run once, in ``scaleout``.
+    session.run("pytest", *selected, "-m", "not scaleout", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 @nox.parametrize("backend", list(BACKEND_PACKAGES))
 def tests(session: nox.Session, backend: str) -> None:
     """Unit tests on one backend, e.g. ``nox -s "tests(backend='torch')"``."""
-    if backend in GPU_BACKENDS:
-        _skip_without_gpu(session, backend)
-    # PyTorch is in every session: the gradient tests use its autograd as a reference.
-    session.install(TORCH, ".[test]", *BACKEND_PACKAGES[backend])
-    selected = [f"--backend={name}" for name in TEST_BACKENDS.get(backend, [backend])]
-    # Tests that start processes, devices or a cluster run once, in ``scaleout``.
-    session.run("pytest", *selected, "-m", "not scaleout", *session.posargs)
+    _unit_tests(session, backend, BACKEND_PACKAGES[backend])
+
+
+@nox.session(python=PYTHON if HAS_GPU else None, venv_backend=None if HAS_GPU else "none")
+@nox.parametrize("backend", list(GPU_BACKEND_PACKAGES))
+def gpu_tests(session: nox.Session, backend: str) -> None:
+    """Unit tests on a GPU backend; without a GPU they skip before creating an environment."""
+    if not HAS_GPU:
+        session.skip(f"{backend} needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+    _unit_tests(session, backend, GPU_BACKEND_PACKAGES[backend])
 
 
 @nox.session(python=PYTHON)
@@ -89,7 +129,7 @@ def _golden(session: nox.Session, arguments: list[str]) -> None:
     session.install(*GOLDEN_PACKAGES)
     session.run(
         "python", "-m", "conformance.generate", *arguments,
-        env={"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={"TF_ENABLE_ONEDNN_OPTS": "0", **TF_QUIET},
     )
 
 
@@ -139,7 +179,7 @@ def bench_tensorflow(session: nox.Session) -> None:
         "benchmarks/results/cpu_tensorflow.json",
         "--no-plots",  # the performance page plots the main run; this one adds a table
         *session.posargs,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+        env=TF_QUIET,
     )
 
 
@@ -155,3 +195,67 @@ def bench_scale_out(session: nox.Session) -> None:
     """Dask throughput with 1 and 2 workers; synchronization cost, two gloo processes vs one."""
     session.install(TORCH, ".[distributed]")
     session.run("python", "benchmarks/scale_out.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def vendoring(session: nox.Session) -> None:
+    """The unit tests against a copy vendored under a fake library, with and without the hook.
+
+    The environment has neither bn_portable nor array-api-compat installed:
+    the copy must find the array-api-compat vendored with it.
+    """
+    session.install(TORCH, "pytest>=8", "numpy>=1.24")
+    tmp = Path(session.create_tmp())
+    site = tmp / "array-api-compat"
+    session.run(
+        "python", "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade",
+        "--target", str(site), "array-api-compat>=1.11",
+    )
+    for variant in ([], ["--hook"]):
+        session.run(
+            "python", "tests/vendor_copy.py", "--array-api-compat", str(site / "array_api_compat"),
+            "--dest", str(tmp / "vendored"), *variant, "--", "-q", *session.posargs,
+        )
+
+
+#: What the smoke test runs with the installed wheel, outside the repository.
+SMOKE = """
+import numpy as np, bn_portable as bn
+x = np.random.default_rng(0).normal(size=(8, 4, 4, 3)).astype(np.float32)
+y, state = bn.batch_norm(x, decay=0.9, scale=True, fused=True)
+y, state, vjp = bn.batch_norm_vjp(x, state, decay=0.9, scale=True, fused=True)
+dx, dgamma, dbeta = vjp(np.ones_like(y))
+assert y.shape == x.shape and state.moving_variance.shape == (3,) and dx.shape == x.shape
+assert bn.__file__.endswith("site-packages/bn_portable/__init__.py"), bn.__file__
+print("bn_portable", bn.__version__, "from the wheel: ok")
+"""
+
+
+@nox.session(python=PYTHON)
+def package(session: nox.Session) -> None:
+    """Build the wheel and sdist, check the sdist, install the wheel in a clean venv, run it."""
+    session.install("build>=1.2")
+    tmp = Path(session.create_tmp())
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), ".")
+    session.run("python", "-c", _CHECK_SDIST, str(dist))
+    (wheel,) = dist.glob("bn_portable-*.whl")
+    clean = tmp / "clean"
+    shutil.rmtree(clean, ignore_errors=True)
+    session.run("python", "-m", "venv", str(clean))
+    python = str(clean / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "--quiet", f"{wheel}[numpy]", external=True)
+    session.run(python, "-c", SMOKE, external=True, env={"PYTHONPATH": ""})
+
+
+_CHECK_SDIST = """
+import sys, tarfile, pathlib
+(sdist,) = pathlib.Path(sys.argv[1]).glob("bn_portable-*.tar.gz")
+names = tarfile.open(sdist).getnames()
+assert not [n for n in names if "/conformance/goldens/" in n], "the sdist ships the goldens"
+assert any(n.endswith("/src/bn_portable/__init__.py") for n in names), "the sdist lacks the package"
+size = sdist.stat().st_size
+assert size < 1_000_000, f"the sdist is {size} bytes"
+print(f"{sdist.name}: {len(names)} files, {size / 1e3:.0f} kB, no goldens")
+"""

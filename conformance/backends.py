@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,14 +79,33 @@ class Backend:
                 stack.enter_context(dask.config.set(scheduler=_forbid_compute))
             yield
 
-    def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` on this backend: jitted for JAX-jit, lazy-checked for Dask."""
+    def call(self, function: Callable[..., Any], *args: Any, static: Hashable | None = None) -> Any:
+        """``function(*args)`` on this backend: jitted for JAX-jit, lazy-checked for Dask.
+
+        ``static``, when given, names everything ``function`` depends on besides
+        its arguments (its keywords, the case's options): calls with the same
+        code and ``static`` then share one ``jax.jit`` callable, so JAX traces
+        and compiles once per configuration and input shape instead of once
+        per call. Without it every call is jitted afresh.
+        """
         with self.context():
             if self.jit:
-                import jax
-
-                return jax.jit(function)(*args)
+                return self._jitted(function, static)(*args)
             return function(*args)
+
+    def _jitted(self, function: Callable[..., Any], static: Hashable) -> Callable[..., Any]:
+        import jax
+
+        if static is None:
+            return jax.jit(function)
+        key = (self.name, function.__code__, function.__defaults__, static)
+        if key not in _JITTED:
+            _JITTED[key] = jax.jit(function)
+        return _JITTED[key]
+
+
+#: ``jax.jit`` callables by backend, code, default arguments and static configuration.
+_JITTED: dict[Hashable, Callable[..., Any]] = {}
 
 
 def _forbid_compute(*args: Any, **kwargs: Any) -> Any:

@@ -161,7 +161,7 @@ def _tf_modules():
 
     tf.compat.v1.disable_eager_execution()
     tf.get_logger().setLevel("ERROR")
-    # tf-slim 1.1.0 on TF 2.15: three compatibility patches (TF_REFERENCE.md).
+    # tf-slim 1.1.0 on TF 2.15: three compatibility patches (docs/tensorflow-semantics.md).
     import tf_keras.src.legacy_tf_layers as legacy_layers
     import tf_keras.src.legacy_tf_layers.normalization as legacy_normalization
 

@@ -158,6 +158,17 @@ def _expect_error(case, inputs, backend, outcome):
     return outcome
 
 
+def _static(case: Mapping[str, Any]) -> str:
+    """Everything a runner's jitted function takes from the case besides its arrays.
+
+    The op and the keywords determine the function; the step's ``is_training``
+    travels as a default argument, which the jit cache also keys on. Arrays
+    (inputs, initializers, state) are always passed as arguments, never
+    closed over, so one compiled callable serves every case that shares them.
+    """
+    return json.dumps([case["op"], case["kwargs"]], sort_keys=True, default=repr)
+
+
 def _numpy_outputs(backend, named: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {name: backend.to_numpy(value) for name, value in named.items() if value is not None}
 
@@ -170,6 +181,7 @@ def _run_batch_normalization(case, inputs, backend):
     y = backend.call(
         lambda x, m, v, o, s: bn.batch_normalization(x, m, v, o, s, epsilon),
         inputs("x"), inputs("mean"), inputs("variance"), inputs.optional("offset"), inputs.optional("scale"),
+        static=_static(case),
     )
     return _numpy_outputs(backend, {"y": y})
 
@@ -177,7 +189,8 @@ def _run_batch_normalization(case, inputs, backend):
 def _run_moments(case, inputs, backend):
     kwargs = case["kwargs"]
     mean, variance = backend.call(
-        lambda x: bn.moments(x, kwargs["axes"], keepdims=kwargs.get("keepdims", False)), inputs("x")
+        lambda x: bn.moments(x, kwargs["axes"], keepdims=kwargs.get("keepdims", False)), inputs("x"),
+        static=_static(case),
     )
     return _numpy_outputs(backend, {"mean": mean, "variance": variance})
 
@@ -186,7 +199,7 @@ def _run_weighted_moments(case, inputs, backend):
     kwargs = case["kwargs"]
     mean, variance = backend.call(
         lambda x, w: bn.weighted_moments(x, kwargs["axes"], w, keepdims=kwargs.get("keepdims", False)),
-        inputs("x"), inputs("frequency_weights"),
+        inputs("x"), inputs("frequency_weights"), static=_static(case),
     )
     return _numpy_outputs(backend, {"mean": mean, "variance": variance})
 
@@ -196,6 +209,7 @@ def _run_fused_batch_norm(case, inputs, backend):
     y, mean, variance = backend.call(
         lambda x, s, o, m, v: bn.fused_batch_norm(x, s, o, m, v, **kwargs),
         inputs("x"), inputs("scale"), inputs("offset"), inputs.optional("mean"), inputs.optional("variance"),
+        static=_static(case),
     )
     return _numpy_outputs(backend, {"y": y, "batch_mean": mean, "batch_variance": variance})
 
@@ -222,10 +236,10 @@ def _initial_state(case, inputs, backend, first_x, weights):
     options = layer_options(case, backend)
     initializers = _initializers(inputs)
     _, state = backend.call(
-        lambda x, w: bn.batch_norm(
-            x, None, param_initializers=initializers, batch_weights=w, is_training=False, **options
+        lambda x, w, i: bn.batch_norm(
+            x, None, param_initializers=i, batch_weights=w, is_training=False, **options
         ),
-        first_x, weights,
+        first_x, weights, initializers, static=_static(case),
     )
     return state
 
@@ -244,6 +258,7 @@ def _run_batch_norm(case, inputs, backend):
                 x, s, batch_weights=w, is_training=training, **options
             ),
             inputs(f"step{k}/x"), state, inputs.optional(f"step{k}/batch_weights"),
+            static=_static(case),
         )
         produced[f"step{k}/y"] = y
         produced.update({f"step{k}/state/{f}": v for f, v in state._asdict().items() if v is not None})
@@ -285,6 +300,7 @@ def _run_fused_batch_norm_grad(case, inputs, backend):
     dx, dscale, doffset = backend.call(
         lambda dy, x, s, m, v: bn.fused_batch_norm_grad(dy, x, s, m, v, **kwargs),
         inputs("dy"), inputs("x"), inputs("scale"), inputs("mean"), inputs("variance"),
+        static=_static(case),
     )
     produced = {"dx": dx, "dscale": dscale, "doffset": doffset}
     autodiff = _autodiff(backend)
@@ -318,7 +334,9 @@ def _run_batch_norm_grad(case, inputs, backend):
         y, new_state, vjp = bn.batch_norm_vjp(x, s, batch_weights=w, is_training=training, **options)
         return (y, new_state, *vjp(dy))
 
-    y, new_state, dx, dgamma, dbeta = backend.call(vjp_call, inputs("x"), state, weights, inputs("dy"))
+    y, new_state, dx, dgamma, dbeta = backend.call(
+        vjp_call, inputs("x"), state, weights, inputs("dy"), static=_static(case)
+    )
     produced = {"y": y, "dx": dx, "dgamma": dgamma, "dbeta": dbeta}
     produced.update({f"init/state/{f}": v for f, v in state._asdict().items() if v is not None})
     produced.update({f"state/{f}": v for f, v in new_state._asdict().items() if v is not None})

@@ -78,6 +78,20 @@ def fused_batch_norm_grad(
     - both: ``dscale = Σ dy·x̂``, ``doffset = Σ dy``.
 
     An empty input gives an empty ``dx`` and zero ``dscale`` and ``doffset``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([1.0, 10.0, 3.0, 30.0], dtype=np.float32).reshape(2, 1, 1, 2)  # NHWC
+    >>> dy = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32).reshape(2, 1, 1, 2)
+    >>> mean, biased_variance = np.array([2.0, 20.0], np.float32), np.array([1.0, 100.0], np.float32)
+    >>> dx, dscale, doffset = bn.fused_batch_norm_grad(dy, x, np.ones(2, np.float32), mean, biased_variance)
+    >>> print(dx.reshape(2, 2))
+    [[ 0.00049925  0.        ]
+     [-0.00049925  0.        ]]
+    >>> print(dscale, doffset)
+    [-0.9995004  0.       ] [1. 0.]
     """
     xp = _checks.namespace(x=x, dy=dy, scale=scale, mean=mean, variance=variance)
     for name, value in (("x", x), ("dy", dy), ("scale", scale), ("mean", mean), ("variance", variance)):
@@ -157,6 +171,17 @@ def batch_norm_vjp(
     the gradient of an arbitrary callable is the caller's (apply it to ``y``
     and chain its vjp before this one). Nothing is mutated; ``vjp`` may be
     called any number of times.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)
+    >>> y, state, vjp = bn.batch_norm_vjp(x, scale=True)
+    >>> dx, dgamma, dbeta = vjp(np.ones_like(x))  # a constant dy does not change y's statistics
+    >>> print(dx, dgamma, dbeta)
+    [[0. 0.]
+     [0. 0.]] [0. 0.] [2. 2.]
     """
     options = layer_options(
         decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,

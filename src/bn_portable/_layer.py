@@ -141,6 +141,25 @@ def batch_norm(
     batch statistics are not finite, counting it in ``state.skipped_steps``.
 
     See the user guide for every argument; other names and defaults are TensorFlow's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)
+    >>> y, state = bn.batch_norm(x, decay=0.9)  # creates the variables, one training step
+    >>> print(y)
+    [[-0.9995004 -0.999995 ]
+     [ 0.9995005  0.999995 ]]
+    >>> print(state.moving_mean, state.moving_variance)  # moved 10% toward [2, 20], [1, 100]
+    [0.2 2. ] [ 1.       10.900001]
+    >>> _, fused = bn.batch_norm(x, decay=0.9, fused=True)  # the fused kernel: Bessel-corrected
+    >>> print(fused.moving_variance)
+    [ 1.1 20.9]
+    >>> y, _ = bn.batch_norm(x, state, decay=0.9, is_training=False)  # the moving statistics
+    >>> print(y)
+    [[0.7996003 2.4230187]
+     [2.7986012 8.480565 ]]
     """
     options = layer_options(
         decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,

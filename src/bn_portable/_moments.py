@@ -42,6 +42,15 @@ def moments(
     -------
     mean, variance : arrays of ``x``'s dtype
         ``variance`` divides by the element count (biased).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)
+    >>> mean, variance = bn.moments(x, axes=[0])
+    >>> print(mean, variance)
+    [3. 4.] [2.6666667 2.6666667]
     """
     xp = _checks.namespace(x=x, shift=shift)
     _checks.check_floating("x", x, xp)
@@ -70,6 +79,20 @@ def weighted_moments(
     broadcast to ``x``'s shape before summing. A zero total weight gives 0, not
     NaN (TensorFlow's ``div_no_nan``). ``cross_replica_sum`` as in ``moments``:
     the weighted statistics of the global batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    >>> mean, variance = bn.weighted_moments(x, [0], np.array([1.0, 1.0, 1.0, 0.0], np.float32))
+    >>> print(mean, variance)
+    2.0 0.6666667
+
+    A zero total weight gives zeros, not NaN:
+
+    >>> print(*bn.weighted_moments(x, [0], np.zeros(4, np.float32)))
+    0.0 0.0
     """
     xp = _checks.namespace(x=x, frequency_weights=frequency_weights)
     _checks.check_namespace("frequency_weights", frequency_weights, xp)

@@ -34,6 +34,19 @@ def batch_normalization(
     ``mean``, ``variance``, ``offset`` and ``scale`` share one dtype, which may
     differ from ``x``'s; they broadcast against ``x``, or are Python numbers.
     ``offset`` and ``scale`` may be ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    >>> mean, variance = np.array([2.0, 3.0], np.float32), np.ones(2, np.float32)
+    >>> print(bn.batch_normalization(x, mean, variance, None, None, 1e-3))
+    [[-0.9995004 -0.9995005]
+     [ 0.9995005  0.9995003]]
+
+    The last digits differ from ``(x - mean) / sqrt(variance + 1e-3)`` as
+    TensorFlow's do: without an offset it computes ``x·inv − mean·inv``.
     """
     parameters = {"mean": mean, "variance": variance, "offset": offset, "scale": scale}
     arrays = {k: v for k, v in parameters.items() if not _is_number(v)}
@@ -91,6 +104,20 @@ def fused_batch_norm(
     (``n / max(n − 1, 1)``); with ``exponential_avg_factor`` f ≠ 1 the returned
     statistics are ``(1 − f)·old + f·batch``. Inference normalizes with ``mean`` and
     ``variance`` and returns them unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([1.0, 10.0, 3.0, 30.0], dtype=np.float32).reshape(2, 1, 1, 2)  # NHWC
+    >>> scale, offset = np.ones(2, np.float32), np.zeros(2, np.float32)
+    >>> y, mean, variance = bn.fused_batch_norm(x, scale, offset)
+    >>> print(mean, variance)  # the variance is Bessel-corrected: n = 2, biased [1, 100]
+    [ 2. 20.] [  2. 200.]
+    >>> y, _, _ = bn.fused_batch_norm(x, scale, offset, mean, variance, is_training=False)
+    >>> print(y.reshape(2, 2))
+    [[-0.7069301  -0.70710504]
+     [ 0.7069301   0.70710504]]
     """
     xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
     channel = _layout.fused_channel_axis(x, data_format)

@@ -18,6 +18,16 @@ class BatchNormState(NamedTuple):
     ``moving_mean/local_step`` become ``moving_mean_biased`` and ``local_step``),
     so a checkpoint's values drop straight in. A ``NamedTuple`` is immutable and
     is a pytree for JAX (``jit``, ``grad``) and PyTorch without registration.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> state = bn.BatchNormState(moving_mean=np.zeros(3), moving_variance=np.ones(3))
+    >>> print(state.beta, state.moving_variance)
+    None [1. 1. 1.]
+    >>> state._fields[:4]
+    ('beta', 'gamma', 'moving_mean', 'moving_variance')
     """
 
     beta: Any = None

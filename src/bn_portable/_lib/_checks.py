@@ -15,7 +15,17 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._compat import array_namespace, device, is_array_api_obj
+from ._compat import (
+    array_namespace,
+    device,
+    is_array_api_obj,
+    is_array_api_strict_namespace,
+    is_cupy_namespace,
+    is_dask_namespace,
+    is_jax_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
 from ._dtypes import dtype_name, is_half
 
 
@@ -105,8 +115,22 @@ def check_known_shape(name: str, array: Any) -> None:
 
 
 def library_name(xp: Any) -> str:
-    """``torch`` for array_api_compat.torch, and so on, for messages."""
-    return xp.__name__.removeprefix("array_api_compat.").removesuffix(".array").split(".")[0]
+    """``torch`` for array_api_compat.torch, and so on, for messages.
+
+    Asked of array-api-compat rather than read off the module's name, so that a
+    vendored copy (``yourlib._vendor.array_api_compat.numpy``) still names NumPy.
+    """
+    for is_namespace, name in (
+        (is_numpy_namespace, "numpy"),
+        (is_cupy_namespace, "cupy"),
+        (is_torch_namespace, "torch"),
+        (is_jax_namespace, "jax"),
+        (is_dask_namespace, "dask"),
+        (is_array_api_strict_namespace, "array_api_strict"),
+    ):
+        if is_namespace(xp):
+            return name
+    return xp.__name__.rpartition("array_api_compat.")[2].removesuffix(".array").split(".")[0]
 
 
 def check_bool(name: str, value: Any) -> None:

@@ -31,13 +31,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fast_paths_enabled() -> bool:
-    """Whether kernels may use a library's fast path (in this context)."""
+    """Whether kernels may use a library's fast path (in this context).
+
+    Examples
+    --------
+    >>> import bn_portable as bn
+    >>> with bn.fast_paths(False):
+    ...     print(bn.fast_paths_enabled())
+    False
+    """
     return _enabled.get()
 
 
 @contextlib.contextmanager
 def fast_paths(enabled: bool) -> Iterator[None]:
-    """Turn the fast paths on or off inside a ``with`` block (context-local)."""
+    """Turn the fast paths on or off inside a ``with`` block (context-local).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
+    >>> with bn.fast_paths(False):  # the portable kernels only
+    ...     mean, variance = bn.moments(x, axes=[0])
+    >>> print(mean)
+    [-0.27272725 -0.09090909  0.0909091   0.27272728]
+    """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a Python bool, got {enabled!r}")
     token = _enabled.set(enabled)
