@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR = "mylib._vendor"
 
@@ -74,8 +76,14 @@ def build(dest: Path, array_api_compat: Path, *, hook: bool) -> None:
     (dest / "pytest.ini").write_text(
         "[pytest]\naddopts = -ra --strict-markers --strict-config -p no:cacheprovider\n"
         "testpaths = tests\npythonpath = .\nxfail_strict = true\nfilterwarnings = error\n"
-        "markers =\n    slow: long-running test\n"
+        "markers =\n" + "".join(f"    {marker}\n" for marker in _markers())
     )
+
+
+def _markers() -> list[str]:
+    """The project's registered pytest markers (``--strict-markers`` needs them)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return pyproject["tool"]["pytest"]["ini_options"]["markers"]
 
 
 def main(argv: list[str] | None = None) -> int:
