@@ -5,7 +5,8 @@ such as ``../benchmarks/results/cpu_train.png`` or ``../conformance/README.md``
 points into the repository. In the built site those targets are outside the
 docs folder, so this hook copies linked images into the site (under
 ``repository/``) and turns links to other repository files into links to the
-file in the repository on GitHub. A link to a file that does not exist is left
+file's path in the repository, in code type (the project names no public
+host, and a link to a guessed one would break). A link to a file that does not exist is left
 as it is, so the strict build still reports it.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-_LINK = re.compile(r"(\]\()(\.\./[^)\s#]+)([^)]*\))")
+_LINK = re.compile(r"(\[([^\]]*)\]\()(\.\./[^)\s#]+)([^)]*\))")
 _IMAGES = (".png", ".svg", ".jpg", ".gif")
 _PREFIX = "repository"
 
@@ -40,13 +41,13 @@ def on_page_markdown(markdown, page, config, files):
     base = posixpath.dirname(page.file.src_uri)
 
     def rewrite(match):
-        target = posixpath.normpath(posixpath.join("docs", base, match.group(2)))
+        target = posixpath.normpath(posixpath.join("docs", base, match.group(3)))
         if target.startswith("..") or not (root / target).exists():
             return match.group(0)
         if target.endswith(_IMAGES):
             local = posixpath.relpath(f"{_PREFIX}/{target}", base or ".")
-            return f"{match.group(1)}{local}{match.group(3)}"
-        url = f"{config['repo_url'].rstrip('/')}/blob/main/{target}"
-        return f"{match.group(1)}{url}{match.group(3)}"
+            return f"{match.group(1)}{local}{match.group(4)}"
+        label = match.group(2)
+        return label if label.strip("`") == target else f"{label} (`{target}` in the repository)"
 
     return _LINK.sub(rewrite, markdown)
