@@ -24,8 +24,9 @@ So only the NumPy-like namespaces need help, and they get the cheapest help:
   along their longest reduced axis (views, no copies) until a block has at
   most ``_LEAF`` elements: a pairwise sum of running sums, error of order
   (``_LEAF`` + log n)·2⁻⁵³ instead of n·2⁻⁵³. The split depends on the shape
-  only. Dask's float64 sums are left to Dask: it already adds its blocks as a
-  tree, and splitting a lazy array would multiply its task graph.
+  only. On Dask the same split runs inside each block (``dask.array.reduction``,
+  one task per block as for a plain sum), and Dask adds the blocks' partial
+  sums as a tree.
 
 Everything else (PyTorch, JAX, CuPy, unknown namespaces) calls ``xp.sum`` as
 it is: already accurate, traceable under ``jax.jit`` and ``torch.compile``, and
@@ -66,6 +67,8 @@ def accurate_sum(x: Any, axes: tuple[int, ...], xp: Any, *, keepdims: bool = Fal
     if name == "float64" and strategy == "numpy":
         total = _pairwise(x, axes, xp)
         return total if keepdims else xp.squeeze(total, axis=axes)
+    if name == "float64" and strategy == "dask":
+        return _dask_pairwise(x, axes, keepdims)
     return xp.sum(x, axis=axes, keepdims=keepdims)
 
 
@@ -103,6 +106,21 @@ def _strategy(xp: Any) -> str:
     return strategy
 
 
+def _dask_pairwise(x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
+    """A lazy float64 Dask sum whose per-block sums are ``_pairwise``."""
+    import dask.array
+    import numpy
+
+    def block_sum(block, axis, keepdims):
+        total = _pairwise(block, tuple(axis), numpy)
+        return total if keepdims else numpy.squeeze(total, axis=axis)
+
+    return dask.array.reduction(
+        x, block_sum, block_sum, axis=axes, keepdims=keepdims, dtype=x.dtype,
+        name="accurate-sum",
+    )
+
+
 def _pairwise(x: Any, axes: tuple[int, ...], xp: Any) -> Any:
     """Keepdims sum of a float64 ``x`` over ``axes``: halves until a block is small."""
     count = 1
@@ -113,6 +131,6 @@ def _pairwise(x: Any, axes: tuple[int, ...], xp: Any) -> Any:
     axis = max(axes, key=lambda a: x.shape[a])
     half = x.shape[axis] // 2
     before = (slice(None),) * axis
-    low = x[(*before, slice(0, half))]
-    high = x[(*before, slice(half, None))]
+    low = x[(*before, slice(0, half), ...)]
+    high = x[(*before, slice(half, None), ...)]
     return _pairwise(low, axes, xp) + _pairwise(high, axes, xp)
