@@ -1,4 +1,4 @@
-"""Sessions: lint, tests (one per backend), numpy1, golden, conformance, bench, bench_tensorflow.
+"""Sessions: lint, tests (one per backend), numpy1, golden, conformance, robustness, bench, bench_tensorflow.
 
 ``nox`` with no arguments runs what CI runs: lint, the unit tests on every
 backend, the NumPy tests and conformance again on NumPy 1.x, the golden check
@@ -100,6 +100,13 @@ def conformance(session: nox.Session) -> None:
     """Every golden case on every backend present, fast paths on and off; writes the report."""
     session.install(TORCH, ".[test,jax,dask,array-api-strict]")
     session.run("python", "-m", "conformance.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def robustness(session: nox.Session) -> None:
+    """Rewrite docs/robustness.md: ill-conditioned batches, float16 range, edge shapes, threads."""
+    session.install(TORCH, ".[test,jax,dask,array-api-strict]")
+    session.run("python", "benchmarks/robustness.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -194,3 +194,22 @@ def test_dask_stays_lazy_and_accurate_across_chunks() -> None:
         assert _relative(variance.compute(), _reference_variance(x)) < TF_RELATIVE_ERROR
         total = accurate_sum(lazy, (0, 1, 2), xp)
         assert isinstance(total, da.Array) and total.dtype == np.float32
+
+
+def test_bfloat16_numpy_arrays_match_tensorflow_goldens() -> None:
+    """The bfloat16 ``moments`` goldens, replayed on NumPy arrays of ml_dtypes' bfloat16."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from conformance import catalogue, runner
+    from conformance.compare import TOLERANCES, error_in_epsilons
+
+    goldens = runner.Goldens()
+    cases = [c for c in catalogue.cases() if c["op"] == "moments" and c["dtype"] == "bfloat16"]
+    assert cases
+    for case in cases:
+        arrays = goldens.arrays(case)
+        x = arrays["x"].astype(ml_dtypes.bfloat16)  # stored as float32 holding bfloat16 values
+        mean, variance = bn.moments(x, case["kwargs"]["axes"], keepdims=case["kwargs"]["keepdims"])
+        assert mean.dtype == x.dtype
+        for name, value in (("mean", mean), ("variance", variance)):
+            error = error_in_epsilons(value.astype(np.float32), arrays[name], "bfloat16")
+            assert error <= TOLERANCES["bfloat16"], (case["id"], name, error)
