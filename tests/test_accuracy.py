@@ -194,6 +194,11 @@ def test_dask_stays_lazy_and_accurate_across_chunks() -> None:
         assert _relative(variance.compute(), _reference_variance(x)) < TF_RELATIVE_ERROR
         total = accurate_sum(lazy, (0, 1, 2), xp)
         assert isinstance(total, da.Array) and total.dtype == np.float32
+    # unknown chunk sizes (after boolean indexing): the count is taken lazily
+    unknown = da.from_array(x, chunks=(8, 16, 16, 8))[da.from_array(np.ones(31, bool), chunks=8)]
+    assert np.isnan(unknown.shape[0])
+    _, variance = bn.moments(unknown, [0, 1, 2])
+    assert _relative(variance.compute(), _reference_variance(x)) < TF_RELATIVE_ERROR
 
 
 def test_bfloat16_numpy_arrays_match_tensorflow_goldens() -> None:

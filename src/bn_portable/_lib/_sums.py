@@ -81,6 +81,12 @@ def accurate_mean(x: Any, axes: tuple[int, ...], xp: Any, *, keepdims: bool = Fa
     count = 1
     for axis in axes:
         count *= x.shape[axis]
+    if count != count:  # NaN: a Dask array with unknown chunk sizes, counted lazily
+        widened = dtype_name(x.dtype) in _WIDENED and _strategy(xp) != "plain"
+        if widened:
+            mean = xp.mean(x, axis=axes, keepdims=keepdims, dtype=xp.float64)
+            return xp.astype(mean, x.dtype)
+        return xp.mean(x, axis=axes, keepdims=keepdims)
     total = accurate_sum(x, axes, xp, keepdims=keepdims)
     if count == 0:
         return xp.full_like(total, float("nan"))
