@@ -1,6 +1,6 @@
 """Sessions: lint, doctests, docs, tests (one per backend), gpu_tests, scaleout, vendoring,
-package, numpy1, golden, golden_check, checkpoints, conformance, bench, bench_tensorflow,
-bench_scale_out.
+package, numpy1, golden, golden_check, checkpoints, conformance, robustness, bench,
+bench_tensorflow, bench_scale_out.
 
 ``nox`` with no arguments runs what CI runs: lint, the docstring examples, the
 docs site (strict), the unit tests on every CPU backend (and on the GPU ones
@@ -167,6 +167,13 @@ def conformance(session: nox.Session) -> None:
     """Every golden case on every backend present, fast paths on and off; writes the report."""
     session.install(TORCH, ".[test,jax,dask,array-api-strict]")
     session.run("python", "-m", "conformance.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def robustness(session: nox.Session) -> None:
+    """Rewrite docs/robustness.md: ill-conditioned batches, float16 range, edge shapes, threads."""
+    session.install(TORCH, ".[test,jax,dask,array-api-strict]")
+    session.run("python", "benchmarks/robustness.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -575,6 +575,78 @@ def run_batch_norm_grad(case, inputs):
     return outputs, meta
 
 
+def _fused_truth(case, inputs, with_gradients):
+    """The fused kernel's math in float64, from TensorFlow's float64 ops.
+
+    TensorFlow has no float64 fused kernel, so the truth is ``tf.nn.moments``
+    and ``tf.nn.batch_normalization`` on the float64 inputs (training only),
+    with the kernel's Bessel factor on the returned variance; the gradients
+    are ``tf.gradients`` through that composite.
+    """
+    tf, _ = _tf_modules()
+    kw = case["kwargs"]
+    if not kw["is_training"] or kw.get("exponential_avg_factor", 1.0) != 1.0:
+        raise ValueError(f"{case['id']}: a float64 truth is made for plain training only")
+    x_value = inputs["x"]
+    channel = 1 if kw["data_format"].startswith("NC") else x_value.ndim - 1
+    axes = [axis for axis in range(x_value.ndim) if axis != channel]
+    count = int(np.prod([x_value.shape[axis] for axis in axes]))
+    shape = [1] * x_value.ndim
+    shape[channel] = x_value.shape[channel]
+    graph = tf.Graph()
+    with graph.as_default():
+        feed = _Feeder(tf)
+        x = feed(x_value, "x")
+        scale = feed(inputs["scale"], "scale")
+        offset = (
+            feed(inputs["offset"], "offset") if "offset" in inputs
+            else tf.zeros([x_value.shape[channel]], tf.float64)
+        )
+        mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
+        y = tf.nn.batch_normalization(
+            x, mean, variance, tf.reshape(offset, shape), tf.reshape(scale, shape),
+            variance_epsilon=kw["epsilon"],
+        )
+        flat_mean, flat_variance = tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
+        fetch = {"y": y, "batch_mean": flat_mean,
+                 "batch_variance": flat_variance * (count / max(count - 1, 1))}
+        if with_gradients:
+            dx, dscale, doffset = tf.gradients(y, [x, scale, offset], grad_ys=feed(inputs["dy"], "dy"))
+            fetch = {"mean": flat_mean, "variance": flat_variance, "dx": dx, "dscale": dscale,
+                     "doffset": doffset, "autodiff/dx": dx, "autodiff/dscale": dscale,
+                     "autodiff/doffset": doffset}
+        with _session(tf, graph) as sess:
+            outputs = sess.run(fetch, feed.feed)
+    return outputs, {"how": "tf.nn.moments + tf.nn.batch_normalization in float64"}
+
+
+def run_truth(case, inputs):
+    """TensorFlow's own float64 result for ``case``'s inputs cast to float64.
+
+    Layer cases run tf-slim with ``fused=False`` (TensorFlow's fused kernel has
+    no float64): the same statistics and normalization, on the non-fused path.
+    """
+    wide = {name: np.asarray(value, dtype=np.float64) for name, value in inputs.items()}
+    op = case["op"]
+    if op == "fused_batch_norm":
+        return _fused_truth(case, wide, with_gradients=False)
+    if op == "fused_batch_norm_grad":
+        return _fused_truth(case, wide, with_gradients=True)
+    kwargs = dict(case["kwargs"])
+    fused = op in ("batch_norm", "batch_norm_grad") and kwargs["fused"]
+    if fused:
+        kwargs["fused"] = False
+    outputs, meta = RUNNERS[op](dict(case, dtype="float64", kwargs=kwargs), wide)
+    how = f"the same {op} call in float64"
+    if fused:
+        # y and the gradients are the same functions on both paths, but the
+        # state is not: the fused paths' moving variance differs from the
+        # non-fused path's by more than rounding, so it gets no truth.
+        outputs = {name: value for name, value in outputs.items() if "state/" not in name}
+        how += " with fused=False; outputs and gradients only (the state differs by path)"
+    return outputs, dict(meta, how=how)
+
+
 RUNNERS = {
     "moments": run_moments,
     "weighted_moments": run_weighted_moments,
@@ -620,6 +692,13 @@ def run_case(case: dict) -> dict:
         error = _error_record(exc)
     if case.get("expect_error") and error is None:
         raise RuntimeError(f"case {case['id']} is marked expect_error but TF did not raise")
+    if case.get("truth") == "float64":
+        truth, truth_meta = run_truth(case, inputs)
+        missing = sorted(set(truth) - set(outputs))
+        if missing:
+            raise RuntimeError(f"{case['id']}: the float64 truth has extra outputs {missing}")
+        outputs.update({f"truth/{name}": value for name, value in truth.items()})
+        meta = dict(meta, truth=truth_meta)
     clash = set(inputs) & set(outputs)
     if clash:
         raise RuntimeError(f"{case['id']}: output names clash with inputs: {sorted(clash)}")

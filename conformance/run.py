@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "backends": {b.name: absent[b.name] or "ran" for b in backends},
             "matrix": matrix,
             "failures": [o.__dict__ for o in outcomes if o.status == "fail"],
+            "against_truth": _against_truth(outcomes),
             "cases": len(cases),
         }
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +172,18 @@ def _matrix(outcomes):
         group, backend = key.split("\t")
         matrix[group][backend] = cell
     return {group: dict(row) for group, row in sorted(matrix.items())}
+
+
+def _against_truth(outcomes):
+    """case id -> the outputs judged against TensorFlow's float64 truth, and why.
+
+    Whether TensorFlow's result is off its truth does not depend on the
+    backend, so one record per case (the union over backends) says it all.
+    """
+    notes: dict[str, set[str]] = defaultdict(set)
+    for o in outcomes:
+        notes[o.case_id].update(o.against_truth)
+    return {case_id: sorted(found) for case_id, found in sorted(notes.items()) if found}
 
 
 def _text_matrix(matrix, backends):

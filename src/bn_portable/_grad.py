@@ -39,6 +39,7 @@ from ._layer import LayerOptions, LayerPlan, Normalization, layer_options, layer
 from ._lib import _checks
 from ._lib._compat import array_namespace, device
 from ._lib._dtypes import astype, compute_dtype, dtype_name, scalar
+from ._lib._sums import accurate_sum
 from ._moments import divide_no_nan
 from ._native import overridable
 from ._normalize import FUSED_INPUT_DTYPES, rsqrt
@@ -293,7 +294,7 @@ def gradient_sums(dy, x, mean, channel, xp):
     axes = _layout.reduction_axes(x.ndim, channel)
     dy_wide = astype(dy, dtype, xp)
     centered = astype(x, dtype, xp) - _layout.per_channel(mean, x.ndim, channel, xp)
-    return xp.sum(dy_wide, axis=axes), xp.sum(dy_wide * centered, axis=axes)
+    return accurate_sum(dy_wide, axes, xp), accurate_sum(dy_wide * centered, axes, xp)
 
 
 @overridable
@@ -348,7 +349,9 @@ def _sample_weights(batch_weights, x, plan, xp):
     dtype = compute_dtype(xp, x.dtype)
     weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
     per_sample = math.prod(x.shape[axis] for axis in plan.axes if axis != 0)
-    total = xp.sum(weights) * scalar(xp, float(per_sample), dtype, device(x))
+    total = accurate_sum(weights, tuple(range(weights.ndim)), xp) * scalar(
+        xp, float(per_sample), dtype, device(x)
+    )
     return weights, total
 
 

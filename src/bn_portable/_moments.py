@@ -4,7 +4,8 @@ Both are two-pass (mean first, then the mean squared deviation from it), never
 the one-pass ``E[x²] − E[x]²`` that loses the variance when the mean is large
 against the spread. float16 is computed in float32 and rounded once at the end,
 as ``tf.nn.moments`` does; bfloat16 is computed in bfloat16, as TensorFlow does
-too (its sums still accumulate in the backend's own way, typically float32).
+too. Every sum goes through ``accurate_sum`` (a float32 or wider accumulator
+on every backend, also for bfloat16 NumPy arrays, rounded once to the dtype).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from ._lib import _checks
 from ._lib._dtypes import dtype_name
+from ._lib._sums import accurate_mean, accurate_sum
 from ._native import overridable
 
 
@@ -117,9 +119,9 @@ def batch_moments(x: Any, axes: tuple[int, ...], xp: Any) -> tuple[Any, Any]:
     legacy layer paths); validation is the caller's.
     """
     x = _to_compute_dtype(x, xp)
-    mean = xp.mean(x, axis=axes, keepdims=True)
+    mean = accurate_mean(x, axes, xp, keepdims=True)
     centered = x - mean
-    return mean, xp.mean(centered * centered, axis=axes, keepdims=True)
+    return mean, accurate_mean(centered * centered, axes, xp, keepdims=True)
 
 
 @overridable
@@ -129,10 +131,10 @@ def batch_weighted_moments(
     """Weighted two-pass moments, keepdims, in the compute dtype (no validation)."""
     x = _to_compute_dtype(x, xp)
     weights = xp.astype(frequency_weights, x.dtype)
-    total_weight = xp.sum(xp.broadcast_to(weights, x.shape), axis=axes, keepdims=True)
-    mean = divide_no_nan(xp.sum(weights * x, axis=axes, keepdims=True), total_weight, xp)
+    total_weight = accurate_sum(xp.broadcast_to(weights, x.shape), axes, xp, keepdims=True)
+    mean = divide_no_nan(accurate_sum(weights * x, axes, xp, keepdims=True), total_weight, xp)
     centered = x - mean
-    weighted_square_distance = xp.sum(weights * (centered * centered), axis=axes, keepdims=True)
+    weighted_square_distance = accurate_sum(weights * (centered * centered), axes, xp, keepdims=True)
     return mean, divide_no_nan(weighted_square_distance, total_weight, xp)
 
 

@@ -19,6 +19,7 @@ from ._lib import _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import astype, is_half, scalar
+from ._lib._sums import accurate_sum
 from ._native import overridable
 
 FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
@@ -205,9 +206,9 @@ def fused_moments(x32, axes, count, xp):
         nan = xp.full((x32.shape[_missing_axis(x32.ndim, axes)],), xp.nan, dtype=xp.float32, device=device(x32))
         return nan, nan
     inverse_count = scalar(xp, 1.0 / count, xp.float32, device(x32))
-    mean = xp.sum(x32, axis=axes, keepdims=True) * inverse_count
+    mean = accurate_sum(x32, axes, xp, keepdims=True) * inverse_count
     centered = x32 - mean
-    variance = xp.sum(centered * centered, axis=axes) * inverse_count
+    variance = accurate_sum(centered * centered, axes, xp) * inverse_count
     return xp.reshape(mean, (-1,)), variance
 
 
