@@ -9,6 +9,12 @@ input's library and calls it with the same arguments; the fast path may return
 
 ``fast_paths(False)`` (or ``BN_PORTABLE_FAST_PATHS=0`` in the environment)
 forces the generic path, which is how the conformance suite checks both.
+
+Inside ``torch.compile`` the switch is read once, when a function is traced,
+and its value is part of the compiled code (a fast-path module may say so with
+an ``enabled`` function, see ``_torch``): reading a ``ContextVar`` would break
+the graph. Compile again (``torch._dynamo.reset()``) after changing it for an
+already compiled function.
 """
 
 from __future__ import annotations
@@ -77,9 +83,9 @@ def overridable(generic: F) -> F:
 
     @functools.wraps(generic)
     def dispatch(*args: Any) -> Any:
-        if _enabled.get():
-            module = _backend_module(args[-1])
-            fast = getattr(module, name, None) if module is not None else None
+        module = _backend_module(args[-1])
+        if module is not None and module.enabled():
+            fast = getattr(module, name, None)
             if fast is not None:
                 result = fast(*args)
                 if result is not NotImplemented:
