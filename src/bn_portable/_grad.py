@@ -270,7 +270,7 @@ def _weight_share(batch_weights, x, plan, xp):
     """
     dtype = compute_dtype(xp, x.dtype)
     weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
-    per_sample = math.prod(x.shape[axis] for axis in plan.axes if axis != 0)
+    per_sample = math.prod([x.shape[axis] for axis in plan.axes if axis != 0])  # a list: traceable
     total = xp.sum(weights) * scalar(xp, float(per_sample), dtype, device(x))
     return divide_no_nan(weights, total, xp)
 

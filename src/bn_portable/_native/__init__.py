@@ -54,14 +54,20 @@ def fast_paths(enabled: bool) -> Iterator[None]:
 
 
 def _backend_module(xp: Any) -> Any:
-    """The fast-path module for ``xp``'s library, or None (imported once, lazily)."""
-    for is_library, module in (
-        (is_torch_namespace, "_torch"),
-        (is_cupy_namespace, "_cupy"),
-        (is_numpy_namespace, "_numpy"),
-    ):
-        if is_library(xp):
-            return _import_fast_paths(module)
+    """The fast-path module for ``xp``'s library, or None (imported lazily).
+
+    Import statements rather than ``importlib``: the compiler traces them.
+    """
+    if is_torch_namespace(xp):
+        from . import _torch
+
+        return _torch
+    if is_cupy_namespace(xp):
+        return _import_fast_paths("_cupy")
+    if is_numpy_namespace(xp):
+        from . import _numpy
+
+        return _numpy
     return None
 
 
