@@ -15,7 +15,7 @@ import numbers
 from typing import Any
 
 from . import _layout
-from ._lib import _checks
+from ._lib import _call_cache, _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import astype, is_half, scalar
@@ -92,6 +92,34 @@ def fused_batch_norm(
     statistics are ``(1 − f)·old + f·batch``. Inference normalizes with ``mean`` and
     ``variance`` and returns them unchanged.
     """
+    arrays = _call_cache.signature(x, scale, offset, mean, variance)
+    python = tuple((type(v), v) for v in (epsilon, data_format, is_training, exponential_avg_factor))
+    key = None if arrays is None else ("fused_batch_norm", arrays, python)
+    xp, channel, epsilon, factor = _call_cache.remember(
+        key,
+        lambda: _check_fused_arguments(
+            x, scale, offset, mean, variance, epsilon, data_format, is_training, exponential_avg_factor
+        ),
+    )
+    if is_training:
+        y, mean_out, variance_out = fused_training(
+            x, scale, offset, mean, variance, epsilon, channel, factor, xp
+        )
+        # The fused op's gradient ignores its statistics outputs.
+        return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
+    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
+    if _layout.elements_per_channel(x, channel) == 0:
+        # TensorFlow's kernel returns NaN statistics for an empty batch, in
+        # inference too (it does not pass the given statistics through).
+        nan = xp.full((x.shape[channel],), xp.nan, dtype=xp.float32, device=device(x))
+        return y, nan, nan
+    return y, mean, variance
+
+
+def _check_fused_arguments(
+    x, scale, offset, mean, variance, epsilon, data_format, is_training, exponential_avg_factor
+):
+    """``fused_batch_norm``'s checks: ``(xp, channel axis, epsilon, factor)`` or an error."""
     xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
     channel = _layout.fused_channel_axis(x, data_format)
     _checks.check_known_shape("x", x)
@@ -116,19 +144,7 @@ def fused_batch_norm(
             f"exponential_avg_factor != 1 (got is_training={is_training}, "
             f"exponential_avg_factor={factor})"
         )
-    if is_training:
-        y, mean_out, variance_out = fused_training(
-            x, scale, offset, mean, variance, epsilon, channel, factor, xp
-        )
-        # The fused op's gradient ignores its statistics outputs.
-        return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
-    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
-    if _layout.elements_per_channel(x, channel) == 0:
-        # TensorFlow's kernel returns NaN statistics for an empty batch, in
-        # inference too (it does not pass the given statistics through).
-        nan = xp.full((channels,), xp.nan, dtype=xp.float32, device=device(x))
-        return y, nan, nan
-    return y, mean, variance
+    return xp, channel, epsilon, factor
 
 
 def fused_training(x, scale, offset, running_mean, running_variance, epsilon, channel, factor, xp):

@@ -90,7 +90,8 @@ def overridable(generic: F) -> F:
     @functools.wraps(generic)
     def dispatch(*args: Any) -> Any:
         module = _backend_module(args[-1])
-        if module is not None and module.enabled():
+        # A module may say how its library reads the switch (``enabled``).
+        if module is not None and getattr(module, "enabled", fast_paths_enabled)():
             fast = getattr(module, name, None)
             if fast is not None:
                 result = fast(*args)

@@ -127,34 +127,51 @@ def _summed_statistics(x, channel, count):
     if channel == 1 and x.ndim > 2:
         grouped, dims, per_channel = x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1)
     else:
-        grouped, dims, per_channel = x.reshape(-1, channels), (0,), (1, channels)
-    blocks = _blocks(grouped)
+        grouped, dims, per_channel = x.reshape(-1, channels), (0,), None
     inverse_count = 1.0 / count  # a Python number: applied in float32, as TF's 1/n tensor
+    if _one_block(grouped):  # the whole batch at once: no block bookkeeping
+        grouped = grouped.to(torch.float32)  # a half batch is widened exactly
+        batch_mean = torch.sum(grouped, dims) * inverse_count
+        centred = torch.sub(grouped, batch_mean if per_channel is None else batch_mean.view(per_channel))
+        return batch_mean, torch.sum(centred.square_(), dims) * inverse_count
+    blocks = _blocks(grouped)
     if grouped.dtype == torch.float32:
         total = torch.sum(grouped, dims)
     else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
-        total = _total(torch.sum(b.to(torch.float32), dims) for b in blocks)
+        total = _total([torch.sum(b.to(torch.float32), dims) for b in blocks])
     batch_mean = total * inverse_count
-    mean_b = batch_mean.view(per_channel)
+    mean_b = batch_mean if per_channel is None else batch_mean.view(per_channel)
     # float32: a half block is widened exactly
-    squares = _total(torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks)
+    squares = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks])
     return batch_mean, squares * inverse_count
 
 
 def _total(partials):
     """The sum of per-block float32 sums, added in float64 and rounded once."""
-    partials = list(partials)
     if len(partials) == 1:
         return partials[0]
     return torch.stack(partials).double().sum(0).to(torch.float32)
 
 
+def _one_block(x):
+    """Whether x is taken whole: small, on a GPU (kernel launches cost more than
+    temporaries there) or being compiled (the compiler plans the memory)."""
+    return x.numel() <= _BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
+
+
 def _blocks(grouped):
-    """Cache-sized blocks of the first axis (one block on a GPU, or when compiling)."""
-    if grouped.device.type != "cpu" or torch.compiler.is_compiling():
-        return [grouped]
+    """Cache-sized blocks of the first axis."""
     block = max(1, _BLOCK_ELEMENTS // max(1, grouped[0].numel()))
     return [grouped[a0 : a0 + block] for a0 in range(0, grouped.shape[0], block)]
+
+
+def _per_channel(vector, x, channel):
+    """``[C]`` broadcast along ``channel`` of x (as it is when the channels are last)."""
+    if channel == x.ndim - 1:
+        return vector
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    return vector.view(shape)
 
 
 def _affine(x, mean, inverse_std, scale, offset, channel):
@@ -166,16 +183,14 @@ def _affine(x, mean, inverse_std, scale, offset, channel):
     scaled and shifted in place while it is still in cache: one read of x and
     one write of y, as the native kernel.
     """
-    shape = [1] * x.ndim
-    shape[channel] = -1
-    mean_b = mean.view(shape)
-    factor_b = (inverse_std * scale).view(shape)
-    offset_b = offset.view(shape)
+    mean_b = _per_channel(mean, x, channel)
+    factor_b = _per_channel(inverse_std * scale, x, channel)
+    offset_b = _per_channel(offset, x, channel)
     if x.dtype != torch.float32 or _needs_autograd([x, mean, inverse_std, scale, offset]):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)
-    if torch.compiler.is_compiling():
-        return (x - mean_b) * factor_b + offset_b  # the compiler fuses it into one pass
+    if _one_block(x):  # compiling included: the compiler fuses it into one pass
+        return torch.sub(x, mean_b).mul_(factor_b).add_(offset_b)
     y = torch.empty_like(x)
     for rows in _outer_blocks(x):
         torch.sub(x[rows], mean_b, out=y[rows]).mul_(factor_b).add_(offset_b)
