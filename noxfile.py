@@ -1,4 +1,4 @@
-"""Sessions: lint, tests (one per backend), numpy1, golden, conformance, bench, bench_tensorflow.
+"""Sessions: lint, tests (one per backend), numpy1, golden, conformance, bench, bench_tensorflow, gpu.
 
 ``nox`` with no arguments runs what CI runs: lint, the unit tests on every
 backend, the NumPy tests and conformance again on NumPy 1.x, the golden check
@@ -44,6 +44,10 @@ GOLDEN_PACKAGES = ["tensorflow-cpu==2.15.1", "tf-keras==2.15.1", "tf-slim==1.1.0
 def _skip_without_gpu(session: nox.Session, backend: str) -> None:
     if shutil.which("nvidia-smi") is None:
         session.skip(f"{backend} needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+
+
+#: Whether this machine has a CUDA GPU: the gpu session creates no environment without one.
+HAS_GPU = shutil.which("nvidia-smi") is not None
 
 
 @nox.session(python=PYTHON)
@@ -122,3 +126,26 @@ def bench(session: nox.Session) -> None:
     """The benchmark harness (``-- --quick`` for a short run)."""
     session.install(TORCH, ".[bench,jax]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=PYTHON if HAS_GPU else False)
+def gpu(session: nox.Session) -> None:
+    """Everything that needs a CUDA GPU, in one command (about ten minutes).
+
+    The conformance suite on every backend (CuPy and PyTorch-CUDA columns
+    included, written to docs/conformance-gpu.md), the no-synchronization test
+    under ``torch.cuda.set_sync_debug_mode("error")`` and the GPU benchmark
+    (written to docs/performance-gpu.md). Skipped, without creating an
+    environment, on a machine without nvidia-smi. Not a default session.
+    """
+    if not HAS_GPU:
+        session.skip("needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+    # On Linux, PyPI's torch==2.13.0 is the CUDA build.
+    session.install(TORCH, ".[test,cupy,jax,dask,array-api-strict]")
+    session.run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv", external=True)
+    session.run("pytest", "tests/test_no_sync.py", "-q", "-rs")
+    session.run("python", "-m", "conformance.run", "--report", "docs/conformance-gpu.md")
+    session.run(
+        "python", "benchmarks/bench_gpu.py",
+        "--out", "benchmarks/results/gpu.json", "--markdown", "docs/performance-gpu.md",
+    )

@@ -52,7 +52,7 @@ def batch_normalization(
     # convert a Python number to the other operand's dtype (float32 if none is an array).
     dtype = next((v.dtype for v in arrays.values() if v is not None), xp.float32)
     mean, variance, offset, scale = (
-        xp.asarray(float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
+        xp.full((), float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
         for v in (mean, variance, offset, scale)
     )
     return normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
