@@ -273,9 +273,9 @@ _STATISTICS = tuple(f for f in BatchNormState._fields if f not in ("beta", "gamm
 def _fused_step(x, state, options, plan, xp):
     """The fused kernel; the moving variance gets the Bessel-corrected variance."""
     dev = device(x)
-    ones = xp.ones((plan.channels,), dtype=xp.float32, device=dev)
-    gamma = state.gamma if options.scale else ones
-    beta = state.beta if options.center else xp.zeros_like(ones)
+    # Constant γ = 1 and β = 0 only where the layer has no such parameter.
+    gamma = state.gamma if options.scale else xp.ones((plan.channels,), dtype=xp.float32, device=dev)
+    beta = state.beta if options.center else xp.zeros((plan.channels,), dtype=xp.float32, device=dev)
     if not options.is_training:
         y = fused_inference(
             x, gamma, beta, state.moving_mean, state.moving_variance, options.epsilon, plan.channel, xp
