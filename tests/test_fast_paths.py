@@ -705,3 +705,34 @@ def test_torch_backward_leaves_autograd_to_the_generic_kernels(torch_fast):
     mean, a, b, c = (_to_torch(v, "float32") for v in _backward_constants(x.shape, 1, "float32"))
     assert torch_fast.gradient_input(dy, x, mean, a, b, c, None, xp) is NotImplemented
     assert torch_fast.gradient_sums(dy, x, mean.reshape(-1), 1, xp) is NotImplemented
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_training_and_inference_agree_once_the_moving_statistics_converge(library):
+    """tf-slim's testNoneUpdatesCollectionIsTrainingVariableFusedNCHW, ported.
+
+    Ten training steps with decay 0.1 bring the moving statistics to the
+    batch's; with the moving variance's Bessel correction undone, as the
+    original test does, inference must give training's output (TensorFlow's
+    assertAllClose: rtol = atol = 1e-6), here also with a large mean.
+    """
+    height, width, batch, channels = 2, 3, 10, 3
+    values = RNG.random((batch, channels, height, width)) + 100.0
+    x = values.astype(np.float32)
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+        x = torch.from_numpy(x)
+    options = dict(decay=0.1, fused=True, data_format="NCHW")
+    _, state = bn.batch_norm(x, None, **options)
+    for _ in range(10):
+        output_training, state = bn.batch_norm(x, state, **options)
+    count = batch * height * width
+    correction = np.float32((count - 1) / count)
+    state = state._replace(moving_variance=state.moving_variance * correction)
+    output_training, _ = bn.batch_norm(x, state, **options)
+    output_inference, _ = bn.batch_norm(x, state, is_training=False, **options)
+    np.testing.assert_allclose(_np_any(output_inference), _np_any(output_training), rtol=1e-6, atol=1e-6)
+
+
+def _np_any(array):
+    return array if isinstance(array, np.ndarray) else _np(array)
