@@ -33,9 +33,8 @@ kernels and one blocked pass for y. How TensorFlow's semantics are kept:
   when the mean is large against the spread); deciding per call whether the
   fold is safe would read the statistics on the host (a device-to-host
   synchronization on CUDA) or compute y twice. Instead the exact formula runs
-  block by block: each block of the batch is centred into the output and
-  scaled and shifted in place while it is in cache, so x is read once and y
-  written once, as by the native kernel.
+  as one subtraction into the output and an in-place multiply and add (on CPU
+  as fast as the native kernel at 32×64×56×56).
 - **Gradients.** y is differentiable with respect to x, scale and offset
   through the full batch-norm backward: a small autograd node calls PyTorch's
   ``native_batch_norm_backward`` with the saved mean and ``1/sqrt(var + ε)``,
@@ -178,10 +177,7 @@ def _affine(x, mean, inverse_std, scale, offset, channel):
     """TensorFlow's ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` in float32, rounded once to x's dtype.
 
     The same operations in the same order as the generic ``fused_affine``,
-    so accurate for every statistic (no folding of μ into the offset). Without
-    autograd, each block of the batch is centred into the output and then
-    scaled and shifted in place while it is still in cache: one read of x and
-    one write of y, as the native kernel.
+    so accurate for every statistic (no folding of μ into the offset).
     """
     mean_b = _per_channel(mean, x, channel)
     factor_b = _per_channel(inverse_std * scale, x, channel)
@@ -189,12 +185,10 @@ def _affine(x, mean, inverse_std, scale, offset, channel):
     if x.dtype != torch.float32 or _needs_autograd([x, mean, inverse_std, scale, offset]):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)
-    if _one_block(x):  # compiling included: the compiler fuses it into one pass
-        return torch.sub(x, mean_b).mul_(factor_b).add_(offset_b)
-    y = torch.empty_like(x)
-    for rows in _outer_blocks(x):
-        torch.sub(x[rows], mean_b, out=y[rows]).mul_(factor_b).add_(offset_b)
-    return y
+    # Centred into a new tensor, then scaled and shifted in place: as fast as the
+    # native kernel on CPU (writing blocks through ``out=`` slices was 20× slower).
+    # When compiling, the compiler fuses the three into one pass.
+    return torch.sub(x, mean_b).mul_(factor_b).add_(offset_b)
 
 
 class _NormalizeWithBatchStatistics(torch.autograd.Function):
