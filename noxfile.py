@@ -1,6 +1,6 @@
 """Sessions: lint, doctests, docs, tests (one per backend), gpu_tests, scaleout, vendoring,
 package, numpy1, golden, golden_check, checkpoints, conformance, robustness, bench,
-bench_tensorflow, bench_scale_out.
+bench_tensorflow, bench_scale_out, gpu.
 
 ``nox`` with no arguments runs what CI runs: lint, the docstring examples, the
 docs site (strict), the unit tests on every CPU backend (and on the GPU ones
@@ -269,3 +269,26 @@ size = sdist.stat().st_size
 assert size < 1_000_000, f"the sdist is {size} bytes"
 print(f"{sdist.name}: {len(names)} files, {size / 1e3:.0f} kB, no goldens")
 """
+
+
+@nox.session(python=PYTHON if HAS_GPU else False)
+def gpu(session: nox.Session) -> None:
+    """Everything that needs a CUDA GPU, in one command (about ten minutes).
+
+    The conformance suite on every backend (CuPy and PyTorch-CUDA columns
+    included, written to docs/conformance-gpu.md), the no-synchronization test
+    under ``torch.cuda.set_sync_debug_mode("error")`` and the GPU benchmark
+    (written to docs/performance-gpu.md). Skipped, without creating an
+    environment, on a machine without nvidia-smi. Not a default session.
+    """
+    if not HAS_GPU:
+        session.skip("needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+    # On Linux, PyPI's torch==2.13.0 is the CUDA build.
+    session.install(TORCH, ".[test,cupy,jax,dask,array-api-strict]")
+    session.run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv", external=True)
+    session.run("pytest", "tests/test_no_sync.py", "-q", "-rs")
+    session.run("python", "-m", "conformance.run", "--report", "docs/conformance-gpu.md")
+    session.run(
+        "python", "benchmarks/bench_gpu.py",
+        "--out", "benchmarks/results/gpu.json", "--markdown", "docs/performance-gpu.md",
+    )

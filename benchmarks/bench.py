@@ -57,18 +57,24 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 EPSILON = 1e-3
 
-#: (name, NCHW shape, NHWC shape); rank-2 64×64 runs as its rank-4 twins
-#: (N, C, 1, 1) and (N, 1, 1, C), TensorFlow's own reshape for the fused kernel.
+#: (name, NCHW shape, NHWC shape); the rank-2 MLP batches (N×C) run the fused
+#: op as their rank-4 twins (N, C, 1, 1) and (N, 1, 1, C), TensorFlow's own
+#: reshape for the fused kernel, and the training step as rank 2 itself.
 SHAPES = [
     ("64x64", (64, 64, 1, 1), (64, 1, 1, 64)),
+    ("256x512", (256, 512, 1, 1), (256, 1, 1, 512)),
+    ("128x1024", (128, 1024, 1, 1), (128, 1, 1, 1024)),
     ("8x32x16x16", (8, 32, 16, 16), (8, 16, 16, 32)),
     ("16x64x28x28", (16, 64, 28, 28), (16, 28, 28, 64)),
     ("32x64x56x56", (32, 64, 56, 56), (32, 56, 56, 64)),
 ]
-QUICK_SHAPES = ("64x64", "8x32x16x16", "32x64x56x56")
+MLP_SHAPES = ("64x64", "256x512", "128x1024")
+QUICK_SHAPES = ("64x64", "256x512", "8x32x16x16", "32x64x56x56")
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float16")
-OPERATIONS = ("train", "infer", "backward")
+#: ``step``: the layer's forward and backward with autograd (torch only), eager
+#: and under ``torch.compile`` (float32).
+OPERATIONS = ("train", "infer", "backward", "step")
 REFERENCE = "torch native"
 TARGET_SHAPE = "32x64x56x56"
 
@@ -195,6 +201,8 @@ def numpy_impls(case: Case, bn: Any) -> dict[str, Callable[[], Any] | str]:
 
         return run
 
+    if case.operation == "step":
+        return {}  # autograd: torch only
     if case.operation == "train":
         call = lambda: bn.fused_batch_norm(x, scale, offset, epsilon=EPSILON, data_format=fmt)  # noqa: E731
     elif case.operation == "infer":
@@ -293,6 +301,8 @@ def torch_impls(case: Case, bn: Any, torch: Any) -> dict[str, Callable[[], Any] 
     running_mean, running_var = tm.clone(), tv.clone()
     functional = torch.nn.functional.batch_norm
 
+    if case.operation == "step":
+        return step_impls(case, bn, torch, native_x, native_dy)
     if case.operation == "train":
         out["torch fast"] = lambda: bn.fused_batch_norm(
             tx, ts, to, epsilon=EPSILON, data_format=fmt
@@ -319,6 +329,54 @@ def torch_impls(case: Case, bn: Any, torch: Any) -> dict[str, Callable[[], Any] 
     return out
 
 
+def step_impls(case: Case, bn: Any, torch: Any, native_x: Any, native_dy: Any) -> dict[str, Any]:
+    """One training step with autograd: the layer forward, then backward to x, γ and β.
+
+    bn_portable runs ``batch_norm(fused=True, scale=True)`` (MLP batches as
+    rank 2, as a model passes them); the native step is ``F.batch_norm`` in
+    training mode on the same memory. ``torch compiled`` / ``torch native
+    compiled``: the same two step functions under ``torch.compile`` (default
+    backend, float32 only: the compile time is not timed).
+    """
+    fmt = case.layout
+    mlp = case.shape_name in MLP_SHAPES
+    x = torch.from_numpy(case.x)
+    dy = torch.from_numpy(case.dy)
+    if mlp:
+        x, dy = x.reshape(case.shape[0], case.channels), dy.reshape(case.shape[0], case.channels)
+        fmt = "NHWC"  # rank 2: the channels are the last axis either way
+    x.requires_grad_(True)
+    native_x = native_x.detach().clone().requires_grad_(True) if not mlp else x
+    native_dy = native_dy if not mlp else dy
+    _, state = bn.batch_norm(x.detach(), None, fused=True, scale=True, data_format=fmt)
+    gamma = state.gamma.clone().requires_grad_(True)
+    beta = state.beta.clone().requires_grad_(True)
+    state = state._replace(gamma=gamma, beta=beta)
+    running_mean = torch.zeros(case.channels)
+    running_var = torch.ones(case.channels)
+    functional = torch.nn.functional.batch_norm
+
+    def portable_step(x, state, dy):
+        y, new_state = bn.batch_norm(x, state, fused=True, scale=True, data_format=fmt)
+        y.backward(dy)
+        return new_state
+
+    def native_step(x, gamma, beta, dy):
+        y = functional(x, running_mean, running_var, gamma, beta, True, 0.001, EPSILON)
+        y.backward(dy)
+
+    out: dict[str, Any] = {
+        "torch fast": lambda: portable_step(x, state, dy),
+        "torch native": lambda: native_step(native_x, gamma, beta, native_dy),
+    }
+    if case.dtype == "float32":
+        compiled_portable = torch.compile(portable_step)
+        compiled_native = torch.compile(native_step)
+        out["torch compiled"] = lambda: compiled_portable(x, state, dy)
+        out["torch native compiled"] = lambda: compiled_native(native_x, gamma, beta, native_dy)
+    return out
+
+
 def _one_thread(torch: Any, call: Callable[[], Any]) -> Callable[[], Any]:
     def run():
         previous = torch.get_num_threads()
@@ -332,6 +390,8 @@ def _one_thread(torch: Any, call: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def tensorflow_impls(case: Case, tf: Any) -> dict[str, Callable[[], Any] | str]:
+    if case.operation == "step":
+        return {}
     fmt = case.layout
     tx = tf.constant(case.x)
     tdy = tf.constant(case.dy)
@@ -370,6 +430,8 @@ def tensorflow_impls(case: Case, tf: Any) -> dict[str, Callable[[], Any] | str]:
 
 
 def jax_impls(case: Case, bn: Any, jax: Any) -> dict[str, Callable[[], Any] | str]:
+    if case.operation == "step":
+        return {}
     jnp = jax.numpy
     fmt, axes = case.layout, case.axes
     jx, jdy = jnp.asarray(case.x), jnp.asarray(case.dy)
@@ -541,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         "multi-threaded kernels: off by default)",
     )
     parser.add_argument("--inner", type=int, default=3, help="calls per round; the quickest counts")
+    parser.add_argument("--shapes", nargs="+", default=None, help="only these shape names")
+    parser.add_argument("--operations", nargs="+", default=None, choices=OPERATIONS)
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
@@ -557,8 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (7 if args.quick else 15)
     warmup = 2
     shapes = [s for s in SHAPES if not args.quick or s[0] in QUICK_SHAPES]
+    if args.shapes:
+        shapes = [s for s in SHAPES if s[0] in args.shapes]
     has_backward = hasattr(bn, "fused_batch_norm_grad") and hasattr(bn, "batch_norm_vjp")
     operations = [op for op in OPERATIONS if op != "backward" or has_backward]
+    if args.operations:
+        operations = [op for op in operations if op in args.operations]
     notes = []
     if not has_backward:
         notes.append(

@@ -348,7 +348,7 @@ def _sample_weights(batch_weights, x, plan, xp):
     """Per-sample weights shaped ``[N, 1, …]`` in the compute dtype, and ``W`` (0-d)."""
     dtype = compute_dtype(xp, x.dtype)
     weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
-    per_sample = math.prod(x.shape[axis] for axis in plan.axes if axis != 0)
+    per_sample = math.prod([x.shape[axis] for axis in plan.axes if axis != 0])  # a list: traceable
     total = accurate_sum(weights, tuple(range(weights.ndim)), xp) * scalar(
         xp, float(per_sample), dtype, device(x)
     )

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from . import _layout
 from ._cross_replica import fused_training_global, global_moments
-from ._lib import _checks
+from ._lib import _call_cache, _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import compute_dtype, dtype_name, scalar, tf_constant
@@ -205,7 +205,22 @@ def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
 
 
 def prepare(x, state, batch_weights, options):
-    """Namespace, plan and (initial or checked) state for one call."""
+    """Namespace, plan and (initial or checked) state for one call.
+
+    With a given state, the checks and the plan depend only on the arguments'
+    types, shapes, dtypes, devices and the options, so they are remembered per
+    signature (``_call_cache``): a repeated call skips them.
+    """
+    if state is None or type(state) is not BatchNormState or options.param_initializers:
+        return _prepare(x, state, batch_weights, options)
+    arrays = _call_cache.signature(x, batch_weights, *state)
+    option_key = _call_cache.options_signature(options)
+    key = None if arrays is None or option_key is None else ("batch_norm", option_key, arrays)
+    xp, plan = _call_cache.remember(key, lambda: _prepare(x, state, batch_weights, options)[:2])
+    return xp, plan, state
+
+
+def _prepare(x, state, batch_weights, options):
     xp = _checks.namespace(x=x, batch_weights=batch_weights)
     _checks.check_floating("x", x, xp)
     rank = _checks.check_rank("x", x, (2, 3, 4, 5))
@@ -303,9 +318,9 @@ _STATISTICS = tuple(f for f in BatchNormState._fields if f not in ("beta", "gamm
 def _fused_step(x, state, options, plan, xp):
     """The fused kernel; the moving variance gets the Bessel-corrected variance."""
     dev = device(x)
-    ones = xp.ones((plan.channels,), dtype=xp.float32, device=dev)
-    gamma = state.gamma if options.scale else ones
-    beta = state.beta if options.center else xp.zeros_like(ones)
+    # Constant γ = 1 and β = 0 only where the layer has no such parameter.
+    gamma = state.gamma if options.scale else xp.ones((plan.channels,), dtype=xp.float32, device=dev)
+    beta = state.beta if options.center else xp.zeros((plan.channels,), dtype=xp.float32, device=dev)
     if not options.is_training:
         y = fused_inference(
             x, gamma, beta, state.moving_mean, state.moving_variance, options.epsilon, plan.channel, xp

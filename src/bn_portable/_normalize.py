@@ -15,7 +15,7 @@ import numbers
 from typing import Any
 
 from . import _layout
-from ._lib import _checks
+from ._lib import _call_cache, _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import astype, is_half, scalar
@@ -66,7 +66,7 @@ def batch_normalization(
     # convert a Python number to the other operand's dtype (float32 if none is an array).
     dtype = next((v.dtype for v in arrays.values() if v is not None), xp.float32)
     mean, variance, offset, scale = (
-        xp.asarray(float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
+        xp.full((), float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
         for v in (mean, variance, offset, scale)
     )
     return normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
@@ -120,6 +120,34 @@ def fused_batch_norm(
     [[-0.7069301  -0.70710504]
      [ 0.7069301   0.70710504]]
     """
+    arrays = _call_cache.signature(x, scale, offset, mean, variance)
+    python = tuple((type(v), v) for v in (epsilon, data_format, is_training, exponential_avg_factor))
+    key = None if arrays is None else ("fused_batch_norm", arrays, python)
+    xp, channel, epsilon, factor = _call_cache.remember(
+        key,
+        lambda: _check_fused_arguments(
+            x, scale, offset, mean, variance, epsilon, data_format, is_training, exponential_avg_factor
+        ),
+    )
+    if is_training:
+        y, mean_out, variance_out = fused_training(
+            x, scale, offset, mean, variance, epsilon, channel, factor, xp
+        )
+        # The fused op's gradient ignores its statistics outputs.
+        return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
+    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
+    if _layout.elements_per_channel(x, channel) == 0:
+        # TensorFlow's kernel returns NaN statistics for an empty batch, in
+        # inference too (it does not pass the given statistics through).
+        nan = xp.full((x.shape[channel],), xp.nan, dtype=xp.float32, device=device(x))
+        return y, nan, nan
+    return y, mean, variance
+
+
+def _check_fused_arguments(
+    x, scale, offset, mean, variance, epsilon, data_format, is_training, exponential_avg_factor
+):
+    """``fused_batch_norm``'s checks: ``(xp, channel axis, epsilon, factor)`` or an error."""
     xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
     channel = _layout.fused_channel_axis(x, data_format)
     _checks.check_known_shape("x", x)
@@ -144,19 +172,7 @@ def fused_batch_norm(
             f"exponential_avg_factor != 1 (got is_training={is_training}, "
             f"exponential_avg_factor={factor})"
         )
-    if is_training:
-        y, mean_out, variance_out = fused_training(
-            x, scale, offset, mean, variance, epsilon, channel, factor, xp
-        )
-        # The fused op's gradient ignores its statistics outputs.
-        return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
-    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
-    if _layout.elements_per_channel(x, channel) == 0:
-        # TensorFlow's kernel returns NaN statistics for an empty batch, in
-        # inference too (it does not pass the given statistics through).
-        nan = xp.full((channels,), xp.nan, dtype=xp.float32, device=device(x))
-        return y, nan, nan
-    return y, mean, variance
+    return xp, channel, epsilon, factor
 
 
 def fused_training(x, scale, offset, running_mean, running_variance, epsilon, channel, factor, xp):

@@ -54,8 +54,11 @@ def scalar(xp: Any, value: float, dtype: Any, device: Any) -> Any:
     arithmetic (the fused kernel's ``1 / n`` and Bessel factor, clipping
     bounds): a bare Python float would be combined at the array's precision
     on most backends, but not all promise it.
+
+    ``full`` rather than ``asarray``: on a GPU it fills on the device, where
+    ``asarray`` of a host number copies it over and synchronizes.
     """
-    return xp.asarray(value, dtype=dtype, device=device)
+    return xp.full((), value, dtype=dtype, device=device)
 
 
 def tf_constant(xp: Any, value: float, dtype: Any, device: Any) -> Any:
@@ -65,5 +68,5 @@ def tf_constant(xp: Any, value: float, dtype: Any, device: Any) -> Any:
     casts it to the variable's dtype, so a float64 variable sees the float32
     rounding of, for example, ``1 - decay``.
     """
-    as_float32 = xp.asarray(value, dtype=xp.float32, device=device)
+    as_float32 = xp.full((), value, dtype=xp.float32, device=device)
     return xp.astype(as_float32, dtype) if dtype != xp.float32 else as_float32

@@ -9,6 +9,12 @@ input's library and calls it with the same arguments; the fast path may return
 
 ``fast_paths(False)`` (or ``BN_PORTABLE_FAST_PATHS=0`` in the environment)
 forces the generic path, which is how the conformance suite checks both.
+
+Inside ``torch.compile`` the switch is read once, when a function is traced,
+and its value is part of the compiled code (a fast-path module may say so with
+an ``enabled`` function, see ``_torch``): reading a ``ContextVar`` would break
+the graph. Compile again (``torch._dynamo.reset()``) after changing it for an
+already compiled function.
 """
 
 from __future__ import annotations
@@ -67,14 +73,20 @@ def fast_paths(enabled: bool) -> Iterator[None]:
 
 
 def _backend_module(xp: Any) -> Any:
-    """The fast-path module for ``xp``'s library, or None (imported once, lazily)."""
-    for is_library, module in (
-        (is_torch_namespace, "_torch"),
-        (is_cupy_namespace, "_cupy"),
-        (is_numpy_namespace, "_numpy"),
-    ):
-        if is_library(xp):
-            return _import_fast_paths(module)
+    """The fast-path module for ``xp``'s library, or None (imported lazily).
+
+    Import statements rather than ``importlib``: the compiler traces them.
+    """
+    if is_torch_namespace(xp):
+        from . import _torch
+
+        return _torch
+    if is_cupy_namespace(xp):
+        return _import_fast_paths("_cupy")
+    if is_numpy_namespace(xp):
+        from . import _numpy
+
+        return _numpy
     return None
 
 
@@ -96,9 +108,10 @@ def overridable(generic: F) -> F:
 
     @functools.wraps(generic)
     def dispatch(*args: Any) -> Any:
-        if _enabled.get():
-            module = _backend_module(args[-1])
-            fast = getattr(module, name, None) if module is not None else None
+        module = _backend_module(args[-1])
+        # A module may say how its library reads the switch (``enabled``).
+        if module is not None and getattr(module, "enabled", fast_paths_enabled)():
+            fast = getattr(module, name, None)
             if fast is not None:
                 result = fast(*args)
                 if result is not NotImplemented:

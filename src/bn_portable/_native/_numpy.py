@@ -90,11 +90,14 @@ import math
 import numpy as np
 
 from .._lib._compat import array_namespace
-from . import _threads
+from . import _threads, fast_paths_enabled
 
 #: NumPy's array-API namespace, for the generic helpers these kernels reuse
 #: (the bare ``numpy`` module is not one before NumPy 2).
 _XP = array_namespace(np.empty(0))
+
+#: The fast-path switch, which the dispatcher asks of every fast-path module.
+enabled = fast_paths_enabled
 
 #: Values per block of whole rows (NHWC): the block, its squares and the
 #: tiles stay in L2 cache.

@@ -1,54 +1,50 @@
-"""PyTorch fast paths: the native batch-norm kernels, adapted to TensorFlow's semantics.
+"""PyTorch fast paths: batch norm in few passes, TensorFlow's formula kept.
 
-``fused_training_core`` and ``fused_inference`` use ``torch.native_batch_norm``
-(the kernel behind ``torch.nn.functional.batch_norm`` on CPU, and PyTorch's own
-CUDA kernel) instead of the generic expression's half-dozen passes and
-temporaries. How TensorFlow's semantics are kept:
+``fused_training_core`` and ``fused_inference`` replace the generic
+expression's half-dozen passes and temporaries with PyTorch's statistics
+kernels and one blocked pass for y. How TensorFlow's semantics are kept:
 
 - **Layout.** TensorFlow's NHWC/NDHWC input is the same memory as PyTorch's
-  channels-last NCHW/NCDHW: ``x.movedim(-1, 1)`` is a view, the kernel keeps
-  the memory format, and ``movedim(1, -1)`` of the result is NHWC again.
+  channels-last NCHW/NCDHW: ``x.movedim(-1, 1)`` is a view, so the backward
+  kernel takes it as it is and ``movedim(1, -1)`` of its result is NHWC again.
+  Every rank from 2 to 5 is taken (an MLP's ``[N, C]`` input included).
 - **Dtypes and ε.** scale, offset, mean and variance are float32; float16 and
   bfloat16 input stays in its dtype, all arithmetic is float32 and y is
   rounded once to x's dtype, as in TensorFlow's fused kernel. ε is passed as
   given (no floor).
-- **Statistics (training).** Which kernel runs depends on whether PyTorch's
-  own statistics are accurate:
+- **Statistics (training).**
 
-  - contiguous float32 NCHW with more than one pixel: the training kernel as
-    it is (two-pass statistics, a few ulps at most). It returns the mean and
-    ``1/sqrt(var + ε)``; the variance comes from its running-variance buffer,
-    filled with ``momentum = 1``, which holds exactly ``Σ(x − μ)²/(n − 1)``; it
-    is scaled back by ``(n − 1)/n`` in float64 and rounded once to float32.
+  - contiguous float32 NCHW with more than one pixel: PyTorch's own
+    statistics kernel (``torch.batch_norm_update_stats``, two-pass, a few ulps
+    at most), which returns the mean and the biased variance;
   - everything else (NHWC, float16, bfloat16, one pixel per image): PyTorch's
     kernel sums each thread's values in a plain float32 running sum, tens to
     hundreds of ulps off for 10⁴–10⁵ values per channel. The statistics are
     computed instead as TensorFlow's fused kernel does (float32 sum × 1/n,
     then Σ(x − mean)² × 1/n) with ``torch.sum`` (cascade summation, float64
-    totals of cache-sized blocks), and ``y`` comes from the native kernel in
-    inference mode with those statistics. A small autograd node gives the
-    training gradient through PyTorch's own ``native_batch_norm_backward``
-    with the same saved mean and ``1/sqrt(var + ε)``, which is what the
-    training kernel's autograd node would compute (double backward included).
+    totals of cache-sized blocks).
   - n < 2 takes the generic path (TensorFlow's variance is 0 there; PyTorch
     divides by n − 1).
-- **Gradients.** Both ways are differentiable with respect to x, scale and
-  offset through the full batch-norm backward: the same mathematics as
-  autograd through the generic expression, in a different order. The returned
-  statistics carry no gradient (TensorFlow's fused op gives them none).
-
-Where the output differs from TensorFlow's formula, and by how much
--------------------------------------------------------------------
-TensorFlow computes ``y = (x − μ)·(rsqrt(σ² + ε)·γ) + β``. PyTorch's CPU kernel
-folds this into ``y = x·α + b`` with ``α = γ/sqrt(σ² + ε)`` and ``b = β − μ·α``.
-The two agree up to the rounding of ``x·α`` and ``μ·α``, about
-``ε_f32·|μ|·α`` absolute, that is ``|μ|/sqrt(σ² + ε)`` float32 ulps of the
-output's natural scale ``|γ|``: one or two ulps for centred data, but without
-bound when the mean is large against the spread. So every call checks
-``max |μ|/sqrt(σ² + ε)`` (a ``C``-element reduction) and hands the call back to
-the generic path above ``FOLD_LIMIT`` = 4; the fast output is then within a
-few ulps of its scale of the generic one (``tests/test_fast_paths.py``). On
-CUDA that check is one device-to-host read of a boolean per call.
+- **y.** TensorFlow computes ``y = (x − μ)·(rsqrt(σ² + ε)·γ) + β``, and so
+  does the fast path, with the same operations in the same order as the
+  generic kernel (bit-identical to it for float32 input given the same
+  statistics). PyTorch's own CPU kernel folds this into ``x·α + (β − μ·α)``,
+  which loses about ``|μ|/sqrt(σ² + ε)`` float32 ulps of ``|γ|`` (without bound
+  when the mean is large against the spread); deciding per call whether the
+  fold is safe would read the statistics on the host (a device-to-host
+  synchronization on CUDA) or compute y twice. Instead the exact formula runs
+  as one subtraction into the output and an in-place multiply and add (on CPU
+  as fast as the native kernel at 32×64×56×56).
+- **Gradients.** y is differentiable with respect to x, scale and offset
+  through the full batch-norm backward: a small autograd node calls PyTorch's
+  ``native_batch_norm_backward`` with the saved mean and ``1/sqrt(var + ε)``,
+  which is what the training kernel's own autograd node computes (double
+  backward included). The returned statistics carry no gradient (TensorFlow's
+  fused op gives them none). In inference with autograd, y is the plain
+  differentiable expression.
+- **No host reads.** Nothing here reads array values on the host: a CUDA call
+  never synchronizes, and ``torch.compile(fullgraph=True)`` traces every path
+  (when compiling, y is the plain expression, which the compiler fuses).
 
 ``gradient_sums`` and ``gradient_input`` (the backward) work block by block
 along the batch with block-sized temporaries, where the generic expressions
@@ -66,17 +62,22 @@ a second full-size result: bit-identical, one allocation and one pass fewer.
 
 from __future__ import annotations
 
-import math
-import weakref
-from typing import Any
-
 import torch
 
 from .. import _layout
+from . import fast_paths_enabled
 
-#: Largest ``|μ|/sqrt(σ² + ε)`` for which the folded native formula is used.
-FOLD_LIMIT = 4.0
-#: Values per block of the variance pass of ``_training_with_summed_statistics``.
+
+@torch.compiler.assume_constant_result
+def enabled() -> bool:
+    """The fast-path switch; under ``torch.compile`` read once, at tracing, as a constant.
+
+    A ``ContextVar`` read is a graph break for the compiler; marked constant,
+    the compiler calls it once while tracing and keeps the answer in the graph.
+    """
+    return fast_paths_enabled()
+
+#: Values per block of the blocked passes (statistics, y, backward): cache-sized.
 _BLOCK_ELEMENTS = 1 << 19
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -91,87 +92,120 @@ def fused_training_core(x, scale, offset, epsilon, channel, xp):
     if count < 2:
         return NotImplemented
     spatial = x.numel() // (x.shape[0] * channels)
-    if x.dtype == torch.float32 and channel == 1 and spatial > 1 and x.is_contiguous():
-        return _native_training(x, scale, offset, epsilon, count)
-    return _training_with_summed_statistics(x, scale, offset, epsilon, channel, count)
-
-
-def _native_training(x, scale, offset, epsilon, count):
-    """The native kernel in training mode (float32 NCHW: its statistics are accurate)."""
-    channels = x.shape[1]
-    stats = dict(dtype=torch.float32, device=x.device)
-    running_mean = torch.zeros(channels, **stats)
-    running_variance = torch.zeros(channels, **stats)
-    y, batch_mean, inverse_std = torch.native_batch_norm(
-        x, scale, offset, running_mean, running_variance, True, 1.0, epsilon
-    )
-    if _folding_error_too_large(batch_mean, inverse_std):
-        return NotImplemented
     with torch.no_grad():
-        biased = (running_variance.double() * ((count - 1) / count)).to(torch.float32)
-    return y, batch_mean.detach(), biased, count
+        if x.dtype == torch.float32 and channel == 1 and spatial > 1 and x.is_contiguous():
+            # float32 NCHW: PyTorch's own two-pass statistics are accurate.
+            batch_mean, biased = torch.batch_norm_update_stats(x, None, None, 1.0)
+        else:
+            batch_mean, biased = _summed_statistics(x, channel, count)
+        # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
+        inverse_std = 1 / torch.sqrt(biased + epsilon)
+    if _needs_autograd([x, scale, offset]):
+        y = _NormalizeWithBatchStatistics.apply(
+            x, scale, offset, batch_mean, inverse_std, channel, epsilon
+        )
+    else:  # no graph to record: the formula itself, without the autograd node
+        y = _affine(x, batch_mean, inverse_std, scale, offset, channel)
+    return y, batch_mean, biased, count
 
 
-def _training_with_summed_statistics(x, scale, offset, epsilon, channel, count):
-    """Accurate statistics, then the native kernel's normalization and backward.
+def _summed_statistics(x, channel, count):
+    """Mean and biased variance, TensorFlow's fused way, with ``torch.sum``.
 
-    PyTorch's training kernel is accurate for contiguous float32 NCHW only: its
-    channels-last path (NHWC, and NCHW with one pixel) and its float16/bfloat16
-    path accumulate plain float32 running sums, tens of ulps off after 10⁴–10⁵
-    values per channel. Here the statistics come from ``torch.sum`` (cascade
-    summation) in two passes, TensorFlow's fused way (float32 sum × 1/n, then
-    Σ(x − mean)² × 1/n), over blocks of the batch that stay in cache; ``y``
-    comes from the native kernel in inference mode with those statistics, and
-    the gradient from the native training backward (``native_batch_norm_backward``
-    with the same saved mean and 1/sqrt(var + ε)), which is what the training
-    kernel's own autograd node computes.
+    PyTorch's statistics kernel is accurate for contiguous float32 NCHW only:
+    its channels-last path (NHWC, and NCHW with one pixel) and its
+    float16/bfloat16 path accumulate plain float32 running sums, tens of ulps
+    off after 10⁴–10⁵ values per channel. Here ``torch.sum`` (cascade
+    summation) runs in two passes, as TensorFlow's fused kernel does (float32
+    sum × 1/n, then Σ(x − mean)² × 1/n), over blocks of the batch that stay in
+    cache, with float64 totals of the block sums.
     """
     channels = x.shape[channel]
     # NCHW as (N, C, H·W), summed over (0, 2); NHWC as (N·H·W, C), summed over
     # rows (a two-axis reduction is quicker there). Views when contiguous.
-    if channel == 1:
+    if channel == 1 and x.ndim > 2:
         grouped, dims, per_channel = x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1)
     else:
-        grouped, dims, per_channel = x.reshape(-1, channels), (0,), (1, channels)
+        grouped, dims, per_channel = x.reshape(-1, channels), (0,), None
+    inverse_count = 1.0 / count  # a Python number: applied in float32, as TF's 1/n tensor
+    if _one_block(grouped):  # the whole batch at once: no block bookkeeping
+        grouped = grouped.to(torch.float32)  # a half batch is widened exactly
+        batch_mean = torch.sum(grouped, dims) * inverse_count
+        centred = torch.sub(grouped, batch_mean if per_channel is None else batch_mean.view(per_channel))
+        return batch_mean, torch.sum(centred.square_(), dims) * inverse_count
+    blocks = _blocks(grouped)
+    if grouped.dtype == torch.float32:
+        total = torch.sum(grouped, dims)
+    else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
+        total = _total([torch.sum(b.to(torch.float32), dims) for b in blocks])
+    batch_mean = total * inverse_count
+    mean_b = batch_mean if per_channel is None else batch_mean.view(per_channel)
+    # float32: a half block is widened exactly
+    squares = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks])
+    return batch_mean, squares * inverse_count
+
+
+def _total(partials):
+    """The sum of per-block float32 sums, added in float64 and rounded once."""
+    if len(partials) == 1:
+        return partials[0]
+    return torch.stack(partials).double().sum(0).to(torch.float32)
+
+
+def _one_block(x):
+    """Whether x is taken whole: small, on a GPU (kernel launches cost more than
+    temporaries there) or being compiled (the compiler plans the memory)."""
+    return x.numel() <= _BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
+
+
+def _blocks(grouped):
+    """Cache-sized blocks of the first axis."""
     block = max(1, _BLOCK_ELEMENTS // max(1, grouped[0].numel()))
-    blocks = [grouped[a0 : a0 + block] for a0 in range(0, grouped.shape[0], block)]
-    with torch.no_grad():
-        if grouped.dtype == torch.float32:
-            total = torch.sum(grouped, dims).double()
-        else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
-            total = sum(torch.sum(b.to(torch.float32), dims).double() for b in blocks)
-        inverse_count = torch.tensor(1.0 / count, dtype=torch.float32, device=x.device)
-        batch_mean = total.to(torch.float32) * inverse_count
-        mean_b = batch_mean.view(per_channel)
-        squares = torch.zeros(channels, dtype=torch.float64, device=x.device)
-        for b in blocks:
-            centred = torch.sub(b, mean_b)  # float32: a half block is widened exactly
-            squares += torch.sum(centred.square_(), dims).double()
-        biased = squares.to(torch.float32) * inverse_count
-        inverse_std = torch.rsqrt(biased.double() + epsilon).to(torch.float32)
-    if _folding_error_too_large(batch_mean, inverse_std):
-        return NotImplemented
-    x_cl = _channels_second(x, channel)
-    if _needs_autograd([x, scale, offset]):
-        y = _NormalizeWithBatchStatistics.apply(
-            x_cl, scale, offset, batch_mean, biased, inverse_std, epsilon
-        )
-    else:  # no graph to record: the kernel itself, without the autograd node
-        y, _, _ = torch.native_batch_norm(
-            x_cl, scale, offset, batch_mean, biased, False, 0.0, epsilon
-        )
-    return _channels_back(y, channel), batch_mean, biased, count
+    return [grouped[a0 : a0 + block] for a0 in range(0, grouped.shape[0], block)]
+
+
+def _per_channel(vector, x, channel):
+    """``[C]`` broadcast along ``channel`` of x (as it is when the channels are last)."""
+    if channel == x.ndim - 1:
+        return vector
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    return vector.view(shape)
+
+
+def _affine(x, mean, inverse_std, scale, offset, channel):
+    """TensorFlow's ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` in float32, rounded once to x's dtype.
+
+    The same operations in the same order as the generic ``fused_affine``,
+    so accurate for every statistic (no folding of μ into the offset).
+    """
+    mean_b = _per_channel(mean, x, channel)
+    factor_b = _per_channel(inverse_std * scale, x, channel)
+    offset_b = _per_channel(offset, x, channel)
+    if x.dtype != torch.float32 or _needs_autograd([x, mean, inverse_std, scale, offset]):
+        y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
+        return y.to(x.dtype)
+    # Centred into a new tensor, then scaled and shifted in place: as fast as the
+    # native kernel on CPU (writing blocks through ``out=`` slices was 20× slower).
+    # When compiling, the compiler fuses the three into one pass.
+    return torch.sub(x, mean_b).mul_(factor_b).add_(offset_b)
 
 
 class _NormalizeWithBatchStatistics(torch.autograd.Function):
-    """Forward: the native kernel with given statistics; backward: as in training."""
+    """Forward: TensorFlow's formula with given statistics; backward: as in training.
+
+    The backward is PyTorch's own ``native_batch_norm_backward`` with the saved
+    mean and ``1/sqrt(var + ε)``: what the training kernel's autograd node
+    computes (double backward included).
+    """
 
     @staticmethod
-    def forward(ctx, x, scale, offset, mean, variance, inverse_std, epsilon):
-        y, _, _ = torch.native_batch_norm(x, scale, offset, mean, variance, False, 0.0, epsilon)
+    def forward(ctx, x, scale, offset, mean, inverse_std, channel, epsilon):
         ctx.save_for_backward(x, scale, mean, inverse_std)
+        ctx.channel = channel
         ctx.epsilon = epsilon
-        return y
+        with torch.no_grad():
+            return _affine(x, mean, inverse_std, scale, offset, channel)
 
     @staticmethod
     def backward(ctx, dy):
@@ -184,29 +218,24 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
         # gradients keep the half kernel (float32 inside, the same result).
         widen = torch.is_grad_enabled() and x.dtype != torch.float32
         dx, dscale, doffset = torch.ops.aten.native_batch_norm_backward(
-            dy.float() if widen else dy,
-            x.float() if widen else x,
+            _channels_second(dy.float() if widen else dy, ctx.channel),
+            _channels_second(x.float() if widen else x, ctx.channel),
             scale, None, None, mean, inverse_std, True, ctx.epsilon, mask,
         )
-        if widen and dx is not None:
-            dx = dx.to(x.dtype)
+        if dx is not None:
+            dx = _channels_back(dx.to(x.dtype) if widen else dx, ctx.channel)
         return dx, dscale, doffset, None, None, None, None
 
 
 def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
-    """``torch.native_batch_norm`` in inference mode with the given statistics."""
+    """TensorFlow's fused formula with the given statistics, in one pass over x."""
     if not _eligible(x, channel, scale, offset, mean, variance):
         return NotImplemented
-    if mean.requires_grad or variance.requires_grad:
-        return NotImplemented  # the kernel does not differentiate its statistics
     if x.numel() == 0:
         return NotImplemented
-    if _inference_folding_error_too_large(mean, variance, epsilon):
-        return NotImplemented
-    y, _, _ = torch.native_batch_norm(
-        _channels_second(x, channel), scale, offset, mean, variance, False, 0.0, epsilon
-    )
-    return _channels_back(y, channel)
+    # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
+    inverse_std = 1 / torch.sqrt(variance + epsilon)
+    return _affine(x, mean, inverse_std, scale, offset, channel)
 
 
 def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
@@ -294,7 +323,7 @@ def _needs_autograd(tensors) -> bool:
 
 
 def _eligible(x, channel, *parameters) -> bool:
-    if x.dtype not in _FUSED_DTYPES or x.ndim not in (4, 5):
+    if x.dtype not in _FUSED_DTYPES or x.ndim not in (2, 3, 4, 5):
         return False
     if channel not in (1, x.ndim - 1) or x.device.type not in ("cpu", "cuda"):
         return False
@@ -312,66 +341,3 @@ def _channels_second(x, channel):
 
 def _channels_back(y, channel):
     return y if channel == 1 else y.movedim(1, channel)
-
-
-def _folding_error_too_large(mean, inverse_std=None, *, variance=None, epsilon=0.0) -> bool:
-    """Whether ``x·α + (β − μ·α)`` may be more than a few ulps from TF's formula.
-
-    ``|μ|·inverse_std`` per channel, or ``|μ|/sqrt(variance + ε)``. On CPU the
-    ``C`` values are compared in Python: a few tiny tensor ops next to the big
-    kernel measurably slow it (allocator churn), while reading ``C`` floats
-    costs microseconds. NaN (a non-finite batch or variance) fails the
-    comparison and so also takes the generic path.
-    """
-    with torch.no_grad():
-        if mean.device.type == "cpu":
-            means = mean.detach().tolist()
-            if inverse_std is not None:
-                scales = inverse_std.detach().tolist()
-            else:
-                scales = [_inverse_sqrt(v + epsilon) for v in variance.detach().tolist()]
-            return not all(abs(m) * s <= FOLD_LIMIT for m, s in zip(means, scales))
-        if inverse_std is None:
-            inverse_std = torch.rsqrt(variance.detach() + epsilon)
-        ratio = torch.amax(torch.abs(mean.detach()) * inverse_std.detach())
-        return not bool(ratio <= FOLD_LIMIT)
-
-
-#: The last few inference guards: statistics are usually the same tensors,
-#: unchanged, call after call (a model's moving averages).
-_INFERENCE_GUARDS: list[tuple[Any, Any, int, int, float, bool]] = []
-
-
-def _inference_folding_error_too_large(mean, variance, epsilon) -> bool:
-    """``_folding_error_too_large`` for given statistics, remembered per tensor version.
-
-    The check reads the statistics on the host; remembering its answer for the
-    same, unmodified tensors (``_version`` counts in-place writes) takes it off
-    the path of repeated inference with a model's fixed moving averages.
-    """
-    try:
-        versions = (mean._version, variance._version)
-    except RuntimeError:  # inference-mode tensors keep no version counter
-        return _folding_error_too_large(mean, variance=variance, epsilon=epsilon)
-    for mean_ref, variance_ref, mean_version, variance_version, eps, answer in _INFERENCE_GUARDS:
-        if (
-            mean_ref() is mean
-            and variance_ref() is variance
-            and (mean_version, variance_version) == versions
-            and eps == epsilon
-        ):
-            return answer
-    answer = _folding_error_too_large(mean, variance=variance, epsilon=epsilon)
-    try:
-        entry = (weakref.ref(mean), weakref.ref(variance), *versions, epsilon, answer)
-    except TypeError:  # a tensor subclass without weak references: just do not remember
-        return answer
-    _INFERENCE_GUARDS.insert(0, entry)
-    del _INFERENCE_GUARDS[8:]
-    return answer
-
-
-def _inverse_sqrt(value: float) -> float:
-    if value > 0:
-        return value**-0.5
-    return math.inf if value == 0 else math.nan

@@ -1,0 +1,105 @@
+"""What validation and planning decided, remembered per call signature.
+
+A public call's checks and its plan depend only on what its arguments are,
+never on their values: the library (array type), shapes, dtypes, devices and
+the validated Python options. So once a signature has passed, a later call with
+the same signature would pass again and plan the same: ``remember`` keeps the
+result, keyed by that signature, and the call skips straight to the arithmetic.
+A call whose signature was never seen runs every check as before, so bad input
+raises exactly as without the cache, and nothing here reads an array value.
+
+Only array types whose signature is cheap and complete are remembered: exact
+NumPy ``ndarray`` (always on the CPU) and PyTorch ``Tensor`` / ``Parameter``
+(``.device`` says where it lives). Anything else (masked or sparse arrays,
+subclasses, JAX tracers, Dask) has no signature, and such calls always run
+every check. Under ``torch.compile`` the cache is bypassed: the checks are then
+traced once per compiled shape instead, and a shape may be symbolic.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import fields
+from typing import Any
+
+#: Signatures remembered (most recently used kept): a model has a few dozen
+#: batch-norm layers of a few shapes.
+CAPACITY = 256
+
+_entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+_NO_SIGNATURE = object()
+
+
+def remember(key: Hashable | None, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or what it returned before for ``key`` (None: never remembered)."""
+    if key is None:
+        return compute()
+    try:
+        found = _entries[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable piece slipped into the key: do not remember
+        return compute()
+    else:
+        _entries.move_to_end(key)
+        return found
+    value = compute()  # raises for bad input: nothing is stored then
+    _entries[key] = value
+    if len(_entries) > CAPACITY:
+        _entries.popitem(last=False)
+    return value
+
+
+def clear() -> None:
+    _entries.clear()
+
+
+def signature(*arrays: Any) -> tuple[Any, ...] | None:
+    """Type, shape, dtype and device of each array (None entries allowed); None if any has none."""
+    parts = []
+    for array in arrays:
+        part = _array_signature(array)
+        if part is _NO_SIGNATURE:
+            return None
+        parts.append(part)
+    return tuple(parts)
+
+
+def options_signature(options: Any) -> tuple[Any, ...] | None:
+    """A validated options dataclass as a hashable tuple; None if some option is not hashable.
+
+    Mappings (already validated copies) become sorted item tuples; a non-empty
+    mapping of arrays or callables (initializers) is not remembered.
+    """
+    values = []
+    for field in fields(options):
+        value = getattr(options, field.name)
+        if isinstance(value, Mapping):
+            if any(not isinstance(v, (int, float, str, bool, type(None))) for v in value.values()):
+                return None
+            value = tuple(sorted(value.items()))
+        values.append(value)
+    key = (type(options), tuple(values))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _array_signature(array: Any) -> Any:
+    if array is None:
+        return None
+    kind = type(array)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and kind is numpy.ndarray:
+        return (kind, array.shape, array.dtype)
+    torch = sys.modules.get("torch")
+    if torch is not None and kind in (torch.Tensor, torch.nn.Parameter):
+        if torch.compiler.is_compiling():
+            return _NO_SIGNATURE
+        return (kind, tuple(array.shape), array.dtype, array.device)
+    return _NO_SIGNATURE

@@ -1,0 +1,224 @@
+"""``torch.compile(fullgraph=True)`` traces every layer path, and compiled equals eager.
+
+``fullgraph=True`` turns any graph break into an error, so each test also
+proves that the call reads no array value on the host (``.item()``,
+``.tolist()``, ``bool(tensor)`` all break the graph) and that the fast-path
+dispatch is traceable. Compiled and eager results are compared within the
+conformance suite's tolerance (``conformance.compare``).
+
+Most cases use the ``aot_eager`` backend (dynamo and AOT autograd, forward and
+backward graphs, without code generation: seconds per case); a few use the
+default inductor backend, whose generated kernels may reorder the float
+arithmetic. Only run where the torch backend is selected (``--backend torch``
+or no ``--backend``): the other backends' sessions would repeat the same
+compilations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conformance.compare import TOLERANCES, error_in_epsilons
+
+import bn_portable as bn
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    # array-api-compat's type checks are functools.lru_cache'd functions of a
+    # type (never of array values); dynamo traces through the cache and warns.
+    pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
+    # dynamo itself instantiates autograd.Function classes while tracing them
+    pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be"),
+    # inductor's own use of a deprecated TorchScript decorator
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _torch_selected(request):
+    wanted = request.config.getoption("--backend")
+    if wanted is not None and "torch" not in wanted:
+        pytest.skip("compile tests run with --backend torch")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _assert_close(actual, expected):
+    for a, e in zip(_leaves(actual), _leaves(expected)):
+        if e is None:
+            assert a is None
+            continue
+        assert a.dtype == e.dtype and a.shape == e.shape
+        if not e.is_floating_point():
+            assert torch.equal(a, e)
+            continue
+        dtype = str(e.dtype).removeprefix("torch.")
+        error = error_in_epsilons(_np(a), _np(e), dtype)
+        assert error <= TOLERANCES[dtype], (dtype, error)
+
+
+def _leaves(value):
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def _np(tensor):
+    return tensor.detach().to(torch.float32).numpy().astype(np.float64)
+
+
+def _compiled(function, backend="aot_eager"):
+    return torch.compile(function, fullgraph=True, backend=backend)
+
+
+RNG = np.random.default_rng(20261201)
+
+
+def _x(shape, mean=0.5):
+    return torch.from_numpy(RNG.normal(mean, 2.0, shape).astype(np.float32))
+
+
+#: (id, shape, batch_norm options): every implementation TensorFlow's layer has.
+LAYER_CASES = [
+    ("keras-fused-NCHW", (4, 3, 5, 6), dict(fused=True, data_format="NCHW", scale=True)),
+    ("keras-fused-NHWC", (4, 5, 6, 3), dict(fused=True, scale=True)),
+    ("slim-fused-rank2", (16, 6), dict(fused=True, scale=True)),
+    ("slim-fused-zero-debias", (4, 5, 6, 3), dict(fused=True, zero_debias_moving_mean=True)),
+    ("keras-layer-rank3", (4, 7, 6), dict(scale=True)),
+    ("keras-layer-NCHW", (4, 3, 5, 6), dict(data_format="NCHW", scale=True)),
+    ("renorm", (4, 5, 6, 3), dict(renorm=True, scale=True, renorm_clipping={"rmax": 2.0})),
+    ("legacy-zero-debias", (4, 5, 6, 3), dict(zero_debias_moving_mean=True, scale=True)),
+    ("legacy-weighted", (4, 5, 6, 3), dict(scale=True, weighted=True)),
+]
+
+
+def _layer_arguments(shape, options, is_training):
+    options = dict(options)
+    weights = torch.from_numpy(RNG.uniform(0.5, 1.5, shape[0]).astype(np.float32))
+    if options.pop("weighted", False):
+        options["batch_weights"] = weights
+    options["is_training"] = is_training
+    x = _x(shape)
+    _, state = bn.batch_norm(x, None, **options)
+    # a moved state, so that inference does not normalize with zeros and ones
+    _, state = bn.batch_norm(_x(shape, mean=2.0), state, **{**options, "is_training": True})
+    return x, state, options
+
+
+@pytest.mark.parametrize("is_training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize(("shape", "options"), [c[1:] for c in LAYER_CASES], ids=[c[0] for c in LAYER_CASES])
+def test_compiled_batch_norm_with_autograd_equals_eager(shape, options, is_training):
+    x, state, options = _layer_arguments(shape, options, is_training)
+    dy = _x(shape)
+
+    def step(x, state):
+        return bn.batch_norm(x, state, **options)
+
+    results = []
+    for function in (step, _compiled(step)):
+        xg = x.clone().requires_grad_()
+        parameters = {
+            name: getattr(state, name).clone().requires_grad_()
+            for name in ("gamma", "beta")
+            if getattr(state, name) is not None
+        }
+        y, new_state = function(xg, state._replace(**parameters))
+        grads = torch.autograd.grad(y, [xg, *parameters.values()], dy)
+        results.append((y, tuple(new_state), grads))
+    _assert_close(results[1], results[0])
+
+
+@pytest.mark.parametrize(("shape", "options"), [c[1:] for c in LAYER_CASES], ids=[c[0] for c in LAYER_CASES])
+def test_compiled_batch_norm_vjp_equals_eager(shape, options):
+    x, state, options = _layer_arguments(shape, options, True)
+    dy = _x(shape)
+
+    def step(x, state, dy):
+        y, new_state, vjp = bn.batch_norm_vjp(x, state, **options)
+        return y, new_state, vjp(dy)
+
+    _assert_close(_compiled(step)(x, state, dy), step(x, state, dy))
+
+
+@pytest.mark.parametrize("is_training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize(
+    ("shape", "data_format"), [((4, 3, 5, 6), "NCHW"), ((4, 5, 6, 3), "NHWC"), ((2, 3, 4, 5, 3), "NDHWC")]
+)
+def test_compiled_fused_batch_norm_equals_eager(shape, data_format, is_training):
+    channels = shape[1] if data_format.startswith("NC") else shape[-1]
+    x = _x(shape)
+    scale, offset, mean = (_x((channels,)) for _ in range(3))
+    variance = torch.from_numpy(RNG.uniform(0.5, 2.0, channels).astype(np.float32))
+
+    def step(x):
+        return bn.fused_batch_norm(
+            x, scale, offset, mean, variance, data_format=data_format, is_training=is_training,
+            exponential_avg_factor=0.5,
+        )
+
+    _assert_close(_compiled(step)(x), step(x))
+
+
+def test_compiled_moments_equal_eager():
+    x = _x((4, 5, 6, 3), mean=100.0)
+    weights = torch.from_numpy(RNG.uniform(0.0, 1.0, (4, 1, 1, 1)).astype(np.float32))
+
+    def step(x, weights):
+        return (
+            bn.moments(x, [0, 1, 2]),
+            bn.moments(x, [0, 1, 2], keepdims=True, shift=x[0, 0, 0]),
+            bn.weighted_moments(x, [0, 1, 2], weights),
+        )
+
+    _assert_close(_compiled(step)(x, weights), step(x, weights))
+
+
+@pytest.mark.parametrize(
+    ("shape", "data_format"), [((8, 4, 6, 6), "NCHW"), ((64, 16), "NHWC")], ids=["NCHW", "MLP"]
+)
+def test_inductor_training_step_equals_eager(shape, data_format):
+    """The default backend: generated kernels, forward and backward."""
+    x = _x(shape)
+    options = dict(fused=True, scale=True, data_format=data_format)
+    _, state = bn.batch_norm(x, None, **options)
+    weights = _x(shape)  # a loss whose gradient does not cancel (unlike Σ y², fixed by BN)
+
+    def step(x, gamma, beta):
+        y, new_state = bn.batch_norm(x, state._replace(gamma=gamma, beta=beta), **options)
+        return (y * weights).sum(), new_state
+
+    results = []
+    for function in (step, _compiled(step, backend="inductor")):
+        leaves = [t.clone().requires_grad_() for t in (x, state.gamma, state.beta)]
+        loss, new_state = function(*leaves)
+        results.append((loss, tuple(new_state), torch.autograd.grad(loss, leaves)))
+    _assert_close(results[1], results[0])
+
+
+def test_fast_path_switch_is_read_when_compiling():
+    """Inside a compiled function the switch is a constant of the trace (documented)."""
+    x = _x((4, 3, 5, 6))
+    scale, offset = torch.ones(3), torch.zeros(3)
+    calls = []
+    from bn_portable._native import _torch
+
+    original = _torch.fused_training_core
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+
+    step = _compiled(lambda x: bn.fused_batch_norm(x, scale, offset, data_format="NCHW")[0])
+    try:
+        _torch.fused_training_core = counting
+        with bn.fast_paths(False):
+            step(x)
+        assert not calls  # traced with the fast paths off: the generic kernel
+        torch._dynamo.reset()
+        with bn.fast_paths(True):
+            step(x)
+        assert calls  # traced again with them on
+    finally:
+        _torch.fused_training_core = original
