@@ -176,8 +176,19 @@ def batch_norm(
     return y, new_state
 
 
-def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
-    """Validate the Python-level options of ``batch_norm``."""
+def layer_options(
+    *,
+    weighted: bool,
+    cross_replica_sum: Callable[[Any], Any] | None = None,
+    skip_nonfinite: bool = False,
+    **arguments: Any,
+) -> LayerOptions:
+    """Validate the Python-level options of ``batch_norm``.
+
+    The two options TensorFlow does not have default here as in ``batch_norm``,
+    so callers that build TensorFlow's options alone need not name them.
+    """
+    arguments.update(cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite)
     for name in (
         "center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm",
         "skip_nonfinite",
@@ -190,7 +201,7 @@ def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     # epsilon = 0 as in TensorFlow: a channel of zero variance then normalizes to NaN.
     arguments["epsilon"] = _checks.check_real("epsilon", arguments["epsilon"], low=0.0)
     _checks.check_callable("activation_fn", arguments["activation_fn"])
-    _checks.check_callable("cross_replica_sum", arguments.get("cross_replica_sum"))
+    _checks.check_callable("cross_replica_sum", arguments["cross_replica_sum"])
     _checks.check_choice("data_format", arguments["data_format"], _layout.LAYER_DATA_FORMATS)
     arguments["param_initializers"] = _param_initializers(arguments["param_initializers"])
     arguments["renorm_clipping"] = _renorm_clipping(

@@ -94,6 +94,7 @@ class BatchNorm(nn.Module):
             scale=self.options["scale"],
             zero_debias=self.options["zero_debias_moving_mean"],
             renorm=self.options["renorm"],
+            skip_nonfinite=self.options["skip_nonfinite"],
         )
         dtype = torch.get_default_dtype() if dtype is None else dtype
         probe = torch.empty(0, device=device)
