@@ -42,6 +42,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from conformance.tf_slim_compat import import_tf_slim
+
 DEFAULT_OUT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "porting"
 )
@@ -113,22 +115,7 @@ def _import_tf():
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    # tf-slim 1.1.0 on TF 2.15 needs the same three patches as conformance.generate.
-    import tf_keras.src.legacy_tf_layers as legacy_layers
-    import tf_keras.src.legacy_tf_layers.normalization as legacy_normalization
-
-    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy_layers)
-    sys.modules.setdefault("tf_keras.legacy_tf_layers.normalization", legacy_normalization)
-    from tensorflow.python.framework import ops, tensor
-
-    if not hasattr(ops, "Tensor"):
-        ops.Tensor = tensor.Tensor
-    from tensorflow.python.ops import control_flow_ops
-
-    if not hasattr(control_flow_ops, "cond"):
-        control_flow_ops.cond = tf.cond
-    import tf_slim
-
+    tf_slim = import_tf_slim(tf)
     return tf, tf_slim
 
 

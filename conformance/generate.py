@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from conformance import catalogue
+from conformance.tf_slim_compat import import_tf_slim
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
 MANIFEST = "manifest.json"
@@ -163,24 +164,9 @@ def _tf_modules():
 
     tf.compat.v1.disable_eager_execution()
     tf.get_logger().setLevel("ERROR")
-    # tf-slim 1.1.0 on TF 2.15: three compatibility patches (docs/tensorflow-semantics.md).
-    import tf_keras.src.legacy_tf_layers as legacy_layers
-    import tf_keras.src.legacy_tf_layers.normalization as legacy_normalization
-
-    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy_layers)
-    sys.modules.setdefault("tf_keras.legacy_tf_layers.normalization", legacy_normalization)
-    from tensorflow.python.framework import ops, tensor
-
-    if not hasattr(ops, "Tensor"):
-        ops.Tensor = tensor.Tensor
-    from tensorflow.python.ops import control_flow_ops
-
-    if not hasattr(control_flow_ops, "cond"):
-        control_flow_ops.cond = tf.cond
     import importlib
 
-    import tf_slim
-
+    tf_slim = import_tf_slim(tf)
     slim_layers = importlib.import_module("tf_slim.layers.layers")
 
     # Spy (no behaviour change): record when tf-slim takes its own fused path.
