@@ -237,9 +237,21 @@ def layer_backward(
 
 
 def backward(
-    dy, x, mean, variance, gamma, epsilon, channel, training, share, renorm_r, renorm_d, xp,
-    *, synchronize=None,
-):
+    dy: Any,
+    x: Any,
+    mean: Any,
+    variance: Any,
+    gamma: Any,
+    epsilon: Any,
+    channel: Any,
+    training: Any,
+    share: Any,
+    renorm_r: Any,
+    renorm_d: Any,
+    xp: Any,
+    *,
+    synchronize: Any = None,
+) -> Any:
     """``(dx, dγ, dβ)`` of ``y = (x − μ)·inv·(r·γ) + (d·γ + β)`` (see the module doc).
 
     ``gamma``, ``renorm_r``, ``renorm_d`` and ``share`` may be None (γ = r = 1,
@@ -283,7 +295,7 @@ def backward(
 
 
 @overridable
-def gradient_sums(dy, x, mean, channel, xp):
+def gradient_sums(dy: Any, x: Any, mean: Any, channel: Any, xp: Any) -> Any:
     """``(Σ dy, Σ dy·(x − mean))`` per channel, in mean's dtype: the reduction pass.
 
     ``mean`` has shape ``[C]`` and the compute dtype; ``dy`` and ``x`` are read
@@ -298,7 +310,7 @@ def gradient_sums(dy, x, mean, channel, xp):
 
 
 @overridable
-def gradient_input(dy, x, mean, a, b, c, share, xp):
+def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: Any, xp: Any) -> Any:
     """``dx = dy·a + share·((x − mean)·b + c)`` rounded once to x's dtype: the elementwise pass.
 
     ``mean``, ``a``, ``b`` and ``c`` are per-channel constants already shaped to
@@ -313,7 +325,7 @@ def gradient_input(dy, x, mean, a, b, c, share, xp):
     return xp.astype(dx, x.dtype) if dx.dtype != x.dtype else dx
 
 
-def _synchronizer(batch_weights, x, plan, cross_replica_sum, xp):
+def _synchronizer(batch_weights: Any, x: Any, plan: Any, cross_replica_sum: Any, xp: Any) -> Any:
     """``(S₀, S₁) -> (global S₀, global S₁, 1/n or None, w/W or None)`` across replicas."""
     dtype = compute_dtype(xp, x.dtype)
     if batch_weights is None:
@@ -321,7 +333,7 @@ def _synchronizer(batch_weights, x, plan, cross_replica_sum, xp):
     else:
         weights, local_total = _sample_weights(batch_weights, x, plan, xp)
 
-    def synchronize(sum_dy, sum_dy_centered):
+    def synchronize(sum_dy: Any, sum_dy_centered: Any) -> Any:
         total, total_dy, total_dy_centered = gradient_totals(
             local_total, sum_dy, sum_dy_centered, cross_replica_sum, xp
         )
@@ -333,7 +345,7 @@ def _synchronizer(batch_weights, x, plan, cross_replica_sum, xp):
     return synchronize
 
 
-def _weight_share(batch_weights, x, plan, xp):
+def _weight_share(batch_weights: Any, x: Any, plan: Any, xp: Any) -> Any:
     """``w/W`` per sample, shaped ``[N, 1, …]``: each element's share of the weighted statistics.
 
     ``W = Σ w`` over the reduced axes of the weights broadcast to x (every
@@ -344,7 +356,7 @@ def _weight_share(batch_weights, x, plan, xp):
     return divide_no_nan(weights, total, xp)
 
 
-def _sample_weights(batch_weights, x, plan, xp):
+def _sample_weights(batch_weights: Any, x: Any, plan: Any, xp: Any) -> Any:
     """Per-sample weights shaped ``[N, 1, …]`` in the compute dtype, and ``W`` (0-d)."""
     dtype = compute_dtype(xp, x.dtype)
     weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
@@ -355,7 +367,7 @@ def _sample_weights(batch_weights, x, plan, xp):
     return weights, total
 
 
-def _check_cotangent(dy, x):
+def _check_cotangent(dy: Any, x: Any) -> None:
     """``dy`` is the cotangent of ``y``: an array of x's library, dtype and shape."""
     xp = array_namespace(x)
     _checks.check_namespace("dy", dy, xp)

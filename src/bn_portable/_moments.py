@@ -138,7 +138,9 @@ def batch_weighted_moments(
     return mean, divide_no_nan(weighted_square_distance, total_weight, xp)
 
 
-def _global_moments(x, axes, cross_replica_sum, xp, weights=None):
+def _global_moments(
+    x: Any, axes: Any, cross_replica_sum: Any, xp: Any, weights: Any = None
+) -> tuple[Any, Any]:
     # Imported here: _cross_replica builds on this module's divide_no_nan.
     from ._cross_replica import check_reducer, global_moments
 
@@ -162,7 +164,9 @@ def _to_compute_dtype(x: Any, xp: Any) -> Any:
     return xp.astype(x, xp.float32) if dtype_name(x.dtype) == "float16" else x
 
 
-def _finish(mean, variance, axes, keepdims, dtype, xp):
+def _finish(
+    mean: Any, variance: Any, axes: Any, keepdims: bool, dtype: Any, xp: Any
+) -> tuple[Any, Any]:
     if not keepdims:
         mean, variance = xp.squeeze(mean, axis=axes), xp.squeeze(variance, axis=axes)
     if mean.dtype != dtype:
