@@ -40,18 +40,16 @@ from ._lib import _checks
 from ._lib._compat import array_namespace, device
 from ._lib._dtypes import astype, compute_dtype, dtype_name, scalar
 from ._lib._sums import accurate_sum
+from ._lib._typing import VJP, ArrayT, CrossReplicaSum
 from ._moments import divide_no_nan
 from ._native import overridable
 from ._normalize import FUSED_INPUT_DTYPES, rsqrt
 from ._state import BatchNormState
 
-#: ``vjp(dy) -> (dx, dgamma, dbeta)``
-VJP = Callable[[Any], tuple[Any, Any, Any]]
-
 
 def fused_batch_norm_grad(
-    dy: Any,
-    x: Any,
+    dy: ArrayT,
+    x: ArrayT,
     scale: Any,
     mean: Any,
     variance: Any,
@@ -59,7 +57,7 @@ def fused_batch_norm_grad(
     epsilon: float = 0.001,
     data_format: str = "NHWC",
     is_training: bool = True,
-) -> tuple[Any, Any, Any]:
+) -> tuple[ArrayT, ArrayT, ArrayT]:
     """TensorFlow's ``FusedBatchNormGradV3`` CPU kernel; returns ``(dx, dscale, doffset)``.
 
     ``dy`` and ``x`` are float16, bfloat16 or float32 of one dtype and one shape,
@@ -115,7 +113,7 @@ def fused_batch_norm_grad(
 
 
 def batch_norm_vjp(
-    x: Any,
+    x: ArrayT,
     state: BatchNormState | None = None,
     *,
     decay: float = 0.999,
@@ -132,9 +130,9 @@ def batch_norm_vjp(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
-    cross_replica_sum: Callable[[Any], Any] | None = None,
+    cross_replica_sum: CrossReplicaSum | None = None,
     skip_nonfinite: bool = False,
-) -> tuple[Any, BatchNormState, VJP]:
+) -> tuple[ArrayT, BatchNormState, VJP[ArrayT]]:
     """``batch_norm`` and its vector-Jacobian product; returns ``(y, new_state, vjp)``.
 
     ``y`` and ``new_state`` are exactly what ``batch_norm`` returns for the same
@@ -201,7 +199,7 @@ def batch_norm_vjp(
     xp, plan, state = prepare(x, state, batch_weights, options)
     y, new_state, used = layer_step(x, state, batch_weights, options, plan, xp)
 
-    def vjp(dy: Any) -> tuple[Any, Any, Any]:
+    def vjp(dy: ArrayT) -> tuple[ArrayT, ArrayT | None, ArrayT | None]:
         """``(dx, dgamma, dbeta)`` for the cotangent ``dy`` of ``y``."""
         _check_cotangent(dy, x)
         return layer_backward(dy, x, batch_weights, used, options, plan, xp)

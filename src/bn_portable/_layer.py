@@ -30,6 +30,7 @@ from ._lib import _call_cache, _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import compute_dtype, dtype_name, scalar, tf_constant
+from ._lib._typing import ArrayT, CrossReplicaSum
 from ._moments import batch_moments, batch_weighted_moments
 from ._moving_averages import moving_average, zero_debiased_average
 from ._nonfinite import keep_state_unless_finite
@@ -101,7 +102,7 @@ class Normalization(NamedTuple):
 
 
 def batch_norm(
-    x: Any,
+    x: ArrayT,
     state: BatchNormState | None = None,
     *,
     decay: float = 0.999,
@@ -118,9 +119,9 @@ def batch_norm(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
-    cross_replica_sum: Callable[[Any], Any] | None = None,
+    cross_replica_sum: CrossReplicaSum | None = None,
     skip_nonfinite: bool = False,
-) -> tuple[Any, BatchNormState]:
+) -> tuple[ArrayT, BatchNormState]:
     """One call of ``tf.contrib.layers.batch_norm``; returns ``(y, new_state)``.
 
     ``state=None`` creates the variables from ``x`` as TensorFlow does on the

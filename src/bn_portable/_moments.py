@@ -15,12 +15,18 @@ from typing import Any
 from ._lib import _checks
 from ._lib._dtypes import dtype_name
 from ._lib._sums import accurate_mean, accurate_sum
+from ._lib._typing import ArrayT, Axes, CrossReplicaSum
 from ._native import overridable
 
 
 def moments(
-    x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False, cross_replica_sum: Any = None
-) -> tuple[Any, Any]:
+    x: ArrayT,
+    axes: Axes,
+    *,
+    shift: Any = None,
+    keepdims: bool = False,
+    cross_replica_sum: CrossReplicaSum | None = None,
+) -> tuple[ArrayT, ArrayT]:
     """Mean and biased variance of ``x`` over ``axes`` (``tf.nn.moments``).
 
     Parameters
@@ -68,13 +74,13 @@ def moments(
 
 
 def weighted_moments(
-    x: Any,
-    axes: Any,
+    x: ArrayT,
+    axes: Axes,
     frequency_weights: Any,
     *,
     keepdims: bool = False,
-    cross_replica_sum: Any = None,
-) -> tuple[Any, Any]:
+    cross_replica_sum: CrossReplicaSum | None = None,
+) -> tuple[ArrayT, ArrayT]:
     """Frequency-weighted mean and variance (``tf.nn.weighted_moments``).
 
     ``mean = Σw·x / Σw`` and ``variance = Σw·(x − mean)² / Σw`` with the weights

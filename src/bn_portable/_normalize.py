@@ -20,14 +20,15 @@ from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import astype, is_half, scalar
 from ._lib._sums import accurate_sum
+from ._lib._typing import ArrayT
 from ._native import overridable
 
 FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def batch_normalization(
-    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: float
-) -> Any:
+    x: ArrayT, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: float
+) -> ArrayT:
     """Normalize ``x`` with given statistics (``tf.nn.batch_normalization``).
 
     ``inv = rsqrt(variance + variance_epsilon)·scale`` and
@@ -69,7 +70,8 @@ def batch_normalization(
         xp.full((), float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
         for v in (mean, variance, offset, scale)
     )
-    return normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
+    y: ArrayT = normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
+    return y
 
 
 @overridable
@@ -85,7 +87,7 @@ def normalize(
 
 
 def fused_batch_norm(
-    x: Any,
+    x: ArrayT,
     scale: Any,
     offset: Any,
     mean: Any = None,
@@ -95,7 +97,7 @@ def fused_batch_norm(
     data_format: str = "NHWC",
     is_training: bool = True,
     exponential_avg_factor: float = 1.0,
-) -> tuple[Any, Any, Any]:
+) -> tuple[ArrayT, ArrayT, ArrayT]:
     """TensorFlow's fused batch-norm kernel (``tf.compat.v1.nn.fused_batch_norm``).
 
     ``x`` is float16, bfloat16 or float32 of rank 4 or 5; ``scale``, ``offset``,

@@ -20,6 +20,7 @@ from ._cross_replica import local_count
 from ._lib import _checks
 from ._lib._dtypes import astype, compute_dtype, dtype_name
 from ._lib._sums import accurate_sum
+from ._lib._typing import Axes
 from ._moments import divide_no_nan
 
 
@@ -48,7 +49,7 @@ class PartialMoments(NamedTuple):
         return self.mean, self.m2 / xp.maximum(self.count - one, one)
 
 
-def partial_moments(x: Any, axes: Any, *, frequency_weights: Any = None) -> PartialMoments:
+def partial_moments(x: Any, axes: Axes, *, frequency_weights: Any = None) -> PartialMoments:
     """The mergeable summary of ``x`` over ``axes``.
 
     Parameters

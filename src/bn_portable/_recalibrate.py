@@ -28,6 +28,7 @@ from ._layer import batch_norm, layer_options, prepare
 from ._lib import _checks
 from ._lib._compat import is_array_api_obj
 from ._lib._dtypes import astype, compute_dtype
+from ._lib._typing import CrossReplicaSum
 from ._moments import divide_no_nan
 from ._partial_moments import PartialMoments, merge_two, summarize
 from ._state import BatchNormState
@@ -45,7 +46,7 @@ def recalibrate(
     batches: Any,
     state: BatchNormState | None,
     *,
-    cross_replica_sum: Any = None,
+    cross_replica_sum: CrossReplicaSum | None = None,
     progress: bool = False,
     **options: Any,
 ) -> BatchNormState:
