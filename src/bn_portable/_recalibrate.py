@@ -84,6 +84,18 @@ def recalibrate(
         ``renorm_stddev`` (the training-time renorm statistics) are kept, and
         so are the zero-debias bookkeeping fields ``moving_mean_biased`` and
         ``local_step``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.arange(8, dtype=np.float32).reshape(4, 2)  # 4 samples, 2 channels
+    >>> _, state = bn.batch_norm(x)  # one training step moves the statistics a little
+    >>> print(state.moving_mean, state.moving_variance)
+    [0.003 0.004] [1.004 1.004]
+    >>> state = bn.recalibrate([x[:2], x[2:]], state)  # the dataset, in two batches
+    >>> print(state.moving_mean, state.moving_variance)  # its mean and (biased) variance
+    [3. 4.] [5. 5.]
     """
     layer = _layer_options(options, cross_replica_sum)
     _checks.check_bool("progress", progress)

@@ -61,7 +61,7 @@ def fast_paths(enabled: bool) -> Iterator[None]:
     >>> with bn.fast_paths(False):  # the portable kernels only
     ...     mean, variance = bn.moments(x, axes=[0])
     >>> print(mean)
-    [-0.27272725 -0.09090909  0.0909091   0.27272728]
+    [-0.27272728 -0.09090909  0.09090909  0.27272728]
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a Python bool, got {enabled!r}")
