@@ -59,10 +59,19 @@ GOLDEN_PACKAGES = ["tensorflow-cpu==2.15.1", "tf-keras==2.15.1", "tf-slim==1.1.0
 TF_QUIET = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+#: The type checker and the NumPy whose stubs it reads, pinned: a new release
+#: of either may report new errors in unchanged code.
+MYPY_PACKAGES = ["mypy==2.4.1", "numpy==2.4.6"]
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff==0.17.5")
+    """ruff; ``mypy --strict`` on the package (PyTorch installed: ``bn_portable.torch``
+    subclasses its ``nn.Module``); and a user's program type-checked against the API."""
+    session.install("ruff==0.17.5", TORCH, *MYPY_PACKAGES, ".[test]")
     session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "docs", "noxfile.py")
+    session.run("mypy", "--strict", "src/bn_portable")
+    session.run("pytest", "tests/test_typing.py")
 
 
 @nox.session(python=PYTHON)

@@ -48,7 +48,9 @@ def sum_across(reducer: Any, parts: list[Any], xp: Any) -> list[Any]:
     return [total[i, ...] for i in range(len(parts))]
 
 
-def global_moments(x: Any, axes: tuple[int, ...], reducer: Any, xp: Any, weights: Any = None):
+def global_moments(
+    x: Any, axes: tuple[int, ...], reducer: Any, xp: Any, weights: Any = None
+) -> tuple[Any, Any]:
     """Mean and biased variance of the global batch, keepdims, in the compute dtype.
 
     ``weights`` (optional) broadcasts to x; the statistics are then the
@@ -79,7 +81,9 @@ def local_count(x: Any, axes: tuple[int, ...], xp: Any) -> Any:
     return xp.full(shape, float(count), dtype=x.dtype, device=device(x))
 
 
-def fused_training_global(x, scale, offset, epsilon, channel, reducer, xp):
+def fused_training_global(
+    x: Any, scale: Any, offset: Any, epsilon: Any, channel: Any, reducer: Any, xp: Any
+) -> Any:
     """The fused kernel in training mode on the global batch.
 
     ``(y, mean, biased variance, Bessel factor)`` per channel; the kernel's
@@ -109,13 +113,15 @@ def fused_training_global(x, scale, offset, epsilon, channel, reducer, xp):
     return y, mean, variance, bessel
 
 
-def gradient_totals(local_total, sum_dy, sum_dy_centered, reducer, xp):
+def gradient_totals(
+    local_total: Any, sum_dy: Any, sum_dy_centered: Any, reducer: Any, xp: Any
+) -> Any:
     """``(total count or weight, Σdy, Σdy·(x − μ))`` over every replica, per channel."""
     total = xp.broadcast_to(astype(local_total, sum_dy.dtype, xp), sum_dy.shape)
     return sum_across(reducer, [total, sum_dy, sum_dy_centered], xp)
 
 
-def merge_across(count, mean, m2, reducer, xp):
+def merge_across(count: Any, mean: Any, m2: Any, reducer: Any, xp: Any) -> Any:
     """Merge one partial ``(count, mean, m2)`` per replica into the global one, exactly.
 
     The global mean first, then every replica's m2 moved to it

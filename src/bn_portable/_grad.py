@@ -40,18 +40,16 @@ from ._lib import _checks
 from ._lib._compat import array_namespace, device
 from ._lib._dtypes import astype, compute_dtype, dtype_name, scalar
 from ._lib._sums import accurate_sum
+from ._lib._typing import VJP, ArrayT, CrossReplicaSum
 from ._moments import divide_no_nan
 from ._native import overridable
 from ._normalize import FUSED_INPUT_DTYPES, rsqrt
 from ._state import BatchNormState
 
-#: ``vjp(dy) -> (dx, dgamma, dbeta)``
-VJP = Callable[[Any], tuple[Any, Any, Any]]
-
 
 def fused_batch_norm_grad(
-    dy: Any,
-    x: Any,
+    dy: ArrayT,
+    x: ArrayT,
     scale: Any,
     mean: Any,
     variance: Any,
@@ -59,7 +57,7 @@ def fused_batch_norm_grad(
     epsilon: float = 0.001,
     data_format: str = "NHWC",
     is_training: bool = True,
-) -> tuple[Any, Any, Any]:
+) -> tuple[ArrayT, ArrayT, ArrayT]:
     """TensorFlow's ``FusedBatchNormGradV3`` CPU kernel; returns ``(dx, dscale, doffset)``.
 
     ``dy`` and ``x`` are float16, bfloat16 or float32 of one dtype and one shape,
@@ -115,7 +113,7 @@ def fused_batch_norm_grad(
 
 
 def batch_norm_vjp(
-    x: Any,
+    x: ArrayT,
     state: BatchNormState | None = None,
     *,
     decay: float = 0.999,
@@ -132,9 +130,9 @@ def batch_norm_vjp(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
-    cross_replica_sum: Callable[[Any], Any] | None = None,
+    cross_replica_sum: CrossReplicaSum | None = None,
     skip_nonfinite: bool = False,
-) -> tuple[Any, BatchNormState, VJP]:
+) -> tuple[ArrayT, BatchNormState, VJP[ArrayT]]:
     """``batch_norm`` and its vector-Jacobian product; returns ``(y, new_state, vjp)``.
 
     ``y`` and ``new_state`` are exactly what ``batch_norm`` returns for the same
@@ -201,7 +199,7 @@ def batch_norm_vjp(
     xp, plan, state = prepare(x, state, batch_weights, options)
     y, new_state, used = layer_step(x, state, batch_weights, options, plan, xp)
 
-    def vjp(dy: Any) -> tuple[Any, Any, Any]:
+    def vjp(dy: ArrayT) -> tuple[ArrayT, ArrayT | None, ArrayT | None]:
         """``(dx, dgamma, dbeta)`` for the cotangent ``dy`` of ``y``."""
         _check_cotangent(dy, x)
         return layer_backward(dy, x, batch_weights, used, options, plan, xp)
@@ -237,9 +235,21 @@ def layer_backward(
 
 
 def backward(
-    dy, x, mean, variance, gamma, epsilon, channel, training, share, renorm_r, renorm_d, xp,
-    *, synchronize=None,
-):
+    dy: Any,
+    x: Any,
+    mean: Any,
+    variance: Any,
+    gamma: Any,
+    epsilon: Any,
+    channel: Any,
+    training: Any,
+    share: Any,
+    renorm_r: Any,
+    renorm_d: Any,
+    xp: Any,
+    *,
+    synchronize: Any = None,
+) -> Any:
     """``(dx, dγ, dβ)`` of ``y = (x − μ)·inv·(r·γ) + (d·γ + β)`` (see the module doc).
 
     ``gamma``, ``renorm_r``, ``renorm_d`` and ``share`` may be None (γ = r = 1,
@@ -283,7 +293,7 @@ def backward(
 
 
 @overridable
-def gradient_sums(dy, x, mean, channel, xp):
+def gradient_sums(dy: Any, x: Any, mean: Any, channel: Any, xp: Any) -> Any:
     """``(Σ dy, Σ dy·(x − mean))`` per channel, in mean's dtype: the reduction pass.
 
     ``mean`` has shape ``[C]`` and the compute dtype; ``dy`` and ``x`` are read
@@ -298,7 +308,7 @@ def gradient_sums(dy, x, mean, channel, xp):
 
 
 @overridable
-def gradient_input(dy, x, mean, a, b, c, share, xp):
+def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: Any, xp: Any) -> Any:
     """``dx = dy·a + share·((x − mean)·b + c)`` rounded once to x's dtype: the elementwise pass.
 
     ``mean``, ``a``, ``b`` and ``c`` are per-channel constants already shaped to
@@ -313,7 +323,7 @@ def gradient_input(dy, x, mean, a, b, c, share, xp):
     return xp.astype(dx, x.dtype) if dx.dtype != x.dtype else dx
 
 
-def _synchronizer(batch_weights, x, plan, cross_replica_sum, xp):
+def _synchronizer(batch_weights: Any, x: Any, plan: Any, cross_replica_sum: Any, xp: Any) -> Any:
     """``(S₀, S₁) -> (global S₀, global S₁, 1/n or None, w/W or None)`` across replicas."""
     dtype = compute_dtype(xp, x.dtype)
     if batch_weights is None:
@@ -321,7 +331,7 @@ def _synchronizer(batch_weights, x, plan, cross_replica_sum, xp):
     else:
         weights, local_total = _sample_weights(batch_weights, x, plan, xp)
 
-    def synchronize(sum_dy, sum_dy_centered):
+    def synchronize(sum_dy: Any, sum_dy_centered: Any) -> Any:
         total, total_dy, total_dy_centered = gradient_totals(
             local_total, sum_dy, sum_dy_centered, cross_replica_sum, xp
         )
@@ -333,7 +343,7 @@ def _synchronizer(batch_weights, x, plan, cross_replica_sum, xp):
     return synchronize
 
 
-def _weight_share(batch_weights, x, plan, xp):
+def _weight_share(batch_weights: Any, x: Any, plan: Any, xp: Any) -> Any:
     """``w/W`` per sample, shaped ``[N, 1, …]``: each element's share of the weighted statistics.
 
     ``W = Σ w`` over the reduced axes of the weights broadcast to x (every
@@ -344,7 +354,7 @@ def _weight_share(batch_weights, x, plan, xp):
     return divide_no_nan(weights, total, xp)
 
 
-def _sample_weights(batch_weights, x, plan, xp):
+def _sample_weights(batch_weights: Any, x: Any, plan: Any, xp: Any) -> Any:
     """Per-sample weights shaped ``[N, 1, …]`` in the compute dtype, and ``W`` (0-d)."""
     dtype = compute_dtype(xp, x.dtype)
     weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
@@ -355,7 +365,7 @@ def _sample_weights(batch_weights, x, plan, xp):
     return weights, total
 
 
-def _check_cotangent(dy, x):
+def _check_cotangent(dy: Any, x: Any) -> None:
     """``dy`` is the cotangent of ``y``: an array of x's library, dtype and shape."""
     xp = array_namespace(x)
     _checks.check_namespace("dy", dy, xp)

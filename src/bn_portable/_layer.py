@@ -30,6 +30,7 @@ from ._lib import _call_cache, _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import compute_dtype, dtype_name, scalar, tf_constant
+from ._lib._typing import ArrayT, CrossReplicaSum
 from ._moments import batch_moments, batch_weighted_moments
 from ._moving_averages import moving_average, zero_debiased_average
 from ._nonfinite import keep_state_unless_finite
@@ -101,7 +102,7 @@ class Normalization(NamedTuple):
 
 
 def batch_norm(
-    x: Any,
+    x: ArrayT,
     state: BatchNormState | None = None,
     *,
     decay: float = 0.999,
@@ -118,9 +119,9 @@ def batch_norm(
     renorm: bool = False,
     renorm_clipping: Mapping[str, float] | None = None,
     renorm_decay: float = 0.99,
-    cross_replica_sum: Callable[[Any], Any] | None = None,
+    cross_replica_sum: CrossReplicaSum | None = None,
     skip_nonfinite: bool = False,
-) -> tuple[Any, BatchNormState]:
+) -> tuple[ArrayT, BatchNormState]:
     """One call of ``tf.contrib.layers.batch_norm``; returns ``(y, new_state)``.
 
     ``state=None`` creates the variables from ``x`` as TensorFlow does on the
@@ -215,7 +216,7 @@ def layer_options(
     return LayerOptions(**arguments)
 
 
-def prepare(x, state, batch_weights, options):
+def prepare(x: Any, state: Any, batch_weights: Any, options: Any) -> Any:
     """Namespace, plan and (initial or checked) state for one call.
 
     With a given state, the checks and the plan depend only on the arguments'
@@ -231,7 +232,7 @@ def prepare(x, state, batch_weights, options):
     return xp, plan, state
 
 
-def _prepare(x, state, batch_weights, options):
+def _prepare(x: Any, state: Any, batch_weights: Any, options: Any) -> Any:
     xp = _checks.namespace(x=x, batch_weights=batch_weights)
     _checks.check_floating("x", x, xp)
     rank = _checks.check_rank("x", x, (2, 3, 4, 5))
@@ -299,7 +300,7 @@ def plan_layer(options: LayerOptions, rank: int, x: Any, weighted: bool, xp: Any
     )
 
 
-def layer_step(x, state, batch_weights, options, plan, xp):
+def layer_step(x: Any, state: Any, batch_weights: Any, options: Any, plan: Any, xp: Any) -> Any:
     """``(y before activation, new_state, Normalization)`` for one call."""
     if plan.fused_kernel:
         y, new_state, used = _fused_step(x, state, options, plan, xp)
@@ -312,7 +313,7 @@ def layer_step(x, state, batch_weights, options, plan, xp):
     return y, _without_gradient(new_state, state, xp), used
 
 
-def _without_gradient(new_state, state, xp):
+def _without_gradient(new_state: Any, state: Any, xp: Any) -> Any:
     """TensorFlow's variable updates carry no gradient; neither do ours."""
     return new_state._replace(
         **{
@@ -326,7 +327,7 @@ def _without_gradient(new_state, state, xp):
 _STATISTICS = tuple(f for f in BatchNormState._fields if f not in ("beta", "gamma"))
 
 
-def _fused_step(x, state, options, plan, xp):
+def _fused_step(x: Any, state: Any, options: Any, plan: Any, xp: Any) -> Any:
     """The fused kernel; the moving variance gets the Bessel-corrected variance."""
     dev = device(x)
     # Constant γ = 1 and β = 0 only where the layer has no such parameter.
@@ -358,7 +359,7 @@ def _fused_step(x, state, options, plan, xp):
     return y, new_state, Normalization(batch_mean, biased_variance, state.gamma, state.beta)
 
 
-def _keras_step(x, state, options, plan, xp):
+def _keras_step(x: Any, state: Any, options: Any, plan: Any, xp: Any) -> Any:
     """The Keras layer without the fused kernel, renorm included."""
     rank = x.ndim
     gamma, beta = state.gamma, state.beta
@@ -385,15 +386,15 @@ def _keras_step(x, state, options, plan, xp):
     else:
         mean, variance, scale, offset = state.moving_mean, state.moving_variance, gamma, beta
         new_state, used = state, Normalization(mean, variance, gamma, beta)
-    parameters = [
+    mean_b, variance_b, offset_b, scale_b = (
         None if value is None else _layout.per_channel(value, rank, plan.channel, xp)
         for value in (mean, variance, offset, scale)
-    ]
-    y = normalize(x_compute, *parameters, options.epsilon, xp)
+    )
+    y = normalize(x_compute, mean_b, variance_b, offset_b, scale_b, options.epsilon, xp)
     return xp.astype(y, x.dtype), new_state, used
 
 
-def _legacy_step(x, state, batch_weights, options, plan, xp):
+def _legacy_step(x: Any, state: Any, batch_weights: Any, options: Any, plan: Any, xp: Any) -> Any:
     """tf-slim's own composite: weighted moments and zero-debias, input-dtype variables."""
     rank = x.ndim
     if options.is_training:
@@ -415,15 +416,15 @@ def _legacy_step(x, state, batch_weights, options, plan, xp):
         )
     else:
         mean, variance, new_state = state.moving_mean, state.moving_variance, state
-    parameters = [
+    mean_b, variance_b, offset_b, scale_b = (
         None if value is None else _layout.per_channel(value, rank, plan.channel, xp)
         for value in (mean, variance, state.beta, state.gamma)
-    ]
-    y = normalize(x, *parameters, options.epsilon, xp)
+    )
+    y = normalize(x, mean_b, variance_b, offset_b, scale_b, options.epsilon, xp)
     return y, new_state, Normalization(mean, variance, state.gamma, state.beta)
 
 
-def _per_channel_moments(x, plan, options, xp):
+def _per_channel_moments(x: Any, plan: Any, options: Any, xp: Any) -> Any:
     if options.cross_replica_sum is None:
         mean, variance = batch_moments(x, plan.axes, xp)
     else:
@@ -431,7 +432,7 @@ def _per_channel_moments(x, plan, options, xp):
     return xp.reshape(mean, (-1,)), xp.reshape(variance, (-1,))
 
 
-def _update_moving_mean(state, batch_mean, options, rounding, xp):
+def _update_moving_mean(state: Any, batch_mean: Any, options: Any, rounding: Any, xp: Any) -> Any:
     """The moving mean's update, zero-debiased when asked."""
     if not options.zero_debias_moving_mean:
         return state._replace(
@@ -443,7 +444,9 @@ def _update_moving_mean(state, batch_mean, options, rounding, xp):
     return state._replace(moving_mean=unbiased, moving_mean_biased=biased, local_step=step)
 
 
-def _renorm_step(mean, variance, new_state, state, options, xp):
+def _renorm_step(
+    mean: Any, variance: Any, new_state: Any, state: Any, options: Any, xp: Any
+) -> Any:
     """Batch renormalization (Ioffe 2017) as tf-keras implements it.
 
     r and d use the renorm statistics from before this step; the moving
@@ -475,7 +478,7 @@ def _renorm_step(mean, variance, new_state, state, options, xp):
     return r, d, new_state
 
 
-def _compose(r, d, gamma, beta):
+def _compose(r: Any, d: Any, gamma: Any, beta: Any) -> Any:
     """``(x̂·r + d)·γ + β`` as one affine map: scale ``r·γ``, offset ``d·γ + β``."""
     scale, offset = r, d
     if gamma is not None:

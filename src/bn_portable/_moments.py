@@ -15,12 +15,18 @@ from typing import Any
 from ._lib import _checks
 from ._lib._dtypes import dtype_name
 from ._lib._sums import accurate_mean, accurate_sum
+from ._lib._typing import ArrayT, Axes, CrossReplicaSum
 from ._native import overridable
 
 
 def moments(
-    x: Any, axes: Any, *, shift: Any = None, keepdims: bool = False, cross_replica_sum: Any = None
-) -> tuple[Any, Any]:
+    x: ArrayT,
+    axes: Axes,
+    *,
+    shift: Any = None,
+    keepdims: bool = False,
+    cross_replica_sum: CrossReplicaSum | None = None,
+) -> tuple[ArrayT, ArrayT]:
     """Mean and biased variance of ``x`` over ``axes`` (``tf.nn.moments``).
 
     Parameters
@@ -68,13 +74,13 @@ def moments(
 
 
 def weighted_moments(
-    x: Any,
-    axes: Any,
+    x: ArrayT,
+    axes: Axes,
     frequency_weights: Any,
     *,
     keepdims: bool = False,
-    cross_replica_sum: Any = None,
-) -> tuple[Any, Any]:
+    cross_replica_sum: CrossReplicaSum | None = None,
+) -> tuple[ArrayT, ArrayT]:
     """Frequency-weighted mean and variance (``tf.nn.weighted_moments``).
 
     ``mean = Σw·x / Σw`` and ``variance = Σw·(x − mean)² / Σw`` with the weights
@@ -138,7 +144,9 @@ def batch_weighted_moments(
     return mean, divide_no_nan(weighted_square_distance, total_weight, xp)
 
 
-def _global_moments(x, axes, cross_replica_sum, xp, weights=None):
+def _global_moments(
+    x: Any, axes: Any, cross_replica_sum: Any, xp: Any, weights: Any = None
+) -> tuple[Any, Any]:
     # Imported here: _cross_replica builds on this module's divide_no_nan.
     from ._cross_replica import check_reducer, global_moments
 
@@ -162,7 +170,9 @@ def _to_compute_dtype(x: Any, xp: Any) -> Any:
     return xp.astype(x, xp.float32) if dtype_name(x.dtype) == "float16" else x
 
 
-def _finish(mean, variance, axes, keepdims, dtype, xp):
+def _finish(
+    mean: Any, variance: Any, axes: Any, keepdims: bool, dtype: Any, xp: Any
+) -> tuple[Any, Any]:
     if not keepdims:
         mean, variance = xp.squeeze(mean, axis=axes), xp.squeeze(variance, axis=axes)
     if mean.dtype != dtype:

@@ -20,14 +20,15 @@ from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
 from ._lib._dtypes import astype, is_half, scalar
 from ._lib._sums import accurate_sum
+from ._lib._typing import ArrayT
 from ._native import overridable
 
 FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def batch_normalization(
-    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: float
-) -> Any:
+    x: ArrayT, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: float
+) -> ArrayT:
     """Normalize ``x`` with given statistics (``tf.nn.batch_normalization``).
 
     ``inv = rsqrt(variance + variance_epsilon)·scale`` and
@@ -69,11 +70,14 @@ def batch_normalization(
         xp.full((), float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
         for v in (mean, variance, offset, scale)
     )
-    return normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
+    y: ArrayT = normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
+    return y
 
 
 @overridable
-def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
+def normalize(
+    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, xp: Any
+) -> Any:
     """``tf.nn.batch_normalization`` without validation (the layer paths call it)."""
     inv = rsqrt(variance + variance_epsilon, xp)
     if scale is not None:
@@ -83,7 +87,7 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
 
 
 def fused_batch_norm(
-    x: Any,
+    x: ArrayT,
     scale: Any,
     offset: Any,
     mean: Any = None,
@@ -93,7 +97,7 @@ def fused_batch_norm(
     data_format: str = "NHWC",
     is_training: bool = True,
     exponential_avg_factor: float = 1.0,
-) -> tuple[Any, Any, Any]:
+) -> tuple[ArrayT, ArrayT, ArrayT]:
     """TensorFlow's fused batch-norm kernel (``tf.compat.v1.nn.fused_batch_norm``).
 
     ``x`` is float16, bfloat16 or float32 of rank 4 or 5; ``scale``, ``offset``,
@@ -145,8 +149,16 @@ def fused_batch_norm(
 
 
 def _check_fused_arguments(
-    x, scale, offset, mean, variance, epsilon, data_format, is_training, exponential_avg_factor
-):
+    x: Any,
+    scale: Any,
+    offset: Any,
+    mean: Any,
+    variance: Any,
+    epsilon: Any,
+    data_format: Any,
+    is_training: Any,
+    exponential_avg_factor: Any,
+) -> Any:
     """``fused_batch_norm``'s checks: ``(xp, channel axis, epsilon, factor)`` or an error."""
     xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
     channel = _layout.fused_channel_axis(x, data_format)
@@ -175,7 +187,17 @@ def _check_fused_arguments(
     return xp, channel, epsilon, factor
 
 
-def fused_training(x, scale, offset, running_mean, running_variance, epsilon, channel, factor, xp):
+def fused_training(
+    x: Any,
+    scale: Any,
+    offset: Any,
+    running_mean: Any,
+    running_variance: Any,
+    epsilon: Any,
+    channel: Any,
+    factor: Any,
+    xp: Any,
+) -> Any:
     """The fused kernel in training mode: y and the statistics it returns."""
     y, batch_mean, biased_variance, count = fused_training_core(x, scale, offset, epsilon, channel, xp)
     bessel = bessel_correction(count, xp, device(x))
@@ -190,7 +212,9 @@ def fused_training(x, scale, offset, running_mean, running_variance, epsilon, ch
 
 
 @overridable
-def fused_training_core(x, scale, offset, epsilon, channel, xp):
+def fused_training_core(
+    x: Any, scale: Any, offset: Any, epsilon: Any, channel: Any, xp: Any
+) -> Any:
     """y, batch mean, biased batch variance and element count per channel."""
     axes = _layout.reduction_axes(x.ndim, channel)
     count = _layout.elements_per_channel(x, channel)
@@ -201,13 +225,15 @@ def fused_training_core(x, scale, offset, epsilon, channel, xp):
     return xp.astype(y, x.dtype), batch_mean, biased_variance, count
 
 
-def bessel_correction(count, xp, dev):
+def bessel_correction(count: Any, xp: Any, dev: Any) -> Any:
     """``n / max(n − 1, 1)`` in float32: TF's guard gives variance 0 when n = 1."""
     return scalar(xp, count / max(count - 1, 1), xp.float32, dev)
 
 
 @overridable
-def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
+def fused_inference(
+    x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: Any, channel: Any, xp: Any
+) -> Any:
     """The fused kernel in inference mode: y from the given statistics."""
     x32 = astype(x, xp.float32, xp)
     mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
@@ -215,7 +241,7 @@ def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
     return xp.astype(y, x.dtype)
 
 
-def fused_moments(x32, axes, count, xp):
+def fused_moments(x32: Any, axes: Any, count: Any, xp: Any) -> Any:
     """Mean and biased variance as the fused kernel computes them (sum × 1/n)."""
     if count == 0:
         # TensorFlow's kernel returns NaN statistics for an empty batch.
@@ -228,7 +254,17 @@ def fused_moments(x32, axes, count, xp):
     return xp.reshape(mean, (-1,)), variance
 
 
-def fused_affine(x32, mean_b, variance, scale, offset, epsilon, rank, channel, xp):
+def fused_affine(
+    x32: Any,
+    mean_b: Any,
+    variance: Any,
+    scale: Any,
+    offset: Any,
+    epsilon: Any,
+    rank: Any,
+    channel: Any,
+    xp: Any,
+) -> Any:
     """``(x − mean)·(rsqrt(var + ε)·scale) + offset`` in float32."""
     factor = rsqrt(variance + epsilon, xp) * scale
     factor_b = _layout.per_channel(factor, rank, channel, xp)
@@ -252,5 +288,5 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _missing_axis(rank, axes):
+def _missing_axis(rank: Any, axes: Any) -> Any:
     return next(axis for axis in range(rank) if axis not in axes)

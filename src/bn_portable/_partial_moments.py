@@ -20,6 +20,7 @@ from ._cross_replica import local_count
 from ._lib import _checks
 from ._lib._dtypes import astype, compute_dtype, dtype_name
 from ._lib._sums import accurate_sum
+from ._lib._typing import Axes
 from ._moments import divide_no_nan
 
 
@@ -28,6 +29,17 @@ class PartialMoments(NamedTuple):
 
     A NamedTuple, so a pytree for JAX and plain data everywhere; all three
     arrays share one shape and dtype (float32 for half-precision data).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> part = bn.partial_moments(np.array([1.0, 2.0, 3.0, 6.0], np.float32), axes=0)
+    >>> print(part.count, part.mean, part.m2)
+    4.0 3.0 14.0
+    >>> mean, variance = part.mean_variance()  # m2 / n; bessel=True divides by n − 1
+    >>> print(mean, variance)
+    3.0 3.5
     """
 
     count: Any
@@ -48,7 +60,7 @@ class PartialMoments(NamedTuple):
         return self.mean, self.m2 / xp.maximum(self.count - one, one)
 
 
-def partial_moments(x: Any, axes: Any, *, frequency_weights: Any = None) -> PartialMoments:
+def partial_moments(x: Any, axes: Axes, *, frequency_weights: Any = None) -> PartialMoments:
     """The mergeable summary of ``x`` over ``axes``.
 
     Parameters
@@ -61,6 +73,15 @@ def partial_moments(x: Any, axes: Any, *, frequency_weights: Any = None) -> Part
         Broadcasts to ``x``; ``count`` is then the total weight and ``mean`` and
         ``m2`` are weighted (``Σw·x / Σw`` and ``Σw·(x − mean)²``), as in
         ``tf.nn.weighted_moments``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]], np.float32)
+    >>> part = bn.partial_moments(x, axes=0)  # per column
+    >>> print(part.count, part.mean, part.m2)
+    [3. 3.] [ 3. 20.] [  8. 200.]
     """
     xp = _checks.namespace(x=x, frequency_weights=frequency_weights)
     _checks.check_floating("x", x, xp)
@@ -102,6 +123,17 @@ def merge_moments(*parts: PartialMoments) -> PartialMoments:
     summary's dtype), where one two-pass over all the data has ``eps``. When
     ``|mean| ≫ σ`` summarize data shifted by a rough mean (``x − k``, adding
     ``k`` back to the merged mean), as ``recalibrate`` does.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> a, b = np.array([1.0, 2.0, 3.0], np.float32), np.array([6.0, 8.0], np.float32)
+    >>> merged = bn.merge_moments(bn.partial_moments(a, 0), bn.partial_moments(b, 0))
+    >>> print(*merged.mean_variance())
+    4.0 6.8
+    >>> print(*bn.moments(np.concatenate([a, b]), axes=0))  # the same, from all the data at once
+    4.0 6.8
     """
     if not parts:
         raise TypeError("merge_moments needs at least one PartialMoments, got none")

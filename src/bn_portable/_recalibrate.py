@@ -28,6 +28,7 @@ from ._layer import batch_norm, layer_options, prepare
 from ._lib import _checks
 from ._lib._compat import is_array_api_obj
 from ._lib._dtypes import astype, compute_dtype
+from ._lib._typing import CrossReplicaSum
 from ._moments import divide_no_nan
 from ._partial_moments import PartialMoments, merge_two, summarize
 from ._state import BatchNormState
@@ -45,7 +46,7 @@ def recalibrate(
     batches: Any,
     state: BatchNormState | None,
     *,
-    cross_replica_sum: Any = None,
+    cross_replica_sum: CrossReplicaSum | None = None,
     progress: bool = False,
     **options: Any,
 ) -> BatchNormState:
@@ -83,6 +84,18 @@ def recalibrate(
         ``renorm_stddev`` (the training-time renorm statistics) are kept, and
         so are the zero-debias bookkeeping fields ``moving_mean_biased`` and
         ``local_step``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bn_portable as bn
+    >>> x = np.arange(8, dtype=np.float32).reshape(4, 2)  # 4 samples, 2 channels
+    >>> _, state = bn.batch_norm(x)  # one training step moves the statistics a little
+    >>> print(state.moving_mean, state.moving_variance)
+    [0.003 0.004] [1.004 1.004]
+    >>> state = bn.recalibrate([x[:2], x[2:]], state)  # the dataset, in two batches
+    >>> print(state.moving_mean, state.moving_variance)  # its mean and (biased) variance
+    [3. 4.] [5. 5.]
     """
     layer = _layer_options(options, cross_replica_sum)
     _checks.check_bool("progress", progress)
@@ -94,7 +107,11 @@ def recalibrate(
         )
     summary, shift, plan, xp, state = _summarize_all(_with_progress(batches, progress), state, layer)
     if layer.cross_replica_sum is not None:
-        summary = PartialMoments(*_cross_replica.merge_across(*summary, layer.cross_replica_sum, xp))
+        count, mean_of_shifted, m2 = summary
+        merged = _cross_replica.merge_across(
+            count, mean_of_shifted, m2, layer.cross_replica_sum, xp
+        )
+        summary = PartialMoments(*merged)
     shifted_mean, variance = summary.mean_variance(bessel=plan.fused_kernel)
     mean = shift + shifted_mean
     mean, variance = astype(mean, plan.state_dtype, xp), astype(variance, plan.state_dtype, xp)
@@ -105,7 +122,7 @@ def recalibrate(
     return state._replace(moving_mean=mean, moving_variance=derived_variance, moving_stddev=stddev)
 
 
-def _layer_options(options: dict[str, Any], cross_replica_sum: Any):
+def _layer_options(options: dict[str, Any], cross_replica_sum: Any) -> Any:
     if "batch_weights" in options:
         raise TypeError(
             "recalibrate takes no batch_weights: the population statistics weigh every "
@@ -120,7 +137,7 @@ def _layer_options(options: dict[str, Any], cross_replica_sum: Any):
     return layer_options(weighted=False, cross_replica_sum=cross_replica_sum, **{**_OPTIONS, **options})
 
 
-def _summarize_all(batches, state, layer):
+def _summarize_all(batches: Any, state: Any, layer: Any) -> Any:
     """The merged summary of every batch, of the data minus ``shift`` (per channel)."""
     summary = shift = plan = xp = None
     checked = dataclasses.replace(layer, param_initializers={})
@@ -139,7 +156,7 @@ def _summarize_all(batches, state, layer):
     return summary, shift, plan, xp, state
 
 
-def _shift(first_batch, plan, cross_replica_sum, xp):
+def _shift(first_batch: Any, plan: Any, cross_replica_sum: Any, xp: Any) -> Any:
     """A rough mean (the first batches'), subtracted from every batch before it is summarized.
 
     Merging rounds each batch's mean at the mean's magnitude (see
@@ -156,7 +173,7 @@ def _shift(first_batch, plan, cross_replica_sum, xp):
     return divide_no_nan(weighted_means, count, xp)
 
 
-def _with_progress(batches, progress):
+def _with_progress(batches: Any, progress: Any) -> Any:
     if not progress:
         return batches
     try:

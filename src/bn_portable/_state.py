@@ -147,7 +147,9 @@ def check_state(
         _checks.check_shape(f"state.{field}", value, shape, "one value per channel")
 
 
-def _initial_value(name, initializer, shape, dtype, xp, device):
+def _initial_value(
+    name: Any, initializer: Any, shape: Any, dtype: Any, xp: Any, device: Any
+) -> Any:
     """One variable's initial value: a fresh array of ``shape`` and ``dtype``.
 
     Numbers and lists are converted straight to ``dtype`` (TensorFlow's constant

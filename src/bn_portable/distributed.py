@@ -34,19 +34,21 @@ def torch_cross_replica_sum(group: Any = None) -> Callable[[Any], Any]:
 
     class AllReduceSum(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, array):
+        def forward(ctx: Any, array: Any) -> Any:
             total = array.clone(memory_format=torch.contiguous_format)
             dist.all_reduce(total, op=dist.ReduceOp.SUM, group=chosen)
             return total
 
         @staticmethod
-        def backward(ctx, gradient):
+        def backward(ctx: Any, gradient: Any) -> Any:
             # d(Σ_r a_r)/d a_k = 1 for every replica's output: the gradient of
             # this replica's input sums the gradients of every replica's output.
-            return AllReduceSum.apply(gradient)
+            # torch.autograd.Function.apply is not annotated.
+            return AllReduceSum.apply(gradient)  # type: ignore[no-untyped-call]
 
     def cross_replica_sum(array: Any) -> Any:
-        return AllReduceSum.apply(array)
+        # torch.autograd.Function.apply is not annotated.
+        return AllReduceSum.apply(array)  # type: ignore[no-untyped-call]
 
     return cross_replica_sum
 

@@ -130,7 +130,8 @@ def library_name(xp: Any) -> str:
     ):
         if is_namespace(xp):
             return name
-    return xp.__name__.rpartition("array_api_compat.")[2].removesuffix(".array").split(".")[0]
+    module_name: str = xp.__name__
+    return module_name.rpartition("array_api_compat.")[2].removesuffix(".array").split(".")[0]
 
 
 def check_bool(name: str, value: Any) -> None:
@@ -154,20 +155,21 @@ def check_real(
     if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
         hint = " (under jax.jit, pass it as a static argument)" if "Tracer" in type(value).__name__ else ""
         raise TypeError(f"{name} must be a real number, got {value!r}{hint}")
-    given = value
+    given: Any = value
+    number: float
     try:
-        value = float(value)
+        number = float(value)
     except OverflowError:  # an int beyond float's range, 10**400 say
-        value = math.inf if value > 0 else -math.inf
-    if value in allow:
-        return value
-    below = value <= low if low_open else value < low
-    if not math.isfinite(value) or below or value > high:
+        number = math.inf if given > 0 else -math.inf
+    if number in allow:
+        return number
+    below = number <= low if low_open else number < low
+    if not math.isfinite(number) or below or number > high:
         also = "".join(f" or {v}" for v in allow)
         raise ValueError(
             f"{name} must be {_interval(low, high, low_open)}{also}, got {_short(given)}"
         )
-    return value
+    return number
 
 
 def _interval(low: float, high: float, low_open: bool) -> str:
@@ -187,7 +189,8 @@ def _short(value: Any) -> str:
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
+    choice: str = value  # one of the strings in choices
+    return choice
 
 
 def check_callable(name: str, value: Any) -> None:
@@ -239,7 +242,7 @@ def check_broadcasts_to(name: str, array: Any, shape: tuple[int, ...]) -> None:
 
 
 def check_rank(name: str, array: Any, ranks: Sequence[int]) -> int:
-    rank = array.ndim
+    rank: int = array.ndim
     if rank not in ranks:
         expected = ", ".join(map(str, ranks))
         raise ValueError(f"{name} must have rank {expected}; got shape {tuple(array.shape)}")

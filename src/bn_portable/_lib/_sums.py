@@ -119,7 +119,7 @@ def _dask_pairwise(x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
     import dask.array
     import numpy
 
-    def block_sum(block, axis, keepdims):
+    def block_sum(block: Any, axis: Any, keepdims: Any) -> Any:
         total = _pairwise(block, tuple(axis), numpy)
         return total if keepdims else numpy.squeeze(total, axis=axis)
 

@@ -57,11 +57,11 @@ def fast_paths(enabled: bool) -> Iterator[None]:
     --------
     >>> import numpy as np
     >>> import bn_portable as bn
-    >>> x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    >>> x = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
     >>> with bn.fast_paths(False):  # the portable kernels only
     ...     mean, variance = bn.moments(x, axes=[0])
-    >>> print(mean, variance)
-    [4. 5. 6. 7.] [10.666667 10.666667 10.666667 10.666667]
+    >>> print(mean)
+    [-0.27272728 -0.09090909  0.09090909  0.27272728]
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a Python bool, got {enabled!r}")

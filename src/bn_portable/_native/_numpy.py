@@ -86,6 +86,7 @@ input, bfloat16 and parameters that vary along more than one axis return
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -133,7 +134,9 @@ _MOMENT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float1
 # ---------------------------------------------------------------------------
 
 
-def fused_training_core(x, scale, offset, epsilon, channel, xp):
+def fused_training_core(
+    x: Any, scale: Any, offset: Any, epsilon: Any, channel: Any, xp: Any
+) -> Any:
     """Blocked fused training: ``y``, batch mean, biased variance, count."""
     if not _fusable(x, scale, offset):
         return NotImplemented
@@ -146,7 +149,9 @@ def fused_training_core(x, scale, offset, epsilon, channel, xp):
     return y, batch_mean, biased_variance, n
 
 
-def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
+def fused_inference(
+    x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: Any, channel: Any, xp: Any
+) -> Any:
     """Blocked fused inference: ``(x − mean)·(rsqrt(var + ε)·scale) + offset``."""
     if not _fusable(x, scale, offset, mean, variance):
         return NotImplemented
@@ -157,7 +162,7 @@ def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
     return y
 
 
-def batch_moments(x, axes, xp):
+def batch_moments(x: Any, axes: Any, xp: Any) -> Any:
     """Two-pass mean and biased variance over every axis but one (keepdims)."""
     if not _plain(x, _MOMENT_DTYPES):
         return NotImplemented
@@ -177,7 +182,9 @@ def batch_moments(x, axes, xp):
     return mean.reshape(keep_shape), variance.reshape(keep_shape)
 
 
-def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
+def normalize(
+    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, xp: Any
+) -> Any:
     """``x·inv + shift`` with the generic kernel's ``inv`` and ``shift``, blocked."""
     if not _plain(x, _MOMENT_DTYPES):
         return NotImplemented
@@ -201,7 +208,7 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
     return y
 
 
-def gradient_sums(dy, x, mean, channel, xp):
+def gradient_sums(dy: Any, x: Any, mean: Any, channel: Any, xp: Any) -> Any:
     """``(Σ dy, Σ dy·(x − mean))`` per channel, blocked: float32 partial sums, float64 totals."""
     if not _plain(x, _MOMENT_DTYPES) or not _same_layout(dy, x):
         return NotImplemented
@@ -212,7 +219,7 @@ def gradient_sums(dy, x, mean, channel, xp):
     return sum_dy.astype(mean.dtype), sum_dy_centred.astype(mean.dtype)
 
 
-def gradient_input(dy, x, mean, a, b, c, share, xp):
+def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: Any, xp: Any) -> Any:
     """``dx = dy·a + ((x − mean)·b + c)``, the generic kernel's ufuncs in its order, blocked."""
     if share is not None or not _plain(x, _MOMENT_DTYPES) or not _same_layout(dy, x):
         return NotImplemented
@@ -237,7 +244,7 @@ def gradient_input(dy, x, mean, a, b, c, share, xp):
 # ---------------------------------------------------------------------------
 
 
-def _plain(x, dtypes) -> bool:
+def _plain(x: Any, dtypes: Any) -> bool:
     """A C-contiguous, non-empty NumPy array of one of ``dtypes``, large enough to gain."""
     return (
         type(x) is np.ndarray
@@ -249,7 +256,7 @@ def _plain(x, dtypes) -> bool:
     )
 
 
-def _same_layout(other, x) -> bool:
+def _same_layout(other: Any, x: Any) -> bool:
     """``other`` is a C-contiguous NumPy array of ``x``'s dtype and shape."""
     return (
         type(other) is np.ndarray
@@ -259,13 +266,13 @@ def _same_layout(other, x) -> bool:
     )
 
 
-def _fusable(x, *parameters) -> bool:
+def _fusable(x: Any, *parameters: Any) -> bool:
     return _plain(x, _FUSED_DTYPES) and all(
         type(p) is np.ndarray and p.dtype == np.float32 and p.ndim == 1 for p in parameters
     )
 
 
-def _single_varying_axis(shape, parameter_shapes):
+def _single_varying_axis(shape: Any, parameter_shapes: Any) -> Any:
     """The one axis the parameters vary along; -1 if none does; None if several or broadcast grows x."""
     rank = len(shape)
     varying = set()
@@ -284,12 +291,12 @@ def _single_varying_axis(shape, parameter_shapes):
     return varying.pop() if varying else -1
 
 
-def _per_axis(value, rank, axis):
+def _per_axis(value: Any, rank: Any, axis: Any) -> Any:
     """A parameter broadcastable along ``axis`` as a flat ``[C]`` vector."""
     return value.reshape(-1) if axis >= 0 else value.reshape(1)
 
 
-def _fused_factor(variance, scale, epsilon):
+def _fused_factor(variance: Any, scale: Any, epsilon: Any) -> Any:
     """``rsqrt(variance + ε)·scale`` exactly as the generic fused kernel computes it."""
     from .._normalize import rsqrt
 
@@ -304,7 +311,9 @@ def _fused_factor(variance, scale, epsilon):
 class _ChannelView:
     """``x`` as ``(A, C, S)`` with the channel in the middle, and how to block it."""
 
-    def __init__(self, shape, channel, itemsize=4, *, threaded=False):
+    def __init__(
+        self, shape: Any, channel: Any, itemsize: Any = 4, *, threaded: Any = False
+    ) -> None:
         shape = tuple(int(s) for s in shape)
         self.shape = shape
         self.outer = math.prod(shape[:channel])
@@ -331,32 +340,32 @@ class _ChannelView:
             # input on one thread.
             self.block = min(_ROW_BLOCK, max(_MIN_BLOCK, size * itemsize // 100))
 
-    def _grouped(self, *arrays):
+    def _grouped(self, *arrays: Any) -> Any:
         """Each array viewed as ``(A, C, S)``."""
         return [a.reshape(self.outer, self.channels, self.inner) for a in arrays]
 
-    def _rows(self, *arrays):
+    def _rows(self, *arrays: Any) -> Any:
         """Each array viewed as ``A`` rows of ``C·S`` values."""
         return [a.reshape(self.outer, self.channels * self.inner) for a in arrays]
 
-    def _in_shares(self, work, items):
+    def _in_shares(self, work: Any, items: Any) -> Any:
         return _threads.in_shares(work, items, self.threads)
 
     # -- reductions -------------------------------------------------------
 
-    def channel_sums(self, x):
+    def channel_sums(self, x: Any) -> Any:
         """Σx per channel, float64 totals of float32 BLAS partial sums."""
         if self.long:
             return self._long_sums(*self._grouped(x))
         return self._short_sums(*self._rows(x))
 
-    def squared_deviation_sums(self, x, mean):
+    def squared_deviation_sums(self, x: Any, mean: Any) -> Any:
         """Σ(x − mean)² per channel (moments only: the centred block is scratch)."""
         mean32 = np.asarray(mean, dtype=_compute(x.dtype)).reshape(-1)
         if self.long:
             (x3,) = self._grouped(x)
 
-            def block_sums(a0, a1, c0, c1):
+            def block_sums(a0: Any, a1: Any, c0: Any, c1: Any) -> Any:
                 d = np.subtract(x3[a0:a1, c0:c1], mean32[c0:c1, None])
                 return _row_dots(d).sum(axis=0)
 
@@ -365,23 +374,23 @@ class _ChannelView:
         rows = self._rows_per_block()
         mean_tile = self._tile(mean32, rows)
 
-        def squares(r0, r1, scratch):
+        def squares(r0: Any, r1: Any, scratch: Any) -> Any:
             d = np.subtract(x2[r0:r1].reshape(-1), mean_tile[: (r1 - r0) * x2.shape[1]], out=scratch)
             return np.multiply(d, d, out=d)
 
         totals = self._chunked_column_sums(squares, mean32.dtype)
         return totals.reshape(self.channels, self.inner).sum(axis=1)
 
-    def _long_sums(self, x3):
+    def _long_sums(self, x3: Any) -> Any:
         if x3.dtype != np.float16:
             return _row_sums(x3).sum(axis=0)  # one BLAS call (BLAS has its own threads)
 
-        def block_sums(a0, a1, c0, c1):
+        def block_sums(a0: Any, a1: Any, c0: Any, c1: Any) -> Any:
             return _row_sums(x3[a0:a1, c0:c1].astype(np.float32)).sum(axis=0)
 
         return self._long_block_totals(block_sums)
 
-    def _long_block_totals(self, block_sums):
+    def _long_block_totals(self, block_sums: Any) -> Any:
         """Per-channel float64 totals of ``block_sums`` over ``_long_blocks``, in block order.
 
         ``block_sums(a0, a1, c0, c1)`` returns ``[..., c1 − c0]`` partial sums
@@ -394,7 +403,7 @@ class _ChannelView:
             total[..., c0:c1] += partial
         return total
 
-    def _short_sums(self, x2):
+    def _short_sums(self, x2: Any) -> Any:
         width = x2.shape[1]
         if x2.dtype != np.float16:
             # One BLAS product over the whole input: _RUN groups of rows,
@@ -412,7 +421,7 @@ class _ChannelView:
             )
         return columns.reshape(self.channels, self.inner).sum(axis=1)
 
-    def _chunked_column_sums(self, values, dtype):
+    def _chunked_column_sums(self, values: Any, dtype: Any) -> Any:
         """Column sums (over rows of ``C·S`` values) of ``values(r0, r1, scratch)``, float64.
 
         ``values`` gives the flat values of rows ``r0:r1`` (it may write them
@@ -428,7 +437,7 @@ class _ChannelView:
         chunks = [blocks[i : i + _CHUNK] for i in range(0, len(blocks), _CHUNK)]
         block_size = (blocks[0][1] - blocks[0][0]) * width
 
-        def work(share):
+        def work(share: Any) -> Any:
             running = np.empty(block_size, dtype=dtype)
             scratch = np.empty(block_size, dtype=dtype)
             sums = []
@@ -451,13 +460,17 @@ class _ChannelView:
 
     # -- fused training ---------------------------------------------------
 
-    def train(self, x, y, scale, offset, epsilon, inverse_count):
+    def train(
+        self, x: Any, y: Any, scale: Any, offset: Any, epsilon: Any, inverse_count: Any
+    ) -> Any:
         """Statistics and normalization into ``y``: batch mean, biased variance."""
         if self.long:
             return self._train_long(x, y, scale, offset, epsilon, inverse_count)
         return self._train_rows(x, y, scale, offset, epsilon, inverse_count)
 
-    def _train_long(self, x, y, scale, offset, epsilon, inverse_count):
+    def _train_long(
+        self, x: Any, y: Any, scale: Any, offset: Any, epsilon: Any, inverse_count: Any
+    ) -> Any:
         """Channel groups one at a time: each is read from memory once.
 
         A group's sum, its centred squares and its output are all computed
@@ -469,7 +482,7 @@ class _ChannelView:
         mean = np.empty(self.channels, dtype=np.float32)
         variance = np.empty(self.channels, dtype=np.float32)
 
-        def work(groups):
+        def work(groups: Any) -> None:
             for c0, c1, a_blocks in groups:
                 group_mean, group_variance = _train_group(
                     x3, y3, c0, c1, a_blocks, scale, offset, epsilon, inverse_count
@@ -480,7 +493,9 @@ class _ChannelView:
         self._in_shares(work, list(self._channel_groups()))
         return mean, variance
 
-    def _train_rows(self, x, y, scale, offset, epsilon, inverse_count):
+    def _train_rows(
+        self, x: Any, y: Any, scale: Any, offset: Any, epsilon: Any, inverse_count: Any
+    ) -> Any:
         """Whole rows: a mean pass, a centred-squares pass, then the output pass."""
         mean = self.channel_sums(x).astype(np.float32) * inverse_count
         width = self.channels * self.inner
@@ -489,7 +504,7 @@ class _ChannelView:
         in_place = x.dtype == np.float32
         mean_tile = self._tile(mean, rows)
 
-        def squares(r0, r1, scratch):
+        def squares(r0: Any, r1: Any, scratch: Any) -> Any:
             # float32 input: x − mean goes into y, which the output pass reuses.
             size = (r1 - r0) * width
             source = x2[r0:r1].reshape(-1)
@@ -505,8 +520,8 @@ class _ChannelView:
         factor_tile = self._tile(_fused_factor(variance, scale, epsilon), rows)
         offset_tile = self._tile(offset, rows)
 
-        def output(blocks):
-            centred = None if in_place else np.empty(rows * width, dtype=np.float32)
+        def output(blocks: Any) -> None:
+            centred: Any = None if in_place else np.empty(rows * width, dtype=np.float32)
             for r0, r1 in blocks:
                 size = (r1 - r0) * width
                 out = y2[r0:r1].reshape(-1)
@@ -523,13 +538,13 @@ class _ChannelView:
 
     # -- elementwise ------------------------------------------------------
 
-    def affine(self, x, y, mean, factor, offset):
+    def affine(self, x: Any, y: Any, mean: Any, factor: Any, offset: Any) -> None:
         """``y = (x − mean)·factor + offset`` in float32, rounded once to y's dtype."""
         in_place = x.dtype == np.float32
         if self.long:
             x3, y3 = self._grouped(x, y)
 
-            def work(blocks):
+            def work(blocks: Any) -> None:
                 for a0, a1, c0, c1 in blocks:
                     out = y3[a0:a1, c0:c1]
                     d = np.subtract(
@@ -548,8 +563,8 @@ class _ChannelView:
         rows = self._rows_per_block()
         tiles = [self._tile(v, rows) for v in (mean, factor, offset)]
 
-        def work(blocks):
-            scratch = None if in_place else np.empty(rows * width, dtype=np.float32)
+        def work_rows(blocks: Any) -> None:
+            scratch: Any = None if in_place else np.empty(rows * width, dtype=np.float32)
             for r0, r1 in blocks:
                 size = (r1 - r0) * width
                 out = y2[r0:r1].reshape(-1)
@@ -558,15 +573,15 @@ class _ChannelView:
                 np.multiply(d, tiles[1][:size], out=d)
                 np.add(d, tiles[2][:size], out=out)
 
-        self._in_shares(work, self._row_blocks())
+        self._in_shares(work_rows, self._row_blocks())
 
-    def scale_shift(self, x, y, inv, shift):
+    def scale_shift(self, x: Any, y: Any, inv: Any, shift: Any) -> None:
         """``y = x·inv + shift`` in x's dtype (``tf.nn.batch_normalization``)."""
         if self.long or inv.size == 1:
             x3, y3 = self._grouped(x, y)
             inv_b, shift_b = _columns(inv, shift)
 
-            def work(blocks):
+            def work(blocks: Any) -> None:
                 for a0, a1, c0, c1 in blocks:
                     out = y3[a0:a1, c0:c1]
                     np.multiply(x3[a0:a1, c0:c1], _channel_rows(inv_b, c0, c1), out=out)
@@ -579,24 +594,24 @@ class _ChannelView:
         rows = self._rows_per_block()
         inv_tile, shift_tile = (self._tile(v, rows) for v in (inv, shift))
 
-        def work(blocks):
+        def work_rows(blocks: Any) -> None:
             for r0, r1 in blocks:
                 size = (r1 - r0) * width
                 out = y2[r0:r1].reshape(-1)
                 np.multiply(x2[r0:r1].reshape(-1), inv_tile[:size], out=out)
                 np.add(out, shift_tile[:size], out=out)
 
-        self._in_shares(work, self._row_blocks())
+        self._in_shares(work_rows, self._row_blocks())
 
     # -- backward ---------------------------------------------------------
 
-    def gradient_sums(self, dy, x, mean):
+    def gradient_sums(self, dy: Any, x: Any, mean: Any) -> Any:
         """``Σ dy`` and ``Σ dy·(x − mean)`` per channel, as float64."""
         compute = _compute(x.dtype)
         if self.long:
             x3, dy3 = self._grouped(x, dy)
 
-            def block_sums(a0, a1, c0, c1):
+            def block_sums(a0: Any, a1: Any, c0: Any, c1: Any) -> Any:
                 g = dy3[a0:a1, c0:c1].astype(compute, copy=False)
                 d = np.subtract(x3[a0:a1, c0:c1], mean[c0:c1, None], dtype=compute)
                 return np.stack([_row_sums(g).sum(axis=0), _row_dots(g, d).sum(axis=0)])
@@ -607,7 +622,7 @@ class _ChannelView:
         x2, dy2 = self._rows(x, dy)
         mean_tile = self._tile(mean, self._rows_per_block())
 
-        def products(r0, r1, scratch):
+        def products(r0: Any, r1: Any, scratch: Any) -> Any:
             size = (r1 - r0) * width
             d = np.subtract(x2[r0:r1].reshape(-1), mean_tile[:size], out=scratch, dtype=compute)
             return np.multiply(d, dy2[r0:r1].reshape(-1), out=d)
@@ -616,7 +631,7 @@ class _ChannelView:
         sum_dy_centred = sum_dy_centred.reshape(self.channels, self.inner).sum(axis=1)
         return self.channel_sums(dy), sum_dy_centred
 
-    def gradient_input(self, dy, x, dx, mean, a, b, c):
+    def gradient_input(self, dy: Any, x: Any, dx: Any, mean: Any, a: Any, b: Any, c: Any) -> None:
         """``dx = dy·a + ((x − mean)·b + c)`` (``dy·a`` alone when ``b`` is None).
 
         Each product and sum rounds in the compute dtype, the last one once to
@@ -627,7 +642,7 @@ class _ChannelView:
             x3, dy3, dx3 = self._grouped(x, dy, dx)
             a_b, b_b, c_b, mean_b = _columns(a, b, c, mean)
 
-            def work(blocks):
+            def work(blocks: Any) -> None:
                 for a0, a1, c0, c1 in blocks:
                     out = dx3[a0:a1, c0:c1]
                     if b_b is None:
@@ -644,11 +659,15 @@ class _ChannelView:
         width = self.channels * self.inner
         x2, dy2, dx2 = self._rows(x, dy, dx)
         rows = self._rows_per_block()
+        a_tile: Any
+        b_tile: Any
+        c_tile: Any
+        mean_tile: Any
         a_tile, b_tile, c_tile, mean_tile = (
             None if v is None else self._tile(v, rows) for v in (a, b, c, mean)
         )
 
-        def work(blocks):
+        def work_rows(blocks: Any) -> None:
             t_buffer = np.empty(rows * width, dtype=compute)
             d_buffer = np.empty(rows * width, dtype=compute)
             for r0, r1 in blocks:
@@ -665,11 +684,11 @@ class _ChannelView:
                 np.add(d, c_tile[:size], out=d)
                 np.add(t, d, out=out)
 
-        self._in_shares(work, self._row_blocks())
+        self._in_shares(work_rows, self._row_blocks())
 
     # -- blocking ---------------------------------------------------------
 
-    def _rows_per_block(self):
+    def _rows_per_block(self) -> Any:
         """Rows of ``C·S`` values per block: a multiple of ``_RUN`` when there are many."""
         width = self.channels * self.inner
         rows = max(1, self.block // width)
@@ -677,12 +696,12 @@ class _ChannelView:
             rows -= rows % _RUN
         return min(rows, self.outer)
 
-    def _row_blocks(self):
+    def _row_blocks(self) -> Any:
         """(r0, r1) blocks of whole rows, ``_rows_per_block`` rows each (the last may be short)."""
         rows = self._rows_per_block()
         return [(r0, min(self.outer, r0 + rows)) for r0 in range(0, self.outer, rows)]
 
-    def _tile(self, per_channel, rows):
+    def _tile(self, per_channel: Any, rows: Any) -> Any:
         """A ``[C]`` vector laid out as ``rows`` rows of ``C·S`` values."""
         row = (
             np.repeat(np.asarray(per_channel).reshape(-1), self.inner)
@@ -691,7 +710,7 @@ class _ChannelView:
         )
         return np.tile(row, rows)
 
-    def _long_blocks(self):
+    def _long_blocks(self) -> Any:
         """(a0, a1, c0, c1) blocks of at most about ``self.block`` values."""
         per_channel = self.outer * self.inner
         if per_channel <= self.block:
@@ -704,7 +723,7 @@ class _ChannelView:
             for a0 in range(0, self.outer, rows):
                 yield a0, min(self.outer, a0 + rows), c0, c0 + 1
 
-    def _channel_groups(self):
+    def _channel_groups(self) -> Any:
         """Channel groups with their row blocks; a group's blocks cover every row."""
         per_channel = self.outer * self.inner
         if per_channel <= self.block:
@@ -718,11 +737,21 @@ class _ChannelView:
             yield c0, c0 + 1, a_blocks
 
 
-def _train_group(x3, y3, c0, c1, a_blocks, scale, offset, epsilon, inverse_count):
+def _train_group(
+    x3: Any,
+    y3: Any,
+    c0: Any,
+    c1: Any,
+    a_blocks: Any,
+    scale: Any,
+    offset: Any,
+    epsilon: Any,
+    inverse_count: Any,
+) -> Any:
     """One channel group of ``_train_long``: its mean and variance; its output into ``y3``."""
     in_place = x3.dtype == np.float32
     single = len(a_blocks) == 1
-    kept = None
+    kept: Any = None
     total = np.zeros(c1 - c0, dtype=np.float64)
     for a0, a1 in a_blocks:
         block = x3[a0:a1, c0:c1]
@@ -756,7 +785,7 @@ def _train_group(x3, y3, c0, c1, a_blocks, scale, offset, epsilon, inverse_count
     return group_mean, group_variance
 
 
-def _columns(*vectors):
+def _columns(*vectors: Any) -> Any:
     """``[C]`` (or one-value) vectors as ``[C, 1]`` (``[1, 1]``) columns; None stays None."""
     return [
         None if v is None else (v.reshape(-1, 1) if v.size > 1 else v.reshape(1, 1))
@@ -764,20 +793,20 @@ def _columns(*vectors):
     ]
 
 
-def _channel_rows(column, c0, c1):
+def _channel_rows(column: Any, c0: Any, c1: Any) -> Any:
     """Channels ``c0:c1`` of a column from ``_columns`` (a one-value column serves all)."""
     return column if column.shape[0] == 1 else column[c0:c1]
 
 
-def _compute(dtype):
+def _compute(dtype: Any) -> Any:
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
-def _segments(length):
+def _segments(length: Any) -> Any:
     return [(s0, min(length, s0 + _SEGMENT)) for s0 in range(0, length, _SEGMENT)]
 
 
-def _row_sums(block):
+def _row_sums(block: Any) -> Any:
     """Σ along the last (contiguous) axis, float64, by BLAS over runs of ``_SEGMENT``."""
     if block.ndim == 3 and block.shape[1] == 1:
         return _row_sums(block[:, 0])[:, None]  # one strided matrix: one BLAS call
@@ -790,7 +819,7 @@ def _row_sums(block):
     return total
 
 
-def _row_dots(a, b=None):
+def _row_dots(a: Any, b: Any = None) -> Any:
     """Σ a·b (Σ a² without ``b``) along the last (contiguous) axis, float64, by BLAS runs of ``_SEGMENT``."""
     b = a if b is None else b
     if a.ndim == 3 and a.shape[1] == 1:
@@ -802,7 +831,7 @@ def _row_dots(a, b=None):
     return total
 
 
-def _vecdot(a, b):
+def _vecdot(a: Any, b: Any) -> Any:
     """``Σ a·b`` along the last axis (``np.vecdot`` is NumPy 2; einsum's loop before it)."""
     if _HAS_VECDOT:
         return np.vecdot(a, b)
@@ -812,7 +841,7 @@ def _vecdot(a, b):
 _HAS_VECDOT = hasattr(np, "vecdot")
 
 
-def _column_sums(block):
+def _column_sums(block: Any) -> Any:
     """Column sums of a contiguous ``(rows, width)`` float block, as float64.
 
     At most ``_RUN`` rows are added in float32 per value (an elementwise

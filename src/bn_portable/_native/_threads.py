@@ -47,7 +47,9 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def in_shares(work: Callable[[Sequence[T]], list[Any] | None], items: Sequence[T], threads: int):
+def in_shares(
+    work: Callable[[Sequence[T]], list[Any] | None], items: Sequence[T], threads: int
+) -> Any:
     """Run ``work`` on contiguous shares of ``items`` in up to ``threads`` threads.
 
     ``work(share)`` returns one result per item of its share (or None when it
@@ -73,7 +75,7 @@ def in_shares(work: Callable[[Sequence[T]], list[Any] | None], items: Sequence[T
     return results
 
 
-def _split(items, parts):
+def _split(items: Any, parts: Any) -> Any:
     """``parts`` contiguous shares whose lengths differ by at most one."""
     size, extra = divmod(len(items), parts)
     shares, start = [], 0
@@ -84,7 +86,7 @@ def _split(items, parts):
     return shares
 
 
-def _submit(work, shares):
+def _submit(work: Any, shares: Any) -> Any:
     """Futures of ``work(share)`` for each share, on a pool with a thread for each.
 
     The pool is grown (replaced by a larger one) when a call needs more

@@ -62,13 +62,16 @@ a second full-size result: bit-identical, one allocation and one pass fewer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .. import _layout
 from . import fast_paths_enabled
 
 
-@torch.compiler.assume_constant_result
+# torch.compiler's decorators are not annotated; enabled stays () -> bool.
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
 def enabled() -> bool:
     """The fast-path switch; under ``torch.compile`` read once, at tracing, as a constant.
 
@@ -83,7 +86,9 @@ _BLOCK_ELEMENTS = 1 << 19
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def fused_training_core(x, scale, offset, epsilon, channel, xp):
+def fused_training_core(
+    x: Any, scale: Any, offset: Any, epsilon: Any, channel: Any, xp: Any
+) -> Any:
     """Training: y, batch mean, biased variance and count, from PyTorch's kernels."""
     if not _eligible(x, channel, scale, offset):
         return NotImplemented
@@ -101,7 +106,8 @@ def fused_training_core(x, scale, offset, epsilon, channel, xp):
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
         inverse_std = 1 / torch.sqrt(biased + epsilon)
     if _needs_autograd([x, scale, offset]):
-        y = _NormalizeWithBatchStatistics.apply(
+        # torch.autograd.Function.apply is not annotated.
+        y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
             x, scale, offset, batch_mean, inverse_std, channel, epsilon
         )
     else:  # no graph to record: the formula itself, without the autograd node
@@ -109,7 +115,7 @@ def fused_training_core(x, scale, offset, epsilon, channel, xp):
     return y, batch_mean, biased, count
 
 
-def _summed_statistics(x, channel, count):
+def _summed_statistics(x: Any, channel: Any, count: Any) -> Any:
     """Mean and biased variance, TensorFlow's fused way, with ``torch.sum``.
 
     PyTorch's statistics kernel is accurate for contiguous float32 NCHW only:
@@ -123,6 +129,7 @@ def _summed_statistics(x, channel, count):
     channels = x.shape[channel]
     # NCHW as (N, C, H·W), summed over (0, 2); NHWC as (N·H·W, C), summed over
     # rows (a two-axis reduction is quicker there). Views when contiguous.
+    dims: tuple[int, ...]
     if channel == 1 and x.ndim > 2:
         grouped, dims, per_channel = x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1)
     else:
@@ -145,26 +152,26 @@ def _summed_statistics(x, channel, count):
     return batch_mean, squares * inverse_count
 
 
-def _total(partials):
+def _total(partials: Any) -> Any:
     """The sum of per-block float32 sums, added in float64 and rounded once."""
     if len(partials) == 1:
         return partials[0]
     return torch.stack(partials).double().sum(0).to(torch.float32)
 
 
-def _one_block(x):
+def _one_block(x: Any) -> Any:
     """Whether x is taken whole: small, on a GPU (kernel launches cost more than
     temporaries there) or being compiled (the compiler plans the memory)."""
     return x.numel() <= _BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
 
 
-def _blocks(grouped):
+def _blocks(grouped: Any) -> Any:
     """Cache-sized blocks of the first axis."""
     block = max(1, _BLOCK_ELEMENTS // max(1, grouped[0].numel()))
     return [grouped[a0 : a0 + block] for a0 in range(0, grouped.shape[0], block)]
 
 
-def _per_channel(vector, x, channel):
+def _per_channel(vector: Any, x: Any, channel: Any) -> Any:
     """``[C]`` broadcast along ``channel`` of x (as it is when the channels are last)."""
     if channel == x.ndim - 1:
         return vector
@@ -173,7 +180,7 @@ def _per_channel(vector, x, channel):
     return vector.view(shape)
 
 
-def _affine(x, mean, inverse_std, scale, offset, channel):
+def _affine(x: Any, mean: Any, inverse_std: Any, scale: Any, offset: Any, channel: Any) -> Any:
     """TensorFlow's ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` in float32, rounded once to x's dtype.
 
     The same operations in the same order as the generic ``fused_affine``,
@@ -200,7 +207,16 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, scale, offset, mean, inverse_std, channel, epsilon):
+    def forward(
+        ctx: Any,
+        x: Any,
+        scale: Any,
+        offset: Any,
+        mean: Any,
+        inverse_std: Any,
+        channel: Any,
+        epsilon: Any,
+    ) -> Any:
         ctx.save_for_backward(x, scale, mean, inverse_std)
         ctx.channel = channel
         ctx.epsilon = epsilon
@@ -208,7 +224,7 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
             return _affine(x, mean, inverse_std, scale, offset, channel)
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx: Any, dy: Any) -> Any:
         x, scale, mean, inverse_std = ctx.saved_tensors
         mask = [bool(flag) for flag in ctx.needs_input_grad[:3]]
         # Under create_graph (grad mode on here), autograd differentiates this
@@ -227,7 +243,9 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
         return dx, dscale, doffset, None, None, None, None
 
 
-def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
+def fused_inference(
+    x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: Any, channel: Any, xp: Any
+) -> Any:
     """TensorFlow's fused formula with the given statistics, in one pass over x."""
     if not _eligible(x, channel, scale, offset, mean, variance):
         return NotImplemented
@@ -238,7 +256,9 @@ def fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp):
     return _affine(x, mean, inverse_std, scale, offset, channel)
 
 
-def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
+def normalize(
+    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, xp: Any
+) -> Any:
     """The generic ``x·inv + shift``, with the shift added in place (bit-identical)."""
     if torch._C._are_functorch_transforms_active():
         return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
@@ -255,7 +275,7 @@ def normalize(x, mean, variance, offset, scale, variance_epsilon, xp):
     return y.add_(shift)
 
 
-def gradient_sums(dy, x, mean, channel, xp):
+def gradient_sums(dy: Any, x: Any, mean: Any, channel: Any, xp: Any) -> Any:
     """``(Σ dy, Σ dy·(x − mean))`` per channel, the product summed block by block.
 
     ``Σ dy`` is the generic ``torch.sum``. The products are formed and summed
@@ -276,7 +296,7 @@ def gradient_sums(dy, x, mean, channel, xp):
     return torch.sum(dy.to(compute), axes), sum_dy_centred
 
 
-def gradient_input(dy, x, mean, a, b, c, share, xp):
+def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: Any, xp: Any) -> Any:
     """The generic ``dy·a + ((x − mean)·b + c)``, block by block into one output (bit-identical).
 
     The generic expression keeps two input-sized temporaries alive at once;
@@ -306,7 +326,7 @@ def gradient_input(dy, x, mean, a, b, c, share, xp):
     return dx
 
 
-def _outer_blocks(x):
+def _outer_blocks(x: Any) -> Any:
     """Slices of the first axis of about ``_BLOCK_ELEMENTS`` values each (at least one row).
 
     On a GPU the whole batch is one block: its caching allocator makes
@@ -318,11 +338,11 @@ def _outer_blocks(x):
     return [slice(start, start + step) for start in range(0, max(x.shape[0], 1), step)]
 
 
-def _needs_autograd(tensors) -> bool:
+def _needs_autograd(tensors: Any) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _eligible(x, channel, *parameters) -> bool:
+def _eligible(x: Any, channel: Any, *parameters: Any) -> bool:
     if x.dtype not in _FUSED_DTYPES or x.ndim not in (2, 3, 4, 5):
         return False
     if channel not in (1, x.ndim - 1) or x.device.type not in ("cpu", "cuda"):
@@ -334,10 +354,10 @@ def _eligible(x, channel, *parameters) -> bool:
     )
 
 
-def _channels_second(x, channel):
+def _channels_second(x: Any, channel: Any) -> Any:
     """NHWC/NDHWC as PyTorch's channels-last NCHW/NCDHW: a view, no copy."""
     return x if channel == 1 else x.movedim(channel, 1)
 
 
-def _channels_back(y, channel):
+def _channels_back(y: Any, channel: Any) -> Any:
     return y if channel == 1 else y.movedim(1, channel)
