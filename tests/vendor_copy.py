@@ -72,6 +72,7 @@ def build(dest: Path, array_api_compat: Path, *, hook: bool) -> None:
             text = _NAMES.sub(lambda m: targets[m.group(1)], source.read_text())
             (dest / folder / source.name).write_text(text)
     (dest / "conformance" / "goldens").symlink_to(ROOT / "conformance" / "goldens")
+    (dest / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     # The project's pytest settings, minus what refers to the repository's layout.
     (dest / "pytest.ini").write_text(
         "[pytest]\naddopts = -ra --strict-markers --strict-config -p no:cacheprovider\n"
