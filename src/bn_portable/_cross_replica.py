@@ -23,17 +23,11 @@ import math
 from typing import Any
 
 from . import _layout
-from ._lib import _checks
 from ._lib._compat import device
 from ._lib._dtypes import astype, compute_dtype, scalar
 from ._lib._sums import accurate_sum
 from ._moments import divide_no_nan
 from ._normalize import fused_inference
-
-
-def check_reducer(value: Any) -> None:
-    """``cross_replica_sum`` is None or a callable."""
-    _checks.check_callable("cross_replica_sum", value)
 
 
 def sum_across(reducer: Any, parts: list[Any], xp: Any) -> list[Any]:
@@ -57,20 +51,19 @@ def global_moments(
     frequency-weighted ones, 0 where the global total weight is 0.
     """
     x = astype(x, compute_dtype(xp, x.dtype), xp)
-    if weights is None:
-        count = local_count(x, axes, xp)
-        count, total = sum_across(reducer, [count, accurate_sum(x, axes, xp, keepdims=True)], xp)
-        mean = divide_no_nan(total, count, xp)
-        centered = x - mean
-        (m2,) = sum_across(reducer, [accurate_sum(centered * centered, axes, xp, keepdims=True)], xp)
-    else:
+    if weights is not None:
         weights = xp.broadcast_to(astype(weights, x.dtype, xp), x.shape)
-        local = [accurate_sum(weights, axes, xp, keepdims=True), accurate_sum(weights * x, axes, xp, keepdims=True)]
-        count, total = sum_across(reducer, local, xp)
-        mean = divide_no_nan(total, count, xp)
-        centered = x - mean
-        squares = accurate_sum(weights * (centered * centered), axes, xp, keepdims=True)
-        (m2,) = sum_across(reducer, [squares], xp)
+
+    def weighted(values: Any) -> Any:
+        return values if weights is None else weights * values
+
+    # Without weights every element weighs 1: the count is the shard's shape.
+    count = local_count(x, axes, xp) if weights is None else accurate_sum(weights, axes, xp, keepdims=True)
+    count, total = sum_across(reducer, [count, accurate_sum(weighted(x), axes, xp, keepdims=True)], xp)
+    mean = divide_no_nan(total, count, xp)
+    centered = x - mean
+    squares = accurate_sum(weighted(centered * centered), axes, xp, keepdims=True)
+    (m2,) = sum_across(reducer, [squares], xp)
     return mean, divide_no_nan(m2, count, xp)
 
 

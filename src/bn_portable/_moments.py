@@ -148,9 +148,9 @@ def _global_moments(
     x: Any, axes: Any, cross_replica_sum: Any, xp: Any, weights: Any = None
 ) -> tuple[Any, Any]:
     # Imported here: _cross_replica builds on this module's divide_no_nan.
-    from ._cross_replica import check_reducer, global_moments
+    from ._cross_replica import global_moments
 
-    check_reducer(cross_replica_sum)
+    _checks.check_callable("cross_replica_sum", cross_replica_sum)
     return global_moments(x, axes, cross_replica_sum, xp, weights)
 
 
