@@ -92,3 +92,28 @@ def test_torch_signature_includes_the_device():
     (entry,) = _call_cache.signature(x)
     assert torch.device("cpu") in entry
     assert _call_cache.signature(torch.nn.Parameter(x)) != _call_cache.signature(x)
+
+
+def test_concurrent_callers_evicting_each_other(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(_call_cache, "CAPACITY", 4)
+    _call_cache.clear()
+    errors, wrong = [], []
+
+    def caller(offset):
+        try:
+            for i in range(4000):
+                key = ("stress", (i + offset) % 12)
+                if _call_cache.remember(key, lambda key=key: key[1] * 10) != key[1] * 10:
+                    wrong.append(key)
+        except Exception as error:  # a race would surface here (KeyError on eviction)
+            errors.append(error)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _call_cache.clear()
+    assert errors == [] and wrong == []

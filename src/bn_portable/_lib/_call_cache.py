@@ -19,6 +19,7 @@ traced once per compiled shape instead, and a shape may be symbolic.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import fields
@@ -29,32 +30,40 @@ from typing import Any
 CAPACITY = 256
 
 _entries: OrderedDict[Hashable, Any] = OrderedDict()
+_lock = threading.Lock()
 
 _NO_SIGNATURE = object()
 
 
 def remember(key: Hashable | None, compute: Callable[[], Any]) -> Any:
-    """``compute()``, or what it returned before for ``key`` (None: never remembered)."""
+    """``compute()``, or what it returned before for ``key`` (None: never remembered).
+
+    The lock guards only the dictionary (concurrent callers may evict each
+    other's entries); ``compute`` runs outside it, so two threads may both
+    compute a new signature's answer, which is the same answer.
+    """
     if key is None:
         return compute()
     try:
-        found = _entries[key]
+        with _lock:
+            found = _entries[key]
+            _entries.move_to_end(key)
+        return found
     except KeyError:
         pass
     except TypeError:  # an unhashable piece slipped into the key: do not remember
         return compute()
-    else:
-        _entries.move_to_end(key)
-        return found
     value = compute()  # raises for bad input: nothing is stored then
-    _entries[key] = value
-    if len(_entries) > CAPACITY:
-        _entries.popitem(last=False)
+    with _lock:
+        _entries[key] = value
+        if len(_entries) > CAPACITY:
+            _entries.popitem(last=False)
     return value
 
 
 def clear() -> None:
-    _entries.clear()
+    with _lock:
+        _entries.clear()
 
 
 def signature(*arrays: Any) -> tuple[Any, ...] | None:
