@@ -177,23 +177,45 @@ def test_torch_compile(options):
     torch.testing.assert_close(compiled_module.gamma.grad, eager.gamma.grad, rtol=1e-5, atol=1e-5)
 
 
+#: DDP around the module in a process of its own: a gloo process group is
+#: process-wide state, and tearing one down under a live DDP reducer can block
+#: in gloo's thread join, which must not hang the test process.
+_DDP_SCRIPT = """
+import os, sys, torch, torch.distributed as dist
+from torch import nn
+sys.path[:0] = sys.argv[2:]
+from test_torch_module import BatchNorm, _input, _perturb
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+plain = _perturb(BatchNorm(3, scale=True))
+wrapped_module = _perturb(BatchNorm(3, scale=True))
+wrapped = nn.parallel.DistributedDataParallel(wrapped_module)
+x = _input()
+(plain(x) * x).sum().backward()
+(wrapped(x) * x).sum().backward()
+torch.testing.assert_close(wrapped_module.gamma.grad, plain.gamma.grad)
+torch.testing.assert_close(wrapped_module.moving_variance, plain.moving_variance)
+print("ddp ok", flush=True)
+os._exit(0)  # skip the process group's teardown: the result is in
+"""
+
+
+@pytest.mark.scaleout
 def test_ddp_single_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
     import torch.distributed as dist
 
     if not dist.is_available():
         pytest.skip("this PyTorch build has no torch.distributed")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        plain = _perturb(BatchNorm(3, scale=True))
-        wrapped_module = _perturb(BatchNorm(3, scale=True))
-        wrapped = nn.parallel.DistributedDataParallel(wrapped_module)
-        x = _input()
-        (plain(x) * x).sum().backward()
-        (wrapped(x) * x).sum().backward()
-        torch.testing.assert_close(wrapped_module.gamma.grad, plain.gamma.grad)
-        torch.testing.assert_close(wrapped_module.moving_variance, plain.moving_variance)
-    finally:
-        dist.destroy_process_group()
+    here = os.path.dirname(os.path.abspath(__file__))
+    completed = subprocess.run(
+        [sys.executable, "-c", _DDP_SCRIPT, str(tmp_path / "store"), here, *sys.path],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 0 and "ddp ok" in completed.stdout, completed.stderr[-4000:]
 
 
 @pytest.mark.parametrize(
