@@ -20,7 +20,7 @@ variance; every other path toward the biased one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -66,6 +66,21 @@ class LayerOptions:
     #: Sum over replicas of one small array (synchronized batch norm), or None.
     cross_replica_sum: Callable[[Any], Any] | None = None
     skip_nonfinite: bool = False
+
+    @property
+    def signature(self) -> Hashable | None:
+        """These options as a hashable key of the call cache (None: not remembered).
+
+        Computed once per options object (which ``layer_options`` remembers);
+        not ``functools.cached_property``, whose lock (Python 3.11) the
+        compiler cannot trace.
+        """
+        try:
+            return self.__dict__["_signature"]  # type: ignore[no-any-return]
+        except KeyError:
+            key = _call_cache.options_signature(self)
+            self.__dict__["_signature"] = key  # frozen: set behind the dataclass's back
+            return key
 
 
 @dataclass(frozen=True)
@@ -188,8 +203,43 @@ def layer_options(
 
     The two options TensorFlow does not have default here as in ``batch_norm``,
     so callers that build TensorFlow's options alone need not name them.
+
+    The validated options are remembered per exact argument values (types
+    included, so ``1`` and ``True`` stay apart): a training loop passes the
+    same options on every call, and checking them again is most of the cost of
+    a small call. Arguments that are not hashable plain values (initializer
+    mappings, a clipping dictionary of arrays) are checked every time.
     """
     arguments.update(cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite)
+    return _call_cache.remember(  # type: ignore[no-any-return]
+        _arguments_key(weighted, arguments), lambda: _validate_options(weighted, arguments)
+    )
+
+
+def _arguments_key(weighted: bool, arguments: Mapping[str, Any]) -> Hashable | None:
+    """The raw arguments as a key: names, values and their types; None if one is not plain."""
+    if _call_cache.tracing():
+        return None
+    values = list(arguments.values())
+    for index, name in enumerate(arguments):
+        if name in _MAPPING_OPTIONS and values[index] is not None:
+            mapping = values[index]
+            if name == "param_initializers" and mapping:
+                return None  # arrays or callables: validated (and copied) every call
+            if not isinstance(mapping, Mapping):
+                return None  # let validation say what is wrong
+            items = tuple(mapping.items())
+            if not all(type(v) in (int, float, bool) or v is None for _, v in items):
+                return None
+            values[index] = items
+    return ("layer_options", weighted, tuple(arguments), tuple(values), tuple(map(type, values)))
+
+
+_MAPPING_OPTIONS = ("param_initializers", "renorm_clipping")
+
+
+def _validate_options(weighted: bool, arguments: dict[str, Any]) -> LayerOptions:
+    arguments = dict(arguments)
     for name in (
         "center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm",
         "skip_nonfinite",
@@ -226,8 +276,10 @@ def prepare(x: Any, state: Any, batch_weights: Any, options: Any) -> Any:
     if state is None or type(state) is not BatchNormState or options.param_initializers:
         return _prepare(x, state, batch_weights, options)
     arrays = _call_cache.signature(x, batch_weights, *state)
-    option_key = _call_cache.options_signature(options)
-    key = None if arrays is None or option_key is None else ("batch_norm", option_key, arrays)
+    if arrays is None:  # an array type without a signature, or being compiled
+        return _prepare(x, state, batch_weights, options)
+    option_key = options.signature
+    key = None if option_key is None else ("batch_norm", option_key, arrays)
     xp, plan = _call_cache.remember(key, lambda: _prepare(x, state, batch_weights, options)[:2])
     return xp, plan, state
 

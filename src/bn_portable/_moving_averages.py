@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._lib import _call_cache
 from ._lib._compat import device
-from ._lib._dtypes import scalar, tf_constant
+from ._lib._dtypes import astype, dtype_name, round_to_float32, scalar, tf_constant
 
 
 def update_weight(decay: float, rounding: str, dtype: Any, xp: Any, dev: Any) -> Any:
@@ -26,10 +27,30 @@ def update_weight(decay: float, rounding: str, dtype: Any, xp: Any, dev: Any) ->
     return scalar(xp, 1.0, dtype, dev) - tf_constant(xp, decay, dtype, dev)
 
 
+def python_weight(decay: float, rounding: str, dtype: str) -> float:
+    """The value ``update_weight`` gives a float32 or float64 variable, as a Python float.
+
+    The value is exactly representable in the variable's dtype, so multiplying
+    by it as a Python float gives the same bits as the 0-d array would, on
+    every backend: a float32 array either converts it to float32 (exactly) or
+    multiplies in double, where the product of two float32 values is exact
+    before it is rounded to float32.
+    """
+    if rounding == "python":
+        return round_to_float32(1.0 - decay)
+    difference = 1.0 - round_to_float32(decay)  # exact in double
+    return round_to_float32(difference) if dtype == "float32" else difference
+
+
 def moving_average(variable: Any, value: Any, decay: float, rounding: str, xp: Any) -> Any:
     """``variable − (variable − value)·(1 − decay)``, a new array."""
-    weight = update_weight(decay, rounding, variable.dtype, xp, device(variable))
-    return variable - (variable - xp.astype(value, variable.dtype)) * weight
+    weight: Any
+    name = dtype_name(variable.dtype)
+    if name in ("float32", "float64") and not _call_cache.tracing():
+        weight = python_weight(decay, rounding, name)  # no array operations to make it
+    else:  # half-precision variables, or being compiled: a 0-d array of their dtype
+        weight = update_weight(decay, rounding, variable.dtype, xp, device(variable))
+    return variable - (variable - astype(value, variable.dtype, xp)) * weight
 
 
 def zero_debiased_average(

@@ -18,7 +18,7 @@ from . import _layout
 from ._lib import _call_cache, _checks
 from ._lib._autodiff import stop_gradient
 from ._lib._compat import device
-from ._lib._dtypes import astype, is_half, scalar
+from ._lib._dtypes import astype, is_half, round_to_float32, scalar
 from ._lib._sums import accurate_sum
 from ._lib._typing import ArrayT
 from ._native import overridable
@@ -207,6 +207,8 @@ def fused_training(
     keep = scalar(xp, 1.0, xp.float32, dev) - scalar(xp, factor, xp.float32, dev)
     new = scalar(xp, factor, xp.float32, dev)
     mean_out = keep * running_mean + new * batch_mean
+    if isinstance(bessel, float):  # 0-d arrays on both sides: NumPy 1.x would promote
+        bessel = scalar(xp, bessel, xp.float32, dev)  # a 0-d array times a float to float64
     variance_out = keep * running_variance + (new * bessel) * biased_variance
     return y, mean_out, variance_out
 
@@ -226,8 +228,17 @@ def fused_training_core(
 
 
 def bessel_correction(count: Any, xp: Any, dev: Any) -> Any:
-    """``n / max(n − 1, 1)`` in float32: TF's guard gives variance 0 when n = 1."""
-    return scalar(xp, count / max(count - 1, 1), xp.float32, dev)
+    """``n / max(n − 1, 1)`` rounded to float32 (TF's guard gives variance 0 when n = 1).
+
+    A Python float: multiplying a float32 array by it gives the bits the float32
+    constant would (``round_to_float32``), with no array to make. A 0-d array
+    while ``torch.compile`` traces, where the count may be symbolic (a batch
+    size the compiler made dynamic) and the compiler folds the constant anyway.
+    """
+    value = count / max(count - 1, 1)
+    if _call_cache.tracing():
+        return scalar(xp, value, xp.float32, dev)
+    return round_to_float32(value)
 
 
 @overridable

@@ -32,8 +32,6 @@ CAPACITY = 256
 _entries: OrderedDict[Hashable, Any] = OrderedDict()
 _lock = threading.Lock()
 
-_NO_SIGNATURE = object()
-
 
 def remember(key: Hashable | None, compute: Callable[[], Any]) -> Any:
     """``compute()``, or what it returned before for ``key`` (None: never remembered).
@@ -68,13 +66,31 @@ def clear() -> None:
 
 def signature(*arrays: Any) -> tuple[Any, ...] | None:
     """Type, shape, dtype and device of each array (None entries allowed); None if any has none."""
-    parts = []
+    numpy = sys.modules.get("numpy")
+    ndarray = None if numpy is None else numpy.ndarray
+    torch: Any = sys.modules.get("torch")
+    tensors = () if torch is None else (torch.Tensor, torch.nn.Parameter)
+    if torch is not None and torch.compiler.is_compiling():
+        return None
+    parts: list[Any] = []
     for array in arrays:
-        part = _array_signature(array)
-        if part is _NO_SIGNATURE:
+        kind = type(array)
+        if array is None:
+            parts.append(None)
+        elif kind is ndarray:
+            parts.append((kind, array.shape, array.dtype))
+        elif kind in tensors:
+            # torch.Size is a tuple: hashable and equal to the same shape as a tuple.
+            parts.append((kind, array.shape, array.dtype, array.device))
+        else:
             return None
-        parts.append(part)
     return tuple(parts)
+
+
+def tracing() -> bool:
+    """Whether PyTorch's compiler is tracing this call (the cache is bypassed then)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
 
 
 def options_signature(options: Any) -> tuple[Any, ...] | None:
@@ -97,18 +113,3 @@ def options_signature(options: Any) -> tuple[Any, ...] | None:
     except TypeError:
         return None
     return key
-
-
-def _array_signature(array: Any) -> Any:
-    if array is None:
-        return None
-    kind = type(array)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and kind is numpy.ndarray:
-        return (kind, array.shape, array.dtype)
-    torch = sys.modules.get("torch")
-    if torch is not None and kind in (torch.Tensor, torch.nn.Parameter):
-        if torch.compiler.is_compiling():
-            return _NO_SIGNATURE
-        return (kind, tuple(array.shape), array.dtype, array.device)
-    return _NO_SIGNATURE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from typing import Any
 
 _WORD = re.compile(r"[A-Za-z0-9_]+")
@@ -70,3 +71,14 @@ def tf_constant(xp: Any, value: float, dtype: Any, device: Any) -> Any:
     """
     as_float32 = xp.full((), value, dtype=xp.float32, device=device)
     return xp.astype(as_float32, dtype) if dtype != xp.float32 else as_float32
+
+
+def round_to_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (as a Python float, exactly that float32).
+
+    A Python float holding a float32 value multiplies a float32 or float64 array
+    to the same bits on every backend, whatever precision it computes in (the
+    exact product fits a double), so such constants need no 0-d array (and no
+    array operation) per call.
+    """
+    return float(struct.unpack("f", struct.pack("f", value))[0])

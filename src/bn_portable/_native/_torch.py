@@ -104,7 +104,7 @@ def fused_training_core(
         else:
             batch_mean, biased = _summed_statistics(x, channel, count)
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-        inverse_std = 1 / torch.sqrt(biased + epsilon)
+        inverse_std = torch.reciprocal(torch.sqrt(biased + epsilon))
     if _needs_autograd([x, scale, offset]):
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
@@ -252,7 +252,7 @@ def fused_inference(
     if x.numel() == 0:
         return NotImplemented
     # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-    inverse_std = 1 / torch.sqrt(variance + epsilon)
+    inverse_std = torch.reciprocal(torch.sqrt(variance + epsilon))
     return _affine(x, mean, inverse_std, scale, offset, channel)
 
 
