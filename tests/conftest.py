@@ -59,6 +59,15 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture
+def torch_backend_selected(request: pytest.FixtureRequest) -> None:
+    """Skip a PyTorch-only test unless the torch backend is selected (or no ``--backend``):
+    the other backends' sessions would run the same test again."""
+    wanted = request.config.getoption("--backend")
+    if wanted is not None and "torch" not in wanted:
+        pytest.skip("PyTorch-only tests run with --backend torch")
+
+
+@pytest.fixture
 def tiny_numpy_blocks(monkeypatch: pytest.MonkeyPatch):
     """The NumPy fast paths with every input taken and cut into tiny blocks.
 

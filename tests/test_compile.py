@@ -36,10 +36,7 @@ pytestmark = [
 
 
 @pytest.fixture(autouse=True)
-def _torch_selected(request):
-    wanted = request.config.getoption("--backend")
-    if wanted is not None and "torch" not in wanted:
-        pytest.skip("compile tests run with --backend torch")
+def _fresh_compiler(torch_backend_selected):
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -195,6 +192,27 @@ def test_inductor_training_step_equals_eager(shape, data_format):
         loss, new_state = function(*leaves)
         results.append((loss, tuple(new_state), torch.autograd.grad(loss, leaves)))
     _assert_close(results[1], results[0])
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
+def test_symbolic_batch_sizes_trace_whole(fast):
+    """Called with a second batch size, the compiler recompiles with a symbolic
+    batch dimension, so the element count, and the Bessel factor made from it,
+    are symbolic: the layer and the fused op still trace with no break and equal
+    eager for each batch size."""
+    options = dict(fused=True, scale=True, data_format="NHWC")
+    _, state = bn.batch_norm(_x((6, 5)), None, **options)
+
+    def step(x):
+        y, new_state = bn.batch_norm(x, state, **options)
+        fused = bn.fused_batch_norm(x.reshape(x.shape[0], 1, 1, -1), state.gamma, state.beta)
+        return y, tuple(new_state), fused
+
+    compiled = _compiled(step)
+    with bn.fast_paths(fast):
+        for rows in (6, 9, 12):
+            x = _x((rows, 5))
+            _assert_close(compiled(x), step(x))
 
 
 def test_fast_path_switch_is_read_when_compiling():

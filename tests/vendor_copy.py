@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the array_api_compat package folder to vendor")
     parser.add_argument("--dest", type=Path, required=True, help="an empty or absent folder")
     parser.add_argument("--hook", action="store_true", help="vendor through _array_api_compat_vendor")
+    parser.add_argument("--backend", action="append", dest="backends",
+                        help="a test backend (repeatable; default numpy and torch)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest")
     args = parser.parse_args(argv)
     for name in ("bn_portable", "array_api_compat"):
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.dest)
     build(args.dest, args.array_api_compat, hook=args.hook)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    command = [sys.executable, "-m", "pytest", "--backend=numpy", "--backend=torch", *args.pytest_args]
+    backends = [f"--backend={name}" for name in args.backends or ("numpy", "torch")]
+    command = [sys.executable, "-m", "pytest", *backends, *args.pytest_args]
     return subprocess.call(command, cwd=args.dest, env=env)
 
 
