@@ -20,11 +20,24 @@ import nox
 import tomllib
 
 nox.options.sessions = [
-    "lint", "doctests", "docs", "tests", "gpu_tests", "scaleout", "vendoring", "package",
-    "numpy1", "golden_check", "conformance",
+    "conformance", "golden_check", "tests", "gpu_tests", "vendoring", "numpy1", "lint",
+    "doctests", "docs", "package", "scaleout",
 ]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
+#: Two sessions at a time, each in its own process, its output printed when it
+#: ends (``-j 1`` runs them in turn). Most sessions keep one core busy (pip,
+#: one pytest process), so on two cores a run of ``nox`` takes about 60% of the
+#: time in turn. The longest, the conformance suite (two worker processes of its
+#: own), starts first; the scale-out tests (processes, a cluster, timeouts) and
+#: the benchmarks run alone.
+nox.options.parallel = 2
+nox.options.allow_parallel = True
+
+#: OpenMP threads (PyTorch's) that run out of work sleep at once instead of
+#: spinning: beside another session, a spinning thread holds the core that
+#: session needs. Set by the sessions that run beside others.
+SHARED_CORES = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 #: Every environment that installs PyTorch pins it: on the project's machines a
 #: CPU build of 2.13.0 for Python 3.11 is provided locally, while an unpinned
@@ -64,11 +77,19 @@ TF_QUIET = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
 MYPY_PACKAGES = ["mypy==2.4.1", "numpy==2.4.6"]
 
 
+def _install(session: nox.Session, *packages: str) -> None:
+    """``pip install`` without compiling every module to bytecode first: a session
+    imports a small part of what it installs, and compiling all of PyTorch took
+    17 of the 29 seconds of its install on 2 cores (Python compiles what is
+    imported, once, when it is imported)."""
+    session.install("--no-compile", *packages)
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff; ``mypy --strict`` on the package (PyTorch installed: ``bn_portable.torch``
     subclasses its ``nn.Module``); and a user's program type-checked against the API."""
-    session.install("ruff==0.17.5", TORCH, *MYPY_PACKAGES, ".[test]")
+    _install(session, "ruff==0.17.5", TORCH, *MYPY_PACKAGES, ".[test]")
     session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "docs", "noxfile.py")
     session.run("mypy", "--strict", "src/bn_portable")
     session.run("pytest", "tests/test_typing.py")
@@ -77,14 +98,14 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def doctests(session: nox.Session) -> None:
     """The examples in the public docstrings, on NumPy alone."""
-    session.install(".[test]")
+    _install(session, ".[test]")
     session.run("pytest", "tests/test_doctests.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the docs site with warnings as errors (``-- serve`` to preview it)."""
-    session.install(".[docs]")
+    _install(session, ".[docs]")
     if session.posargs[:1] == ["serve"]:
         session.run("mkdocs", "serve", *session.posargs[1:])
         return
@@ -95,10 +116,10 @@ def docs(session: nox.Session) -> None:
 
 def _unit_tests(session: nox.Session, backend: str, packages: list[str]) -> None:
     # PyTorch is in every session: the gradient tests use its autograd as a reference.
-    session.install(TORCH, ".[test]", *packages)
+    _install(session, TORCH, ".[test]", *packages)
     selected = [f"--backend={name}" for name in TEST_BACKENDS.get(backend, [backend])]
     # Tests that start processes, devices or a cluster run once, in ``scaleout``.
-    session.run("pytest", *selected, "-m", "not scaleout", *session.posargs)
+    session.run("pytest", *selected, "-m", "not scaleout", *session.posargs, env=SHARED_CORES)
 
 
 @nox.session(python=PYTHON)
@@ -117,26 +138,26 @@ def gpu_tests(session: nox.Session, backend: str) -> None:
     _unit_tests(session, backend, GPU_BACKEND_PACKAGES[backend])
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=False)
 def scaleout(session: nox.Session) -> None:
     """Synchronized BN over two gloo processes and two JAX CPU devices; a two-worker Dask cluster."""
-    session.install(TORCH, ".[test,jax,distributed,progress]")
+    _install(session, TORCH, ".[test,jax,distributed,progress]")
     session.run("pytest", "-m", "scaleout", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def numpy1(session: nox.Session) -> None:
     """Unit tests and conformance on NumPy 1.x (TensorFlow 2.15, the reference, pins numpy < 2)."""
-    session.install(TORCH, ".[test]", "numpy>=1.24,<2")
-    session.run("pytest", "--backend=numpy", "-m", "not scaleout", *session.posargs)
+    _install(session, TORCH, ".[test]", "numpy>=1.24,<2")
+    session.run("pytest", "--backend=numpy", "-m", "not scaleout", *session.posargs, env=SHARED_CORES)
     session.run(
         "python", "-m", "conformance.run",
-        "--backend=numpy", "--backend=numpy-generic", "--no-report",
+        "--backend=numpy", "--backend=numpy-generic", "--no-report", "--jobs=1", env=SHARED_CORES,
     )
 
 
 def _golden(session: nox.Session, arguments: list[str]) -> None:
-    session.install(*GOLDEN_PACKAGES)
+    _install(session, *GOLDEN_PACKAGES)
     session.run(
         "python", "-m", "conformance.generate", *arguments,
         env={"TF_ENABLE_ONEDNN_OPTS": "0", **TF_QUIET},
@@ -156,7 +177,7 @@ def golden_check(session: nox.Session) -> None:
     _golden(session, ["--check"])
     session.run(
         "python", "-m", "conformance.checkpoints", "--check",
-        env={"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={"TF_ENABLE_ONEDNN_OPTS": "0", **TF_QUIET},
     )
 
 
@@ -164,31 +185,31 @@ def golden_check(session: nox.Session) -> None:
 def checkpoints(session: nox.Session) -> None:
     """Rewrite tests/data/porting: checkpoints and Keras files TensorFlow trains and saves
     (``-- --check`` compares instead)."""
-    session.install(*GOLDEN_PACKAGES)  # tensorflow brings h5py
+    _install(session, *GOLDEN_PACKAGES)  # tensorflow brings h5py
     session.run(
         "python", "-m", "conformance.checkpoints", *session.posargs,
-        env={"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={"TF_ENABLE_ONEDNN_OPTS": "0", **TF_QUIET},
     )
 
 
 @nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
     """Every golden case on every backend present, fast paths on and off; writes the report."""
-    session.install(TORCH, ".[test,jax,dask,array-api-strict]")
-    session.run("python", "-m", "conformance.run", *session.posargs)
+    _install(session, TORCH, ".[test,jax,dask,array-api-strict]")
+    session.run("python", "-m", "conformance.run", *session.posargs, env=SHARED_CORES)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=False)
 def robustness(session: nox.Session) -> None:
     """Rewrite docs/robustness.md: ill-conditioned batches, float16 range, edge shapes, threads."""
-    session.install(TORCH, ".[test,jax,dask,array-api-strict]")
+    _install(session, TORCH, ".[test,jax,dask,array-api-strict]")
     session.run("python", "benchmarks/robustness.py", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=False)
 def bench_tensorflow(session: nox.Session) -> None:
     """The benchmark with TensorFlow's fused op beside the others (NumPy < 2, TF 2.15's pin)."""
-    session.install(TORCH, GOLDEN_PACKAGES[0], "numpy<2", ".[bench]")
+    _install(session, TORCH, GOLDEN_PACKAGES[0], "numpy<2", ".[bench]")
     session.run(
         "python",
         "benchmarks/bench.py",
@@ -200,17 +221,17 @@ def bench_tensorflow(session: nox.Session) -> None:
     )
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=False)
 def bench(session: nox.Session) -> None:
     """The benchmark harness (``-- --quick`` for a short run)."""
-    session.install(TORCH, ".[bench,jax]")
+    _install(session, TORCH, ".[bench,jax]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=False)
 def bench_scale_out(session: nox.Session) -> None:
     """Dask throughput with 1 and 2 workers; synchronization cost, two gloo processes vs one."""
-    session.install(TORCH, ".[distributed]")
+    _install(session, TORCH, ".[distributed]")
     session.run("python", "benchmarks/scale_out.py", *session.posargs)
 
 
@@ -223,17 +244,20 @@ def vendoring(session: nox.Session) -> None:
     """
     # The test extra's requirements, but not the package itself.
     pyproject = tomllib.loads(Path("pyproject.toml").read_text())
-    session.install(TORCH, *pyproject["project"]["optional-dependencies"]["test"])
+    _install(session, TORCH, *pyproject["project"]["optional-dependencies"]["test"])
     tmp = Path(session.create_tmp())
     site = tmp / "array-api-compat"
     session.run(
         "python", "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade",
         "--target", str(site), "array-api-compat>=1.11",
     )
-    for variant in ([], ["--hook"]):
+    # Both ways of vendoring on NumPy; the hook's, what a vendoring library writes, on
+    # PyTorch too (its fast paths import the vendored array-api-compat the same way).
+    for variant in (["--backend=numpy"], ["--hook", "--backend=numpy", "--backend=torch"]):
         session.run(
             "python", "tests/vendor_copy.py", "--array-api-compat", str(site / "array_api_compat"),
             "--dest", str(tmp / "vendored"), *variant, "--", "-q", "-m", "not scaleout", *session.posargs,
+            env=SHARED_CORES,
         )
 
 
@@ -253,7 +277,7 @@ print("bn_portable", bn.__version__, "from the wheel: ok")
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel and sdist, check the sdist, install the wheel in a clean venv, run it."""
-    session.install("build>=1.2")
+    _install(session, "build>=1.2")
     tmp = Path(session.create_tmp())
     dist = tmp / "dist"
     shutil.rmtree(dist, ignore_errors=True)
@@ -280,7 +304,7 @@ print(f"{sdist.name}: {len(names)} files, {size / 1e3:.0f} kB, no goldens")
 """
 
 
-@nox.session(python=PYTHON if HAS_GPU else False)
+@nox.session(python=PYTHON if HAS_GPU else False, allow_parallel=False)
 def gpu(session: nox.Session) -> None:
     """Everything that needs a CUDA GPU, in one command (about ten minutes).
 
@@ -293,7 +317,7 @@ def gpu(session: nox.Session) -> None:
     if not HAS_GPU:
         session.skip("needs a CUDA GPU and this machine has none (nvidia-smi not found)")
     # On Linux, PyPI's torch==2.13.0 is the CUDA build.
-    session.install(TORCH, ".[test,cupy,jax,dask,array-api-strict]")
+    _install(session, TORCH, ".[test,cupy,jax,dask,array-api-strict]")
     session.run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv", external=True)
     session.run("pytest", "tests/test_no_sync.py", "-q", "-rs")
     session.run("python", "-m", "conformance.run", "--report", "docs/conformance-gpu.md")
