@@ -215,10 +215,36 @@ def numpy_impls(case: Case, bn: Any) -> dict[str, Callable[[], Any] | str]:
             return {"numpy fast": "bn_portable has no fused_batch_norm_grad yet"}
         call = lambda: grad(case.dy, x, scale, mean, variance, epsilon=EPSILON, data_format=fmt)  # noqa: E731
     out["numpy fast"] = with_fast(True, call)
+    kernels = _numpy_kernels(case, bn)
+    if kernels is not None:
+        out["numpy kernels"] = kernels
     out["numpy fast 1t"] = _numpy_one_thread(with_fast(True, call))
     out["numpy generic"] = with_fast(False, call)
     out["numpy naive"] = naive_numpy(case)
     return out
+
+
+def _numpy_kernels(case: Case, bn: Any) -> Callable[[], Any] | None:
+    """The kernel ``numpy fast`` runs for the forward, called directly: what the
+    public function costs without what is around it (validation, planning,
+    dispatch, the Bessel factor). The fast path's kernel, or the generic one
+    where the fast path hands the case back (small batches)."""
+    fast = importlib.import_module("bn_portable._native._numpy")
+    generic = importlib.import_module("bn_portable._normalize")
+    xp = importlib.import_module("array_api_compat").array_namespace(case.x)
+    x, scale, offset, mean, variance = case.x, case.scale, case.offset, case.mean, case.variance
+    channel = case.channel
+    if case.operation == "train":
+        arguments = (x, scale, offset, EPSILON, channel)
+        kernel, fallback = fast.fused_training_core, generic.fused_training_core.generic
+    elif case.operation == "infer":
+        arguments = (x, scale, offset, mean, variance, EPSILON, channel)
+        kernel, fallback = fast.fused_inference, generic.fused_inference.generic
+    else:
+        return None
+    if kernel(*arguments, np) is NotImplemented:
+        return lambda: fallback(*arguments, xp)
+    return lambda: kernel(*arguments, np)
 
 
 def _numpy_one_thread(call: Callable[[], Any]) -> Callable[[], Any]:
