@@ -66,12 +66,12 @@ def clear() -> None:
 
 def signature(*arrays: Any) -> tuple[Any, ...] | None:
     """Type, shape, dtype and device of each array (None entries allowed); None if any has none."""
+    if tracing():
+        return None
     numpy = sys.modules.get("numpy")
     ndarray = None if numpy is None else numpy.ndarray
     torch: Any = sys.modules.get("torch")
     tensors = () if torch is None else (torch.Tensor, torch.nn.Parameter)
-    if torch is not None and torch.compiler.is_compiling():
-        return None
     parts: list[Any] = []
     for array in arrays:
         kind = type(array)
