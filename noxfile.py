@@ -46,9 +46,12 @@ SHARED_CORES = {"OMP_WAIT_POLICY": "PASSIVE"}
 TORCH = "torch==2.13.0"
 PYTHON = "3.11"
 
-#: What each backend's environment installs besides ``.[test]``.
+#: What each backend's environment installs besides ``.[test]``. The tests that
+#: take no ``backend`` (validation, gradients against JAX's, the README's code
+#: blocks, ...) run once, in the NumPy session (tests/conftest.py), which
+#: therefore has every CPU array library and the optional integrations.
 BACKEND_PACKAGES = {
-    "numpy": [],
+    "numpy": [".[jax,dask,array-api-strict,progress]"],
     "array-api-strict": [".[array-api-strict]"],
     "torch": [],
     "jax": [".[jax]"],

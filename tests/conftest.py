@@ -58,13 +58,30 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return chosen
 
 
-@pytest.fixture
-def torch_backend_selected(request: pytest.FixtureRequest) -> None:
-    """Skip a PyTorch-only test unless the torch backend is selected (or no ``--backend``):
-    the other backends' sessions would run the same test again."""
-    wanted = request.config.getoption("--backend")
-    if wanted is not None and "torch" not in wanted:
-        pytest.skip("PyTorch-only tests run with --backend torch")
+#: Where a test that takes no ``backend`` runs when ``--backend`` restricts the
+#: run: with the NumPy backend (the ``numpy`` session installs every CPU array
+#: library, so tests that need JAX, Dask or array-api-strict run there too),
+#: or with the backend its ``home_backend`` marker names. In every other
+#: session it would run again with the same libraries and the same result.
+DEFAULT_HOME = "numpy"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.getoption("--backend")
+    if wanted is None:
+        return
+    kept, elsewhere = [], []
+    for item in items:
+        runs_here = "backend" in item.fixturenames or _home(item) in wanted
+        (kept if runs_here else elsewhere).append(item)
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = kept
+
+
+def _home(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("home_backend")
+    return marker.args[0] if marker else DEFAULT_HOME
 
 
 @pytest.fixture

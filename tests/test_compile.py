@@ -10,8 +10,8 @@ Most cases use the ``aot_eager`` backend (dynamo and AOT autograd, forward and
 backward graphs, without code generation: seconds per case); a few use the
 default inductor backend, whose generated kernels may reorder the float
 arithmetic. Only run where the torch backend is selected (``--backend torch``
-or no ``--backend``): the other backends' sessions would repeat the same
-compilations.
+or no ``--backend``; the ``home_backend`` marker): the other backends' sessions
+would repeat the same compilations.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import bn_portable as bn
 torch = pytest.importorskip("torch")
 
 pytestmark = [
+    pytest.mark.home_backend("torch"),
     # array-api-compat's type checks are functools.lru_cache'd functions of a
     # type (never of array values); dynamo traces through the cache and warns.
     pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
@@ -36,7 +37,7 @@ pytestmark = [
 
 
 @pytest.fixture(autouse=True)
-def _fresh_compiler(torch_backend_selected):
+def _fresh_compiler():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()

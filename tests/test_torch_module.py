@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch", reason="bn_portable.torch needs PyTorch, wh
 import bn_portable as bn  # noqa: E402
 from bn_portable.torch import BatchNorm, from_torch, to_torch  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("torch_backend_selected")
+pytestmark = pytest.mark.home_backend("torch")
 
 nn = torch.nn
 
