@@ -12,7 +12,8 @@ seed and fed through placeholders.  Inputs and outputs go to
 else (versions, settings, hashes, what TF did) goes to ``<out>/manifest.json``.
 ``--check`` regenerates into a temporary folder and compares: every array must be
 bit-identical, except that a floating array may differ by at most
-``PROCESSOR_ULPS`` epsilons of its largest magnitude (see ``close_across_processors``).
+``PROCESSOR_ULPS`` epsilons of its largest magnitude, or a normalized output
+as many in the conformance suite's measure (see ``close_across_processors``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from conformance import catalogue
+from conformance.compare import EPSILON, error_in_epsilons
 from conformance.tf_slim_compat import import_tf_slim
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
@@ -859,18 +861,34 @@ def _diff_json(a, b, path="", out=None, limit=50):
     return out
 
 
-#: How far (in epsilons of the array's largest magnitude) a regenerated array may
-#: be from the committed one. TensorFlow's Eigen CPU kernels pick their vector
-#: width and fused multiply-adds from the processor: the same TensorFlow wheel
-#: gives bit-identical goldens on one processor, but on 2^16-value fused cases an
-#: AVX-512 Xeon and an AVX2 EPYC differ by up to about 5 epsilons of the scale
-#: (training and inference alike). 8 is well inside every conformance tolerance
-#: (64 epsilons), so which processor generated a golden never decides a verdict.
-PROCESSOR_ULPS = 8
+#: How far (in epsilons) a regenerated array may be from the committed one.
+#: TensorFlow's Eigen CPU kernels pick their vector width and fused multiply-adds
+#: from the processor: the same TensorFlow wheel gives bit-identical goldens on
+#: one processor, but on 2^16-value fused cases an AVX-512 Xeon and an AVX2 EPYC
+#: differ by up to about 5 epsilons of the scale (training and inference alike),
+#: and the float64 moving variances that four renorm steps with clipping produce
+#: by up to 8.1 on another AVX2 EPYC. 16 is well inside every conformance
+#: tolerance (64 epsilons), so which processor generated a golden never decides
+#: a verdict.
+PROCESSOR_ULPS = 16
 
 
-def close_across_processors(committed: np.ndarray, regenerated: np.ndarray) -> float | None:
-    """The largest difference in epsilons of the scale, or None when not within the bound.
+def close_across_processors(
+    committed: np.ndarray,
+    regenerated: np.ndarray,
+    source: np.ndarray | None = None,
+    channel_axis: int | None = None,
+) -> float | None:
+    """The difference in epsilons, or None when not within ``PROCESSOR_ULPS``.
+
+    Measured in epsilons of the array's largest magnitude. A normalized output
+    ``y`` (``source``: the ``x`` it came from) may instead be measured as the
+    conformance suite measures it (``compare.error_in_epsilons``, which also
+    allows ``eps·|x|·|∂y/∂x|``): on an ill-conditioned batch, TensorFlow's own
+    one-ulp difference in a statistic moves y by about the ratio of the mean
+    to the spread in epsilons of y (1,460 epsilons of the scale at a ratio of
+    10⁴ between an AVX-512 Xeon and an AVX2 EPYC), the same computation
+    rounded differently. The smaller of the two is the difference.
 
     NaN and infinities must stand at the same places with the same values; only
     finite floating values may differ.
@@ -882,12 +900,24 @@ def close_across_processors(committed: np.ndarray, regenerated: np.ndarray) -> f
     if not np.array_equal(finite, np.isfinite(b)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
         return None
     difference = float(np.max(np.abs(a[finite] - b[finite]), initial=0.0))
-    scale = float(np.max(np.abs(a[finite]), initial=0.0)) * float(np.finfo(committed.dtype).eps)
     if difference == 0.0:
         return 0.0
-    if scale == 0.0 or difference > PROCESSOR_ULPS * scale:
-        return None
-    return difference / scale
+    scale = float(np.max(np.abs(a[finite]), initial=0.0)) * float(np.finfo(committed.dtype).eps)
+    measures = [difference / scale] if scale > 0.0 else []
+    if source is not None and source.shape == committed.shape and committed.dtype.name in EPSILON:
+        measures.append(error_in_epsilons(b, a, committed.dtype.name, source, channel_axis))
+    error = min(measures, default=float("inf"))
+    return error if error <= PROCESSOR_ULPS else None
+
+
+def _source_and_channel_axis(arrays: dict, key: str, cases: dict) -> tuple:
+    """For ``<case>|…y``: the ``x`` it came from and where its channels are, as the runner pairs them."""
+    if not key.endswith("y"):
+        return None, None
+    case = cases.get(key.split("|", 1)[0], {})
+    data_format = case.get("kwargs", {}).get("data_format")
+    channel_axis = None if data_format is None else (1 if data_format.startswith("NC") else -1)
+    return arrays.get(key[: -len("y")] + "x"), channel_axis
 
 
 def check(committed_dir, fresh_dir, selected_ids, full) -> tuple[list, int, list]:
@@ -908,6 +938,7 @@ def check(committed_dir, fresh_dir, selected_ids, full) -> tuple[list, int, list
         old_cases = old_manifest.get("cases", {})
     case_problems = _diff_json(old_cases, new_cases, "cases", limit=10**6)
     identical = 0
+    cases = {case["id"]: case for case in catalogue.cases()}
     for op in catalogue.OPS:
         old = {k: v for k, v in old_arrays[op].items() if full or k.split("|", 1)[0] in selected}
         new = new_arrays[op]
@@ -919,7 +950,9 @@ def check(committed_dir, fresh_dir, selected_ids, full) -> tuple[list, int, list
             a, b = old[key], new[key]
             if a.dtype != b.dtype or a.shape != b.shape:
                 problems.append(f"{op}.npz: {key}: {a.dtype}{a.shape} != {b.dtype}{b.shape}")
-            elif a.tobytes() != b.tobytes() and (ulps := close_across_processors(a, b)) is not None:
+            elif a.tobytes() != b.tobytes() and (
+                ulps := close_across_processors(a, b, *_source_and_channel_axis(old, key, cases))
+            ) is not None:
                 close.append((op, key, ulps))
             elif a.tobytes() != b.tobytes():
                 rows_a = a.reshape(-1).view(np.uint8).reshape(a.size, -1)
@@ -995,7 +1028,7 @@ def main(argv=None) -> int:
         if len(problems) > 200:
             print(f"  ... and {len(problems) - 200} more")
     for op, key, ulps in close:
-        print(f"  ~ {op}.npz: {key}: within {ulps:.2f} epsilons of its scale (processor-dependent vectorization)")
+        print(f"  ~ {op}.npz: {key}: within {ulps:.2f} epsilons (processor-dependent vectorization)")
     within = f", {len(close)} within {PROCESSOR_ULPS} epsilons" if close else ""
     print(f"golden check: {len(selected)} cases, {identical} arrays identical{within} ({elapsed:.1f}s)")
     return 1 if problems else 0

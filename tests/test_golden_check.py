@@ -44,3 +44,28 @@ def test_non_floating_arrays_must_be_identical():
 def test_a_zero_array_allows_no_difference():
     committed = np.zeros(3, dtype=np.float32)
     assert close_across_processors(committed, committed + np.float32(1e-30)) is None
+
+
+def _ill_conditioned_batch() -> tuple[np.ndarray, np.ndarray]:
+    """x with a mean 10⁴ times its spread, and its normalized y (the golden's pair)."""
+    x = (1e4 + np.random.default_rng(0).standard_normal(1000)).astype(np.float32)
+    y = ((x - x.mean()) / x.std()).astype(np.float32)
+    return x, y
+
+
+def test_a_normalized_output_is_measured_against_its_input():
+    # 100 epsilons of y's scale is what a one-ulp change of the mean does to y
+    # here; against the input x it is far below one epsilon.
+    x, y = _ill_conditioned_batch()
+    regenerated = y.copy()
+    regenerated[0] += np.float32(100 * EPS32 * np.abs(y).max())
+    assert close_across_processors(y, regenerated) is None
+    ulps = close_across_processors(y, regenerated, source=x)
+    assert ulps is not None and ulps < 1.0
+
+
+def test_a_normalized_output_still_has_a_bound():
+    x, y = _ill_conditioned_batch()
+    regenerated = y.copy()
+    regenerated[0] += np.float32(10 * 1e4 * (PROCESSOR_ULPS + 1) * EPS32)  # 10 × the bound at |x| = 1e4
+    assert close_across_processors(y, regenerated, source=x) is None
