@@ -141,3 +141,16 @@ def _input_sensitivity(source, expected, finite, channel_axis):
         ratio = np.nanstd(y, axis=axes, keepdims=True) / np.nanstd(x, axis=axes, keepdims=True)
     ratio = np.where(np.isfinite(ratio), ratio, 0.0)
     return np.nan_to_num(np.abs(x) * ratio)
+
+
+def channel_axis(case) -> int | None:
+    """Where a case's channels are, when its keywords say (layer and fused ops)."""
+    data_format = case["kwargs"].get("data_format")
+    if data_format is None:
+        return None
+    return 1 if data_format.startswith("NC") else -1
+
+
+def source_name(output: str) -> str:
+    """The input a normalized output came from: ``step2/y`` ← ``step2/x``, ``y`` ← ``x``."""
+    return output[: -len("y")] + "x"

@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from conformance import catalogue
-from conformance.compare import EPSILON, error_in_epsilons
+from conformance.compare import EPSILON, channel_axis, error_in_epsilons, source_name
 from conformance.tf_slim_compat import import_tf_slim
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
@@ -912,12 +912,10 @@ def close_across_processors(
 
 def _source_and_channel_axis(arrays: dict, key: str, cases: dict) -> tuple:
     """For ``<case>|…y``: the ``x`` it came from and where its channels are, as the runner pairs them."""
-    if not key.endswith("y"):
+    case_id, name = key.split("|", 1)
+    if not name.endswith("y") or case_id not in cases:
         return None, None
-    case = cases.get(key.split("|", 1)[0], {})
-    data_format = case.get("kwargs", {}).get("data_format")
-    channel_axis = None if data_format is None else (1 if data_format.startswith("NC") else -1)
-    return arrays.get(key[: -len("y")] + "x"), channel_axis
+    return arrays.get(f"{case_id}|{source_name(name)}"), channel_axis(cases[case_id])
 
 
 def check(committed_dir, fresh_dir, selected_ids, full) -> tuple[list, int, list]:

@@ -21,7 +21,7 @@ import numpy as np
 import bn_portable as bn
 
 from .backends import Backend
-from .compare import error_in_epsilons, tolerance
+from .compare import channel_axis, error_in_epsilons, source_name, tolerance
 
 GOLDENS = Path(__file__).parent / "goldens"
 
@@ -116,9 +116,9 @@ def _compare(case, arrays, dtypes, produced, tf_path, outcome) -> None:
         golden = expected_name(arrays, name)
         expected = arrays[golden]
         dtype = dtypes[golden]
-        source = arrays.get(_source_of(name)) if name.endswith("y") else None
+        source = arrays.get(source_name(name)) if name.endswith("y") else None
         limit = tolerance(dtype, name, tf_path)
-        ratio = error_in_epsilons(actual, expected, dtype, source, _channel_axis(case)) / limit
+        ratio = error_in_epsilons(actual, expected, dtype, source, channel_axis(case)) / limit
         truth = arrays.get(TRUTH + golden)
         if truth is not None:
             # TensorFlow's own float32 result may be further from its float64
@@ -127,10 +127,10 @@ def _compare(case, arrays, dtypes, produced, tf_path, outcome) -> None:
             # also passes when it is no further from the truth than
             # TensorFlow's result is, plus the tolerance: more accurate than
             # TensorFlow is never a failure.
-            tf_error = error_in_epsilons(expected, truth, dtype, source, _channel_axis(case))
+            tf_error = error_in_epsilons(expected, truth, dtype, source, channel_axis(case))
             if tf_error > limit:
                 outcome.against_truth.append(f"{name} ({tf_error:.3g})")
-            truth_error = error_in_epsilons(actual, truth, dtype, source, _channel_axis(case))
+            truth_error = error_in_epsilons(actual, truth, dtype, source, channel_axis(case))
             if truth_error / (tf_error + limit) < ratio:
                 ratio, expected = truth_error / (tf_error + limit), truth
         outcome.checks.append(name)
@@ -152,19 +152,6 @@ class _Inputs:
 
     def optional(self, name: str) -> Any:
         return self(name) if name in self.arrays else None
-
-
-def _channel_axis(case: Mapping[str, Any]) -> int | None:
-    """Where a case's channels are, when its keywords say (layer and fused ops)."""
-    data_format = case["kwargs"].get("data_format")
-    if data_format is None:
-        return None
-    return 1 if data_format.startswith("NC") else -1
-
-
-def _source_of(output: str) -> str:
-    """The input a normalized output came from: ``step2/y`` ← ``step2/x``, ``y`` ← ``x``."""
-    return output[: -len("y")] + "x"
 
 
 def _expect_error(case, inputs, backend, outcome):
