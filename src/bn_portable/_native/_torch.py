@@ -16,7 +16,11 @@ kernels and one blocked pass for y. How TensorFlow's semantics are kept:
 
   - contiguous float32 NCHW with more than one pixel: PyTorch's own
     statistics kernel (``torch.batch_norm_update_stats``, two-pass, a few ulps
-    at most), which returns the mean and the biased variance;
+    at most), which returns the mean and the biased variance; except under
+    ``torch.compile``, which can only call that kernel as it is, outside the
+    code it generates: there the sums below, which the compiler fuses into
+    its own cascade-summed reductions (a compiled training step at
+    32×64×56×56 went from 1.5× to 1.03× the compiled native one);
   - everything else (NHWC, float16, bfloat16, one pixel per image): PyTorch's
     kernel sums each thread's values in a plain float32 running sum, tens to
     hundreds of ulps off for 10⁴–10⁵ values per channel. The statistics are
@@ -98,7 +102,10 @@ def fused_training_core(
         return NotImplemented
     spatial = x.numel() // (x.shape[0] * channels)
     with torch.no_grad():
-        if x.dtype == torch.float32 and channel == 1 and spatial > 1 and x.is_contiguous():
+        if (
+            x.dtype == torch.float32 and channel == 1 and spatial > 1 and x.is_contiguous()
+            and not torch.compiler.is_compiling()
+        ):
             # float32 NCHW: PyTorch's own two-pass statistics are accurate.
             batch_mean, biased = torch.batch_norm_update_stats(x, None, None, 1.0)
         else:
