@@ -396,6 +396,11 @@ def step_impls(case: Case, bn: Any, torch: Any, native_x: Any, native_dy: Any) -
         "torch native": lambda: native_step(native_x, gamma, beta, native_dy),
     }
     if case.dtype == "float32":
+        # Each case compiles afresh, for its shape alone, as a model with one layer
+        # shape would: the step functions' code is shared by every case, and
+        # torch.compile keeps at most 8 graphs per code (then runs it eagerly) and
+        # makes a dimension symbolic once it has seen two sizes of it.
+        torch._dynamo.reset()
         compiled_portable = torch.compile(portable_step)
         compiled_native = torch.compile(native_step)
         out["torch compiled"] = lambda: compiled_portable(x, state, dy)
