@@ -119,7 +119,7 @@ def _measure_case(library, name, fmt, x, g, b, m, v) -> list[dict]:
 
 
 def _torch_floor_train(x, scale, offset, channel):
-    """Training forward in the fewest PyTorch calls that round as TensorFlow's fused kernel."""
+    """The fast path's PyTorch calls for a training forward, with nothing around them."""
     channels = x.shape[channel]
     count = x.numel() // channels
     per_channel = (1, channels, 1, 1) if channel == 1 else (channels,)
@@ -135,7 +135,7 @@ def _torch_floor_train(x, scale, offset, channel):
 
 
 def _torch_floor_infer(x, scale, offset, mean, variance, channel):
-    """Inference forward in the fewest PyTorch calls that round as TensorFlow's fused kernel."""
+    """The fast path's PyTorch calls for an inference forward, with nothing around them."""
     per_channel = (1, x.shape[channel], 1, 1) if channel == 1 else (x.shape[channel],)
     factor = torch.reciprocal(torch.sqrt(variance + EPSILON)) * scale
     return torch.sub(x, mean.view(per_channel)).mul_(factor.view(per_channel)).add_(offset.view(per_channel))
