@@ -2,7 +2,8 @@
 
 The Markdown under docs/ is written to read correctly on GitHub, where a link
 such as ``../benchmarks/results/cpu_train.png`` or ``../conformance/README.md``
-points into the repository. In the built site those targets are outside the
+points into the repository (a ``../`` link from a subfolder of docs/ to another
+page, such as ``../traps/epsilon.md``, is MkDocs' own and left alone). In the built site those targets are outside the
 docs folder, so this hook copies linked images into the site (under
 ``repository/``) and turns links to other repository files into links to the
 file's path in the repository, in code type (the project names no public
@@ -42,8 +43,8 @@ def on_page_markdown(markdown, page, config, files):
 
     def rewrite(match):
         target = posixpath.normpath(posixpath.join("docs", base, match.group(3)))
-        if target.startswith("..") or not (root / target).exists():
-            return match.group(0)
+        if target.startswith(("..", "docs/")) or not (root / target).exists():
+            return match.group(0)  # outside the repository, another docs page, or missing
         if target.endswith(_IMAGES):
             local = posixpath.relpath(f"{_PREFIX}/{target}", base or ".")
             return f"{match.group(1)}{local}{match.group(4)}"
