@@ -19,8 +19,8 @@ kernels and one blocked pass for y. How TensorFlow's semantics are kept:
     at most), which returns the mean and the biased variance; except under
     ``torch.compile``, which can only call that kernel as it is, outside the
     code it generates: there the sums below, which the compiler fuses into
-    its own cascade-summed reductions (a compiled training step at
-    32×64×56×56 went from 1.5× to 1.03× the compiled native one);
+    its own reductions, in float64 (a compiled training step at 32×64×56×56
+    went from 1.5× to 1.1–1.2× the compiled native one);
   - everything else (NHWC, float16, bfloat16, one pixel per image): PyTorch's
     kernel sums each thread's values in a plain float32 running sum, tens to
     hundreds of ulps off for 10⁴–10⁵ values per channel. The statistics are
@@ -144,9 +144,14 @@ def _summed_statistics(x: Any, channel: Any, count: Any) -> Any:
     inverse_count = 1.0 / count  # a Python number: applied in float32, as TF's 1/n tensor
     if _one_block(grouped):  # the whole batch at once: no block bookkeeping
         grouped = grouped.to(torch.float32)  # a half batch is widened exactly
-        batch_mean = torch.sum(grouped, dims) * inverse_count
+        # Compiled, both sums are taken in float64 and rounded once: the compiler's
+        # float32 sums were several ε off (eager torch.sum: under one), and with
+        # |mean| = 10⁴σ the variance 200–500 ε, worse than TensorFlow's kernel.
+        wide = torch.float64 if torch.compiler.is_compiling() else None
+        batch_mean = torch.sum(grouped, dims, dtype=wide).to(torch.float32) * inverse_count
         centred = torch.sub(grouped, batch_mean if per_channel is None else batch_mean.view(per_channel))
-        return batch_mean, torch.sum(centred.square_(), dims) * inverse_count
+        squares = torch.sum(centred.square_(), dims, dtype=wide).to(torch.float32)
+        return batch_mean, squares * inverse_count
     blocks = _blocks(grouped)
     if grouped.dtype == torch.float32:
         total = torch.sum(grouped, dims)
