@@ -3,12 +3,12 @@
 The Markdown under docs/ is written to read correctly on GitHub, where a link
 such as ``../benchmarks/results/cpu_train.png`` or ``../conformance/README.md``
 points into the repository (a ``../`` link from a subfolder of docs/ to another
-page, such as ``../traps/epsilon.md``, is MkDocs' own and left alone). In the built site those targets are outside the
-docs folder, so this hook copies linked images into the site (under
-``repository/``) and turns links to other repository files into links to the
-file's path in the repository, in code type (the project names no public
-host, and a link to a guessed one would break). A link to a file that does not exist is left
-as it is, so the strict build still reports it.
+page, such as ``../traps/epsilon.md``, is MkDocs' own and left alone). In the
+built site those targets are outside the docs folder, so this hook copies linked
+images into the site (under ``repository/``) and turns links to other repository
+files into links to the file's path in the repository, in code type (the project
+names no public host, and a link to a guessed one would break). A link to a file
+that does not exist is left as it is, so the strict build still reports it.
 """
 
 from __future__ import annotations
