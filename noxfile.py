@@ -1,14 +1,6 @@
-"""Sessions: lint, doctests, docs, tests (one per backend), gpu_tests, scaleout, vendoring,
-package, numpy1, golden, golden_check, checkpoints, conformance, robustness, bench,
-bench_tensorflow, bench_scale_out, gpu.
+"""The repository's checks, one session each; ``nox`` with no arguments runs what CI runs.
 
-``nox`` with no arguments runs what CI runs: lint, the docstring examples, the
-docs site (strict), the unit tests on every CPU backend (and on the GPU ones
-where there is a GPU), the scale-out tests (processes, devices and a cluster),
-the unit tests against vendored copies, the wheel and sdist with a smoke test
-of the installed wheel, the NumPy tests and conformance again on NumPy 1.x, the
-golden check (regenerates TensorFlow's outputs and compares them with the
-committed goldens) and the conformance suite.
+docs/development.md describes each session and how long a run takes.
 """
 
 from __future__ import annotations
@@ -17,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import nox
-import tomllib
 
 nox.options.sessions = [
     "conformance", "golden_check", "tests", "gpu_tests", "vendoring", "numpy1", "lint",
@@ -26,12 +17,11 @@ nox.options.sessions = [
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 #: Two sessions at a time, each in its own process, its output printed when it
-#: ends (``-j 1`` runs them in turn). Most sessions keep one core busy (pip,
-#: one pytest process), so on two cores a run of ``nox`` takes about three
-#: quarters of the time in turn (17.5–18.5 against 24 minutes, measured on a
-#: 2-core Xeon). The longest, the conformance suite (two worker processes of its
-#: own), starts first; the scale-out tests (processes, a cluster, timeouts) and
-#: the benchmarks run alone.
+#: ends (``-j 1`` runs them in turn): most sessions keep one core busy (pip, one
+#: pytest process), so a second one uses the other core of a small machine
+#: (docs/development.md has the times). The longest, the conformance suite (two
+#: worker processes of its own), starts first; the scale-out tests (processes, a
+#: cluster, timeouts) and the benchmarks run alone.
 nox.options.parallel = 2
 nox.options.allow_parallel = True
 
@@ -40,11 +30,12 @@ nox.options.allow_parallel = True
 #: session needs. Set by the sessions that run beside others.
 SHARED_CORES = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-#: Every environment that installs PyTorch pins it: on the project's machines a
-#: CPU build of 2.13.0 for Python 3.11 is provided locally, while an unpinned
-#: ``torch`` (or another version) pulls a multi-GB CUDA build from PyPI.
+#: Every environment that installs PyTorch pins it, to the version whose CPU
+#: build the project's machines provide (docs/development.md).
 TORCH = "torch==2.13.0"
 PYTHON = "3.11"
+#: Read once: its dependency groups are the sessions' tool sets.
+PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 #: What each backend's environment installs besides ``.[test]``. The tests that
 #: take no ``backend`` (validation, gradients against JAX's, the README's code
@@ -61,41 +52,62 @@ GPU_BACKEND_PACKAGES = {
     "cupy": [".[cupy]"],
     "torch-cuda": [],
 }
-#: Decided before any session starts, so that GPU sessions on a machine without
-#: one skip without creating (and filling) an environment first.
+#: Decided before any session starts: on a machine without a GPU, the GPU
+#: sessions get no environment (``python=False``), so they skip (``_needs_gpu``)
+#: without creating and filling one first.
 HAS_GPU = shutil.which("nvidia-smi") is not None
+GPU_PYTHON = PYTHON if HAS_GPU else False
 
 #: The pytest ``--backend`` names each session covers (JAX also under jax.jit).
 TEST_BACKENDS = {"jax": ["jax", "jax-jit"]}
 
-#: TensorFlow's golden environment (docs/tensorflow-semantics.md): nothing else goes in it.
-GOLDEN_PACKAGES = ["tensorflow-cpu==2.15.1", "tf-keras==2.15.1", "tf-slim==1.1.0", "numpy<2"]
 #: TensorFlow on a CPU-only machine: no CUDA probing, and no C++ log lines below
 #: FATAL (tensorflow-cpu still logs failed cuDNN/cuFFT/cuBLAS registrations).
 #: Python exceptions are unaffected.
 TF_QUIET = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-#: The type checker and the NumPy whose stubs it reads, pinned: a new release
-#: of either may report new errors in unchanged code.
-MYPY_PACKAGES = ["mypy==2.4.1", "numpy==2.4.6"]
-
-
 def _install(session: nox.Session, *packages: str) -> None:
     """``pip install`` without compiling every module to bytecode first: a session
-    imports a small part of what it installs, and compiling all of PyTorch took
-    17 of the 29 seconds of its install on 2 cores (Python compiles what is
-    imported, once, when it is imported)."""
+    imports a small part of what it installs, and Python compiles what is imported,
+    once, when it is imported (docs/development.md has the time this saves)."""
     session.install("--no-compile", *packages)
+
+
+def _group(name: str) -> tuple[str, ...]:
+    """The requirements of one of pyproject.toml's dependency groups."""
+    return nox.project.dependency_groups(PYPROJECT, name)
+
+
+def _tensorflow(session: nox.Session, *packages: str, golden: bool = True) -> dict[str, str]:
+    """Install TensorFlow's environment (the ``tensorflow`` dependency group) and
+    ``packages``; return the variables that TensorFlow runs with.
+
+    Outputs that are compared (``golden``) come from TensorFlow without oneDNN,
+    which changes fused results by about one ulp on some CPUs; a benchmark times
+    TensorFlow's defaults.
+    """
+    _install(session, *_group("tensorflow"), *packages)
+    return {**TF_QUIET, "TF_ENABLE_ONEDNN_OPTS": "0"} if golden else dict(TF_QUIET)
+
+
+def _needs_gpu(session: nox.Session) -> None:
+    if not HAS_GPU:
+        session.skip("needs a CUDA GPU and this machine has none (nvidia-smi not found)")
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff; ``mypy --strict`` on the package (PyTorch installed: ``bn_portable.torch``
-    subclasses its ``nn.Module``); and a user's program type-checked against the API."""
-    _install(session, "ruff==0.17.5", TORCH, *MYPY_PACKAGES, ".[test]")
-    session.run("ruff", "check", "src", "tests", "conformance", "benchmarks", "docs", "noxfile.py")
-    session.run("mypy", "--strict", "src/bn_portable")
+    subclasses its ``nn.Module``) and the helper programs; the import layers; and a
+    user's program type-checked against the API."""
+    _install(session, *_group("lint"), TORCH, ".[test]")
+    session.run(
+        "ruff", "check", "src", "tests", "conformance", "benchmarks", "docs", "tools", "noxfile.py",
+    )
+    session.run("mypy", "--strict", "src/bn_portable", "tools")
+    # The source tree's imports, not those of the copy installed in the environment.
+    session.run("lint-imports", env={"PYTHONPATH": "src"})
     session.run("pytest", "tests/test_typing.py")
 
 
@@ -109,7 +121,7 @@ def doctests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the docs site with warnings as errors (``-- serve`` to preview it)."""
-    _install(session, ".[docs]")
+    _install(session, ".", *_group("docs"))
     if session.posargs[:1] == ["serve"]:
         session.run("mkdocs", "serve", *session.posargs[1:])
         return
@@ -133,12 +145,11 @@ def tests(session: nox.Session, backend: str) -> None:
     _unit_tests(session, backend, BACKEND_PACKAGES[backend])
 
 
-@nox.session(python=PYTHON if HAS_GPU else None, venv_backend=None if HAS_GPU else "none")
+@nox.session(python=GPU_PYTHON)
 @nox.parametrize("backend", list(GPU_BACKEND_PACKAGES))
 def gpu_tests(session: nox.Session, backend: str) -> None:
     """Unit tests on a GPU backend; without a GPU they skip before creating an environment."""
-    if not HAS_GPU:
-        session.skip(f"{backend} needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+    _needs_gpu(session)
     _unit_tests(session, backend, GPU_BACKEND_PACKAGES[backend])
 
 
@@ -160,40 +171,28 @@ def numpy1(session: nox.Session) -> None:
     )
 
 
-def _golden(session: nox.Session, arguments: list[str]) -> None:
-    _install(session, *GOLDEN_PACKAGES)
-    session.run(
-        "python", "-m", "conformance.generate", *arguments,
-        env={"TF_ENABLE_ONEDNN_OPTS": "0", **TF_QUIET},
-    )
-
-
 @nox.session(python=PYTHON)
 def golden(session: nox.Session) -> None:
     """Regenerate the goldens with TensorFlow (``-- --check`` compares instead)."""
-    _golden(session, session.posargs)
+    env = _tensorflow(session)
+    session.run("python", "-m", "conformance.generate", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)
 def golden_check(session: nox.Session) -> None:
     """Regenerate the goldens into a temporary folder; fail unless identical (the porting
     test files of ``checkpoints`` too, array for array)."""
-    _golden(session, ["--check"])
-    session.run(
-        "python", "-m", "conformance.checkpoints", "--check",
-        env={"TF_ENABLE_ONEDNN_OPTS": "0", **TF_QUIET},
-    )
+    env = _tensorflow(session)
+    session.run("python", "-m", "conformance.generate", "--check", env=env)
+    session.run("python", "-m", "conformance.checkpoints", "--check", env=env)
 
 
 @nox.session(python=PYTHON)
 def checkpoints(session: nox.Session) -> None:
     """Rewrite tests/data/porting: checkpoints and Keras files TensorFlow trains and saves
     (``-- --check`` compares instead)."""
-    _install(session, *GOLDEN_PACKAGES)  # tensorflow brings h5py
-    session.run(
-        "python", "-m", "conformance.checkpoints", *session.posargs,
-        env={"TF_ENABLE_ONEDNN_OPTS": "0", **TF_QUIET},
-    )
+    env = _tensorflow(session)  # tensorflow brings h5py
+    session.run("python", "-m", "conformance.checkpoints", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -213,7 +212,7 @@ def robustness(session: nox.Session) -> None:
 @nox.session(python=PYTHON, allow_parallel=False)
 def bench_tensorflow(session: nox.Session) -> None:
     """The benchmark with TensorFlow's fused op beside the others (NumPy < 2, TF 2.15's pin)."""
-    _install(session, TORCH, GOLDEN_PACKAGES[0], "numpy<2", ".[bench]")
+    env = _tensorflow(session, TORCH, ".[bench]", golden=False)
     session.run(
         "python",
         "benchmarks/bench.py",
@@ -221,7 +220,7 @@ def bench_tensorflow(session: nox.Session) -> None:
         "benchmarks/results/cpu_tensorflow.json",
         "--no-plots",  # the performance page plots the main run; this one adds a table
         *session.posargs,
-        env=TF_QUIET,
+        env=env,
     )
 
 
@@ -247,8 +246,7 @@ def vendoring(session: nox.Session) -> None:
     the copy must find the array-api-compat vendored with it.
     """
     # The test extra's requirements, but not the package itself.
-    pyproject = tomllib.loads(Path("pyproject.toml").read_text())
-    _install(session, TORCH, *pyproject["project"]["optional-dependencies"]["test"])
+    _install(session, TORCH, *PYPROJECT["project"]["optional-dependencies"]["test"])
     tmp = Path(session.create_tmp())
     site = tmp / "array-api-compat"
     session.run(
@@ -265,19 +263,6 @@ def vendoring(session: nox.Session) -> None:
         )
 
 
-#: What the smoke test runs with the installed wheel, outside the repository.
-SMOKE = """
-import numpy as np, bn_portable as bn
-x = np.random.default_rng(0).normal(size=(8, 4, 4, 3)).astype(np.float32)
-y, state = bn.batch_norm(x, decay=0.9, scale=True, fused=True)
-y, state, vjp = bn.batch_norm_vjp(x, state, decay=0.9, scale=True, fused=True)
-dx, dgamma, dbeta = vjp(np.ones_like(y))
-assert y.shape == x.shape and state.moving_variance.shape == (3,) and dx.shape == x.shape
-assert bn.__file__.endswith("site-packages/bn_portable/__init__.py"), bn.__file__
-print("bn_portable", bn.__version__, "from the wheel: ok")
-"""
-
-
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel and sdist, check the sdist, install the wheel in a clean venv, run it."""
@@ -286,31 +271,19 @@ def package(session: nox.Session) -> None:
     dist = tmp / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(dist), ".")
-    session.run("python", "-c", _CHECK_SDIST, str(dist))
+    session.run("python", "tools/check_sdist.py", str(dist))
     (wheel,) = dist.glob("bn_portable-*.whl")
     clean = tmp / "clean"
     shutil.rmtree(clean, ignore_errors=True)
     session.run("python", "-m", "venv", str(clean))
     python = str(clean / "bin" / "python")
     session.run(python, "-m", "pip", "install", "--quiet", f"{wheel}[numpy]", external=True)
-    session.run(python, "-c", SMOKE, external=True, env={"PYTHONPATH": ""})
+    session.run(python, "tools/smoke_wheel.py", external=True, env={"PYTHONPATH": ""})
 
 
-_CHECK_SDIST = """
-import sys, tarfile, pathlib
-(sdist,) = pathlib.Path(sys.argv[1]).glob("bn_portable-*.tar.gz")
-names = tarfile.open(sdist).getnames()
-assert not [n for n in names if "/conformance/goldens/" in n], "the sdist ships the goldens"
-assert any(n.endswith("/src/bn_portable/__init__.py") for n in names), "the sdist lacks the package"
-size = sdist.stat().st_size
-assert size < 1_000_000, f"the sdist is {size} bytes"
-print(f"{sdist.name}: {len(names)} files, {size / 1e3:.0f} kB, no goldens")
-"""
-
-
-@nox.session(python=PYTHON if HAS_GPU else False, allow_parallel=False)
+@nox.session(python=GPU_PYTHON, allow_parallel=False)
 def gpu(session: nox.Session) -> None:
-    """Everything that needs a CUDA GPU, in one command (about ten minutes).
+    """Everything that needs a CUDA GPU, in one command.
 
     The conformance suite on every backend (CuPy and PyTorch-CUDA columns
     included, written to docs/conformance-gpu.md), the no-synchronization test
@@ -318,8 +291,7 @@ def gpu(session: nox.Session) -> None:
     (written to docs/performance-gpu.md). Skipped, without creating an
     environment, on a machine without nvidia-smi. Not a default session.
     """
-    if not HAS_GPU:
-        session.skip("needs a CUDA GPU and this machine has none (nvidia-smi not found)")
+    _needs_gpu(session)
     # On Linux, PyPI's torch==2.13.0 is the CUDA build.
     _install(session, TORCH, ".[test,cupy,jax,dask,array-api-strict]")
     session.run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv", external=True)
