@@ -230,7 +230,7 @@ def _numpy_kernels(case: Case, bn: Any) -> Callable[[], Any] | None:
     dispatch, the Bessel factor). The fast path's kernel, or the generic one
     where the fast path hands the case back (small batches)."""
     fast = importlib.import_module("bn_portable._native._numpy")
-    generic = importlib.import_module("bn_portable._normalize")
+    generic = importlib.import_module("bn_portable._kernels._normalize")
     xp = importlib.import_module("array_api_compat").array_namespace(case.x)
     x, scale, offset, mean, variance = case.x, case.scale, case.offset, case.mean, case.variance
     channel = case.channel
@@ -242,9 +242,9 @@ def _numpy_kernels(case: Case, bn: Any) -> Callable[[], Any] | None:
         kernel, fallback = fast.fused_inference, generic.fused_inference.generic
     else:
         return None
-    if kernel(*arguments, np) is NotImplemented:
-        return lambda: fallback(*arguments, xp)
-    return lambda: kernel(*arguments, np)
+    if kernel(*arguments, xp=np) is NotImplemented:
+        return lambda: fallback(*arguments, xp=xp)
+    return lambda: kernel(*arguments, xp=np)
 
 
 def _numpy_one_thread(call: Callable[[], Any]) -> Callable[[], Any]:

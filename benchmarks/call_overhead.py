@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import bn_portable as bn
-from bn_portable import _normalize
+from bn_portable._kernels import _normalize
 from bn_portable._native import _numpy as numpy_kernels
 from bn_portable._native import _torch as torch_kernels
 
@@ -91,12 +91,12 @@ def _measure_case(library, name, fmt, x, g, b, m, v) -> list[dict]:
     _, state = bn.batch_norm(tl, None, decay=0.9, scale=True, fused=True, data_format=fmt)
     calls = {
         "train": (
-            lambda: kernels.fused_training_core(tx, tg, tb, EPSILON, channel, xp),
+            lambda: kernels.fused_training_core(tx, tg, tb, EPSILON, channel, xp=xp),
             lambda: bn.fused_batch_norm(tx, tg, tb, epsilon=EPSILON, data_format=fmt),
             lambda: bn.batch_norm(tl, state, decay=0.9, scale=True, fused=True, data_format=fmt),
         ),
         "infer": (
-            lambda: kernels.fused_inference(tx, tg, tb, tm, tv, EPSILON, channel, xp),
+            lambda: kernels.fused_inference(tx, tg, tb, tm, tv, EPSILON, channel, xp=xp),
             lambda: bn.fused_batch_norm(
                 tx, tg, tb, tm, tv, epsilon=EPSILON, data_format=fmt, is_training=False
             ),
@@ -145,8 +145,10 @@ def _generic(operation, x, scale, offset, mean, variance, channel):
     """The generic kernel the public function falls back to, called directly."""
     xp = array_api_compat.array_namespace(x)
     if operation == "train":
-        return lambda: _normalize.fused_training_core.generic(x, scale, offset, EPSILON, channel, xp)
-    return lambda: _normalize.fused_inference.generic(x, scale, offset, mean, variance, EPSILON, channel, xp)
+        return lambda: _normalize.fused_training_core.generic(x, scale, offset, EPSILON, channel, xp=xp)
+    return lambda: _normalize.fused_inference.generic(
+        x, scale, offset, mean, variance, EPSILON, channel, xp=xp
+    )
 
 
 def render(rows: list[dict]) -> str:

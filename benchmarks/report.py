@@ -537,14 +537,14 @@ def render(payload: dict, json_name: str) -> str:
         "",
         "## What the fast paths do",
         "",
-        "- NumPy (`_native/_numpy.py`): cache-blocked passes that write straight into"
-        " the output, BLAS matrix-vector products and block-wise running sums for"
-        " the statistics (float32 runs of at most 64 terms, float64 totals),"
-        " TensorFlow's operation order kept, float16 computed in float32 per block;"
-        " bit-identical to the generic kernels for inference and"
-        " `tf.nn.batch_normalization`, and for training within about one ulp of the"
-        " exactly rounded statistics (the generic NumPy reduction over the outer"
-        " axes of an NHWC batch is a running float32 sum, 100+ ulps off at 10⁵ rows).",
+        "- NumPy (`_native/_numpy/`): cache-blocked passes that write straight into"
+        " the output, TensorFlow's operation order kept, float16 computed in float32"
+        " per block; every sum a float64 total of short partial sums (NumPy's"
+        " pairwise sums or BLAS products over at most 4096 values, running sums of at"
+        " most 1024), rounded once. Bit-identical to the generic kernels for"
+        " inference and `tf.nn.batch_normalization`, and for training within about"
+        " 1.5 ulps of the exactly rounded statistics at 10⁵ values per channel. Worker"
+        " threads are opt-in (`BN_PORTABLE_NUM_THREADS`).",
         "- PyTorch (`_native/_torch.py`): PyTorch's statistics kernel where it is"
         " accurate (contiguous float32 NCHW), two blocked `torch.sum` passes"
         " elsewhere, then TensorFlow's unfolded formula for y in one blocked pass,"

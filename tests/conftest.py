@@ -90,19 +90,20 @@ def tiny_numpy_blocks(monkeypatch: pytest.MonkeyPatch):
 
     Small test inputs then run the multi-block code: several row blocks and
     chunks, channel groups split across rows, partial last blocks, short BLAS
-    runs and their float64 totals.
+    runs and their float64 totals. Returns the module of the constants
+    (``bn_portable._native._numpy._plan``), which plans read when made.
     """
-    from bn_portable._native import _numpy
+    from bn_portable._native._numpy import _plan
 
     for name, value in {
-        "_SMALL": 0,
-        "_SMALL_HALF": 0,
-        "_MIN_BLOCK": 16,
-        "_ROW_BLOCK": 96,
-        "_CHANNEL_BLOCK": 200,
-        "_RUN": 4,
-        "_CHUNK": 2,
-        "_SEGMENT": 64,
+        "SMALLEST_INPUT": 0,
+        "SMALLEST_HALF_INPUT": 0,
+        "SMALLEST_BLOCK": 16,
+        "ROW_BLOCK": 96,
+        "CHANNEL_GROUP": 200,
+        "ROWS_PER_PARTIAL": 4,
+        "BLOCKS_PER_CHUNK": 2,
+        "SEGMENT": 64,
     }.items():
-        monkeypatch.setattr(_numpy, name, value)
-    return _numpy
+        monkeypatch.setattr(_plan, name, value)
+    return _plan

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import bn_portable as bn
-from bn_portable import _layer, _normalize
-from bn_portable._lib import _call_cache
+from bn_portable import _normalize
+from bn_portable._lib import _backends, _call_cache
+from bn_portable._tf import _options, _plan
 
 RNG = np.random.default_rng(20261201)
 
@@ -34,7 +35,7 @@ def _count(monkeypatch, module, name):
 def test_a_repeated_layer_call_skips_the_checks(monkeypatch):
     x = RNG.normal(size=(8, 4)).astype(np.float32)
     _, state = bn.batch_norm(x, fused=True, scale=True)
-    calls = _count(monkeypatch, _layer, "_prepare")
+    calls = _count(monkeypatch, _plan, "_prepare")
     first = bn.batch_norm(x, state, fused=True, scale=True)
     second = bn.batch_norm(x, state, fused=True, scale=True)
     assert len(calls) == 1
@@ -75,13 +76,10 @@ def test_fused_batch_norm_checks_once_per_signature(monkeypatch):
 
 def test_arrays_without_a_complete_signature_are_always_checked(monkeypatch):
     x = np.ma.masked_array(RNG.normal(size=(8, 4)).astype(np.float32))
-    assert _call_cache.signature(x) is None
-    assert _call_cache.signature(np.ones(3), None) is not None
-    options = _layer.layer_options(
-        decay=0.9, center=True, scale=False, epsilon=1e-3, activation_fn=None,
-        param_initializers={"beta": np.zeros(4)}, is_training=True, fused=False,
-        data_format="NHWC", zero_debias_moving_mean=False, renorm=False,
-        renorm_clipping=None, renorm_decay=0.99, weighted=False,
+    assert _backends.metadata(x) is None
+    assert _backends.metadata(np.ones(3), None) is not None
+    options = _options.layer_options(
+        decay=0.9, param_initializers={"beta": np.zeros(4)}, weighted=False
     )
     assert _call_cache.options_signature(options) is None  # arrays in the initializers
 
@@ -89,9 +87,9 @@ def test_arrays_without_a_complete_signature_are_always_checked(monkeypatch):
 def test_torch_signature_includes_the_device():
     torch = pytest.importorskip("torch")
     x = torch.zeros(3)
-    (entry,) = _call_cache.signature(x)
+    (entry,) = _backends.metadata(x)
     assert torch.device("cpu") in entry
-    assert _call_cache.signature(torch.nn.Parameter(x)) != _call_cache.signature(x)
+    assert _backends.metadata(torch.nn.Parameter(x)) != _backends.metadata(x)
 
 
 def test_concurrent_callers_evicting_each_other(monkeypatch):
@@ -117,3 +115,31 @@ def test_concurrent_callers_evicting_each_other(monkeypatch):
         thread.join()
     _call_cache.clear()
     assert errors == [] and wrong == []
+
+
+def test_a_sparse_tensor_after_a_dense_one_is_refused_as_in_a_fresh_process():
+    """The layout is metadata a check reads, so it is part of the cache's key."""
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(RNG.normal(size=(8, 4)).astype(np.float32))
+    _, state = bn.batch_norm(x, scale=True)
+    bn.batch_norm(x, state, scale=True)  # remembered for a dense x of this shape
+    bn.fused_batch_norm(x.reshape(8, 1, 1, 4), state.gamma, state.beta)
+    with pytest.raises(TypeError, match=r"x must be a dense \(strided\) tensor"):
+        bn.batch_norm(x.to_sparse(), state, scale=True)
+    with pytest.raises(TypeError, match=r"x must be a dense \(strided\) tensor"):
+        bn.fused_batch_norm(x.reshape(8, 1, 1, 4).to_sparse(), state.gamma, state.beta)
+    with pytest.raises(TypeError, match=r"state\.gamma must be a dense \(strided\) tensor"):
+        bn.batch_norm(x, state._replace(gamma=state.gamma.to_sparse()), scale=True)
+
+
+def test_a_masked_array_after_a_plain_one_is_refused_as_in_a_fresh_process():
+    x = RNG.normal(size=(8, 4)).astype(np.float32)
+    _, state = bn.batch_norm(x, scale=True)
+    bn.batch_norm(x, state, scale=True)
+    bn.fused_batch_norm(x.reshape(8, 1, 1, 4), state.gamma, state.beta)
+    with pytest.raises(TypeError, match="x must be a plain dense array, got a NumPy masked array"):
+        bn.batch_norm(np.ma.masked_array(x), state, scale=True)
+    with pytest.raises(TypeError, match="x must be a plain dense array, got a NumPy masked array"):
+        bn.fused_batch_norm(np.ma.masked_array(x.reshape(8, 1, 1, 4)), state.gamma, state.beta)
+    with pytest.raises(TypeError, match=r"state\.moving_mean must be a plain dense array"):
+        bn.batch_norm(x, state._replace(moving_mean=np.ma.masked_array(state.moving_mean)), scale=True)

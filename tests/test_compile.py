@@ -26,9 +26,6 @@ torch = pytest.importorskip("torch")
 
 pytestmark = [
     pytest.mark.home_backend("torch"),
-    # array-api-compat's type checks are functools.lru_cache'd functions of a
-    # type (never of array values); dynamo traces through the cache and warns.
-    pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`"),
     # dynamo itself instantiates autograd.Function classes while tracing them
     pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be"),
     # inductor's own use of a deprecated TorchScript decorator
@@ -265,17 +262,17 @@ def test_fast_path_switch_is_read_when_compiling():
     x = _x((4, 3, 5, 6))
     scale, offset = torch.ones(3), torch.zeros(3)
     calls = []
-    from bn_portable._native import _torch
+    from bn_portable._native import Kernel, _torch
 
-    original = _torch.fused_training_core
+    original = _torch.KERNELS[Kernel.FUSED_TRAINING]
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(1)
-        return original(*args)
+        return original(*args, **kwargs)
 
     step = _compiled(lambda x: bn.fused_batch_norm(x, scale, offset, data_format="NCHW")[0])
     try:
-        _torch.fused_training_core = counting
+        _torch.KERNELS[Kernel.FUSED_TRAINING] = counting
         with bn.fast_paths(False):
             step(x)
         assert not calls  # traced with the fast paths off: the generic kernel
@@ -284,4 +281,4 @@ def test_fast_path_switch_is_read_when_compiling():
             step(x)
         assert calls  # traced again with them on
     finally:
-        _torch.fused_training_core = original
+        _torch.KERNELS[Kernel.FUSED_TRAINING] = original

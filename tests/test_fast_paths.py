@@ -26,6 +26,7 @@ Tolerances, and why:
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 import zlib
 
@@ -34,7 +35,9 @@ import numpy as np
 import pytest
 
 import bn_portable as bn
-from bn_portable import _grad, _moments, _normalize
+from bn_portable._kernels import _backward, _moments, _normalize
+from bn_portable._native import _numpy as numpy_kernels
+from bn_portable._native._numpy import _plan as numpy_plan
 
 SUM_ULPS = 4
 Y_ULPS = 8
@@ -157,26 +160,24 @@ def numpy_fast(request, monkeypatch):
     float64 flush of running sums) runs on these small inputs too;
     ``tiny-blocks-3-threads`` also shares those blocks among three threads.
     """
-    from bn_portable._native import _numpy
-
-    monkeypatch.setattr(_numpy, "_SMALL", 0)
-    monkeypatch.setattr(_numpy, "_SMALL_HALF", 0)
+    monkeypatch.setattr(numpy_plan, "SMALLEST_INPUT", 0)
+    monkeypatch.setattr(numpy_plan, "SMALLEST_HALF_INPUT", 0)
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "1")
     if request.param.startswith("tiny-blocks"):
         request.getfixturevalue("tiny_numpy_blocks")
     if request.param.endswith("3-threads"):
-        monkeypatch.setattr(_numpy, "_PARALLEL", 0)
+        monkeypatch.setattr(numpy_plan, "SMALLEST_SHARED_INPUT", 0)
         monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")
-    return _numpy
+    return numpy_kernels
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
 def test_numpy_fused_training_matches_generic(numpy_fast, shape, channel, dtype):
     x, scale, offset = _data(shape, channel, dtype)
-    fast = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)
+    fast = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, xp=NP)
     assert fast is not NotImplemented
-    generic = _normalize.fused_training_core.generic(x, scale, offset, EPSILON, channel, NP)
+    generic = _normalize.fused_training_core.generic(x, scale, offset, EPSILON, channel, xp=NP)
     y, mean, variance, count = fast
     assert count == generic[3]
     assert y.dtype == x.dtype and y.shape == x.shape
@@ -193,45 +194,54 @@ def test_numpy_fused_inference_is_bit_identical(numpy_fast, shape, channel, dtyp
     channels = shape[channel]
     mean = RNG.normal(1.0, 1.0, channels).astype(np.float32)
     variance = RNG.uniform(0.5, 4.0, channels).astype(np.float32)
-    fast = numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, NP)
+    fast = numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, xp=NP)
     assert fast is not NotImplemented
     generic = _normalize.fused_inference.generic(
-        x, scale, offset, mean, variance, EPSILON, channel, NP
+        x, scale, offset, mean, variance, EPSILON, channel, xp=NP
     )
     np.testing.assert_array_equal(fast, generic)
     assert fast.dtype == generic.dtype
 
 
+def _generic_local_moments(x, axes):
+    """The generic kernel on what its caller hands it: x in the compute dtype (float32 for float16)."""
+    compute = np.float32 if x.dtype == np.float16 else x.dtype
+    return _moments.local_moments.generic(x.astype(compute), axes, xp=NP)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 @pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
-def test_numpy_batch_moments_match_generic(numpy_fast, shape, channel, dtype):
+def test_numpy_local_moments_match_generic(numpy_fast, shape, channel, dtype):
     x, _, _ = _data(shape, channel, dtype)
     axes = _axes(x.ndim, channel)
-    fast = numpy_fast.batch_moments(x, axes, NP)
+    count = math.prod(shape[axis] for axis in axes)
+    fast = numpy_fast.local_moments(x, axes, xp=NP)
     assert fast is not NotImplemented
-    generic = _moments.batch_moments.generic(x, axes, NP)
+    generic = _generic_local_moments(x, axes)
     for f, g in zip(fast, generic):
         assert f.dtype == g.dtype and f.shape == g.shape
+    # m2 is the sum of squared deviations: the caller divides by n.
+    fast_variance, generic_variance = fast[1] / count, generic[1] / count
     if dtype == "float64":
         np.testing.assert_allclose(fast[0], generic[0], rtol=1e-13, atol=1e-14)
-        np.testing.assert_allclose(fast[1], generic[1], rtol=1e-13)
+        np.testing.assert_allclose(fast_variance, generic_variance, rtol=1e-13)
     else:
         _assert_statistics_close(
             fast[0].reshape(-1),
             generic[0].reshape(-1),
-            fast[1].reshape(-1),
-            generic[1].reshape(-1),
+            fast_variance.reshape(-1),
+            generic_variance.reshape(-1),
             x,
             channel,
         )
 
 
-def test_numpy_batch_moments_over_every_axis(numpy_fast):
+def test_numpy_local_moments_over_every_axis(numpy_fast):
     x = RNG.normal(2.0, 3.0, size=(5, 6, 7)).astype(np.float32)
     axes = (0, 1, 2)
-    fast = numpy_fast.batch_moments(x, axes, NP)
-    generic = _moments.batch_moments.generic(x, axes, NP)
-    assert fast[0].shape == generic[0].shape == (1, 1, 1)
+    fast = numpy_fast.local_moments(x, axes, xp=NP)
+    generic = _generic_local_moments(x, axes)
+    assert fast[0].shape == generic[0].shape == fast[1].shape == (1, 1, 1)
     np.testing.assert_allclose(fast[0], generic[0], rtol=SUM_ULPS * 2**-23)
     np.testing.assert_allclose(fast[1], generic[1], rtol=SUM_ULPS * 2**-23)
 
@@ -249,9 +259,9 @@ def test_numpy_normalize_is_bit_identical(numpy_fast, shape, channel, dtype, wit
         scale.reshape(parameter_shape).astype(dtype),
         offset.reshape(parameter_shape).astype(dtype) if with_offset else None,
     )
-    fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, NP)
+    fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, xp=NP)
     assert fast is not NotImplemented
-    generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, NP)
+    generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, xp=NP)
     np.testing.assert_array_equal(fast, generic)
     assert fast.dtype == generic.dtype
 
@@ -263,8 +273,8 @@ def test_numpy_normalize_with_scalar_and_trailing_parameters(numpy_fast):
         (np.zeros(9, np.float32), np.full(9, 2.0, np.float32), np.ones(9, np.float32), None),
     ]
     for mean, variance, offset, scale in cases:
-        fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, NP)
-        generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, NP)
+        fast = numpy_fast.normalize(x, mean, variance, offset, scale, EPSILON, xp=NP)
+        generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, xp=NP)
         np.testing.assert_array_equal(fast, generic)
 
 
@@ -287,9 +297,9 @@ def test_numpy_gradient_input_is_bit_identical(numpy_fast, shape, channel, dtype
     mean, a, b, c = _backward_constants(shape, channel, dtype)
     if not is_training:
         b = c = None
-    fast = numpy_fast.gradient_input(dy, x, mean, a, b, c, None, NP)
+    fast = numpy_fast.gradient_input(dy, x, mean, a, b, c, None, xp=NP)
     assert fast is not NotImplemented
-    generic = _grad.gradient_input.generic(dy, x, mean, a, b, c, None, NP)
+    generic = _backward.gradient_input.generic(dy, x, mean, a, b, c, None, xp=NP)
     np.testing.assert_array_equal(fast, generic)
     assert fast.dtype == generic.dtype == x.dtype
 
@@ -301,9 +311,9 @@ def test_numpy_gradient_sums_are_accurate(numpy_fast, shape, channel, dtype):
     dy = RNG.normal(0.3, 1.0, shape).astype(dtype)
     compute = np.float64 if dtype == "float64" else np.float32
     mean = RNG.normal(1.5, 0.1, shape[channel]).astype(compute)
-    fast = numpy_fast.gradient_sums(dy, x, mean, channel, NP)
+    fast = numpy_fast.gradient_sums(dy, x, mean, channel, xp=NP)
     assert fast is not NotImplemented
-    generic = _grad.gradient_sums.generic(dy, x, mean, channel, NP)
+    generic = _backward.gradient_sums.generic(dy, x, mean, channel, xp=NP)
     axes = _axes(x.ndim, channel)
     shape_b = [1] * x.ndim
     shape_b[channel] = -1
@@ -325,11 +335,11 @@ def test_numpy_backward_declines_what_it_does_not_cover(numpy_fast):
     dy = RNG.normal(size=x.shape).astype(np.float32)
     mean, a, b, c = _backward_constants(x.shape, 3, "float32")
     share = np.full((4, 1, 1, 1), 0.25, np.float32)  # weighted: the generic kernel's job
-    assert numpy_fast.gradient_input(dy, x, mean, a, b, c, share, NP) is NotImplemented
+    assert numpy_fast.gradient_input(dy, x, mean, a, b, c, share, xp=NP) is NotImplemented
     transposed = dy.transpose(0, 2, 1, 3)
-    assert numpy_fast.gradient_input(transposed, x, mean, a, b, c, None, NP) is NotImplemented
+    assert numpy_fast.gradient_input(transposed, x, mean, a, b, c, None, xp=NP) is NotImplemented
     assert (
-        numpy_fast.gradient_sums(dy.astype(np.float16), x, mean.reshape(-1), 3, NP)
+        numpy_fast.gradient_sums(dy.astype(np.float16), x, mean.reshape(-1), 3, xp=NP)
         is NotImplemented
     )
 
@@ -353,21 +363,21 @@ def test_numpy_declines_what_it_does_not_cover(numpy_fast):
     x, scale, offset = _data((4, 5, 6, 3), 3, "float32")
     transposed = x.transpose(0, 2, 1, 3)  # not C-contiguous
     assert (
-        numpy_fast.fused_training_core(transposed, scale, offset, EPSILON, 3, NP) is NotImplemented
+        numpy_fast.fused_training_core(transposed, scale, offset, EPSILON, 3, xp=NP) is NotImplemented
     )
     single = x[:1, :1, :1, :]  # one value per channel: TF's n = 1 corner case
-    assert numpy_fast.fused_training_core(single, scale, offset, EPSILON, 3, NP) is NotImplemented
+    assert numpy_fast.fused_training_core(single, scale, offset, EPSILON, 3, xp=NP) is NotImplemented
     # and the public function still gives TF's n = 1 answer: y = offset, variance 0
     y, _, variance = bn.fused_batch_norm(np.ascontiguousarray(single), scale, offset)
     np.testing.assert_array_equal(y.reshape(-1), offset)
     np.testing.assert_array_equal(variance, np.zeros(3, np.float32))
     grid = RNG.normal(size=(3, 4, 5)).astype(np.float32)
-    assert numpy_fast.batch_moments(grid, (0,), NP) is NotImplemented  # two kept axes
+    assert numpy_fast.local_moments(grid, (0,), xp=NP) is NotImplemented  # two kept axes
     empty = np.zeros((0, 4, 4, 3), np.float32)
     stats = np.ones(3, np.float32)
-    assert numpy_fast.fused_training_core(empty, scale, offset, EPSILON, 3, NP) is NotImplemented
+    assert numpy_fast.fused_training_core(empty, scale, offset, EPSILON, 3, xp=NP) is NotImplemented
     assert (
-        numpy_fast.fused_inference(empty, scale, offset, stats, stats, EPSILON, 3, NP)
+        numpy_fast.fused_inference(empty, scale, offset, stats, stats, EPSILON, 3, xp=NP)
         is NotImplemented
     )
 
@@ -376,7 +386,7 @@ def test_numpy_declines_what_it_does_not_cover(numpy_fast):
 def test_numpy_fast_statistics_stay_accurate_on_large_batches(numpy_fast, shape, channel):
     """25 600 rows per channel: the fast sums stay within 2 ulps of exact."""
     x, scale, offset = _data(shape, channel, "float32", mean=4.0)
-    y, mean, variance, _ = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)
+    y, mean, variance, _ = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, xp=NP)
     mean64, variance64, y64 = _reference(x, scale, offset, channel)
     eps = float(np.finfo(np.float32).eps)
     magnitude = np.mean(np.abs(x.astype(np.float64)), axis=_axes(x.ndim, channel))
@@ -389,15 +399,13 @@ def test_numpy_fast_statistics_stay_accurate_on_large_batches(numpy_fast, shape,
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_numpy_training_peak_memory(shape, channel, dtype, monkeypatch):
     """Output included, the training kernel allocates at most 1.25× the input."""
-    from bn_portable._native import _numpy as numpy_fast
-
-    monkeypatch.setattr(numpy_fast, "_SMALL_HALF", 0)
+    monkeypatch.setattr(numpy_plan, "SMALLEST_HALF_INPUT", 0)
 
     x, scale, offset = _data(shape, channel, dtype)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        result = numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)
+        result = numpy_kernels.fused_training_core(x, scale, offset, EPSILON, channel, xp=NP)
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
@@ -464,9 +472,9 @@ def test_torch_fused_training_matches_generic(torch_fast, shape, channel, dtype)
     xp = _torch_xp()
     x, scale, offset = _data(shape, channel, "float32")
     xt, st, ot = _to_torch(x, dtype), _to_torch(scale, "float32"), _to_torch(offset, "float32")
-    fast = torch_fast.fused_training_core(xt, st, ot, EPSILON, channel, xp)
+    fast = torch_fast.fused_training_core(xt, st, ot, EPSILON, channel, xp=xp)
     assert fast is not NotImplemented
-    generic = _normalize.fused_training_core.generic(xt, st, ot, EPSILON, channel, xp)
+    generic = _normalize.fused_training_core.generic(xt, st, ot, EPSILON, channel, xp=xp)
     y, mean, variance, count = fast
     assert count == generic[3]
     assert y.dtype == xt.dtype and tuple(y.shape) == shape
@@ -487,9 +495,9 @@ def test_torch_fused_inference_matches_generic(torch_fast, shape, channel, dtype
     variance = RNG.uniform(0.5, 4.0, channels).astype(np.float32)
     args = [_to_torch(v, "float32") for v in (scale, offset, mean, variance)]
     xt = _to_torch(x, dtype)
-    fast = torch_fast.fused_inference(xt, *args, EPSILON, channel, xp)
+    fast = torch_fast.fused_inference(xt, *args, EPSILON, channel, xp=xp)
     assert fast is not NotImplemented
-    generic = _normalize.fused_inference.generic(xt, *args, EPSILON, channel, xp)
+    generic = _normalize.fused_inference.generic(xt, *args, EPSILON, channel, xp=xp)
     assert fast.dtype == generic.dtype and fast.shape == generic.shape
     # the generic kernel's operations in its order: bit for bit
     np.testing.assert_array_equal(_np(fast), _np(generic))
@@ -506,7 +514,7 @@ def test_torch_large_channels_last_batch_keeps_accurate_statistics(torch_fast):
         _to_torch(offset, "float32"),
         EPSILON,
         channel,
-        xp,
+        xp=xp,
     )
     mean64, variance64, y64 = _reference(x, scale, offset, channel)
     eps = float(np.finfo(np.float32).eps)
@@ -522,17 +530,17 @@ def test_torch_large_mean_keeps_tensorflow_formula(torch_fast, shape, channel):
     xp = _torch_xp()
     x, scale, offset = _data(shape, channel, "float32", mean=1000.0, spread=1.0)
     args = (_to_torch(x, "float32"), _to_torch(scale, "float32"), _to_torch(offset, "float32"))
-    y, mean, variance, _ = torch_fast.fused_training_core(*args, EPSILON, channel, xp)
-    generic = _normalize.fused_training_core.generic(*args, EPSILON, channel, xp)
+    y, mean, variance, _ = torch_fast.fused_training_core(*args, EPSILON, channel, xp=xp)
+    generic = _normalize.fused_training_core.generic(*args, EPSILON, channel, xp=xp)
     _assert_statistics_close(
         _np(mean), _np(generic[1]), _np(variance), _np(generic[2]), x, channel
     )
     # inference with the batch's own statistics gives training's y bit for bit
     # (tf-slim's testNoneUpdatesCollectionIsTrainingVariableFusedNCHW relies on it)
-    inferred = torch_fast.fused_inference(*args, mean, variance, EPSILON, channel, xp)
+    inferred = torch_fast.fused_inference(*args, mean, variance, EPSILON, channel, xp=xp)
     np.testing.assert_array_equal(_np(inferred), _np(y))
     # ... which is TensorFlow's formula with those statistics, bit for bit
-    formula = _normalize.fused_inference.generic(*args, mean, variance, EPSILON, channel, xp)
+    formula = _normalize.fused_inference.generic(*args, mean, variance, EPSILON, channel, xp=xp)
     np.testing.assert_array_equal(_np(y), _np(formula))
 
 
@@ -544,11 +552,11 @@ def test_torch_inference_reads_statistics_rewritten_behind_the_version_counter(t
     args = (_to_torch(x, "float32"), _to_torch(scale, "float32"), _to_torch(offset, "float32"))
     buffer = np.zeros(3, np.float32)
     mean, variance = torch.from_numpy(buffer), torch.ones(3)
-    torch_fast.fused_inference(*args, mean, variance, EPSILON, 1, xp)
+    torch_fast.fused_inference(*args, mean, variance, EPSILON, 1, xp=xp)
     for rewrite in (lambda: buffer.fill(1000.0), lambda: mean.data.copy_(torch.full((3,), 999.5))):
         rewrite()
-        fast = torch_fast.fused_inference(*args, mean, variance, EPSILON, 1, xp)
-        generic = _normalize.fused_inference.generic(*args, mean, variance, EPSILON, 1, xp)
+        fast = torch_fast.fused_inference(*args, mean, variance, EPSILON, 1, xp=xp)
+        generic = _normalize.fused_inference.generic(*args, mean, variance, EPSILON, 1, xp=xp)
         np.testing.assert_array_equal(_np(fast), _np(generic))
 
 
@@ -557,9 +565,9 @@ def test_torch_fast_paths_take_rank_2_and_3(torch_fast, shape, channel):
     xp = _torch_xp()
     x, scale, offset = _data(shape, channel, "float32")
     args = (_to_torch(x, "float32"), _to_torch(scale, "float32"), _to_torch(offset, "float32"))
-    fast = torch_fast.fused_training_core(*args, EPSILON, channel, xp)
+    fast = torch_fast.fused_training_core(*args, EPSILON, channel, xp=xp)
     assert fast is not NotImplemented
-    generic = _normalize.fused_training_core.generic(*args, EPSILON, channel, xp)
+    generic = _normalize.fused_training_core.generic(*args, EPSILON, channel, xp=xp)
     _assert_y_close(_np(fast[0]), _np(generic[0]), x, scale, offset, channel, "float32")
 
 
@@ -567,7 +575,7 @@ def test_torch_declines_single_value_channels(torch_fast):
     xp = _torch_xp()
     x, scale, offset = _data((1, 1, 1, 4), 3, "float32")
     args = (_to_torch(x, "float32"), _to_torch(scale, "float32"), _to_torch(offset, "float32"))
-    assert torch_fast.fused_training_core(*args, EPSILON, 3, xp) is NotImplemented
+    assert torch_fast.fused_training_core(*args, EPSILON, 3, xp=xp) is NotImplemented
 
 
 @pytest.mark.parametrize("dtype", TORCH_DTYPES)
@@ -637,8 +645,8 @@ def test_torch_normalize_is_bit_identical(torch_fast, dtype):
         _to_torch(RNG.uniform(0.5, 2, size=3), dtype),
     )
     xt = _to_torch(x, dtype)
-    fast = torch_fast.normalize(xt, mean, variance, offset, scale, EPSILON, xp)
-    generic = _normalize.normalize.generic(xt, mean, variance, offset, scale, EPSILON, xp)
+    fast = torch_fast.normalize(xt, mean, variance, offset, scale, EPSILON, xp=xp)
+    generic = _normalize.normalize.generic(xt, mean, variance, offset, scale, EPSILON, xp=xp)
     assert fast.dtype == generic.dtype
     np.testing.assert_array_equal(_np(fast), _np(generic))
 
@@ -663,9 +671,9 @@ def test_torch_gradient_input_is_bit_identical(
         share = _to_torch(RNG.uniform(0.0, 0.1, (shape[0],) + (1,) * (len(shape) - 1)), compute)
     if not is_training:
         b = c = None
-    fast = torch_fast.gradient_input(dy, x, mean, a, b, c, share, xp)
+    fast = torch_fast.gradient_input(dy, x, mean, a, b, c, share, xp=xp)
     assert fast is not NotImplemented
-    generic = _grad.gradient_input.generic(dy, x, mean, a, b, c, share, xp)
+    generic = _backward.gradient_input.generic(dy, x, mean, a, b, c, share, xp=xp)
     assert fast.dtype == generic.dtype == x.dtype
     assert fast.shape == generic.shape
     import torch
@@ -683,9 +691,9 @@ def test_torch_gradient_sums_are_accurate(torch_fast, monkeypatch, shape, channe
     x = _to_torch(RNG.normal(1.5, 2.0, shape), dtype)
     dy = _to_torch(RNG.normal(0.3, 1.0, shape), dtype)
     mean = torch.from_numpy(RNG.normal(1.5, 0.1, shape[channel]).astype(np.float32))
-    fast = torch_fast.gradient_sums(dy, x, mean, channel, xp)
+    fast = torch_fast.gradient_sums(dy, x, mean, channel, xp=xp)
     assert fast is not NotImplemented
-    generic = _grad.gradient_sums.generic(dy, x, mean, channel, xp)
+    generic = _backward.gradient_sums.generic(dy, x, mean, channel, xp=xp)
     axes = _axes(len(shape), channel)
     shape_b = [1] * len(shape)
     shape_b[channel] = -1
@@ -703,8 +711,8 @@ def test_torch_backward_leaves_autograd_to_the_generic_kernels(torch_fast):
     x = _to_torch(RNG.normal(size=(4, 3, 5, 6)), "float32").requires_grad_(True)
     dy = _to_torch(RNG.normal(size=(4, 3, 5, 6)), "float32")
     mean, a, b, c = (_to_torch(v, "float32") for v in _backward_constants(x.shape, 1, "float32"))
-    assert torch_fast.gradient_input(dy, x, mean, a, b, c, None, xp) is NotImplemented
-    assert torch_fast.gradient_sums(dy, x, mean.reshape(-1), 1, xp) is NotImplemented
+    assert torch_fast.gradient_input(dy, x, mean, a, b, c, None, xp=xp) is NotImplemented
+    assert torch_fast.gradient_sums(dy, x, mean.reshape(-1), 1, xp=xp) is NotImplemented
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])

@@ -19,7 +19,7 @@ import pytest
 from conformance.backends import Backend
 
 import bn_portable as bn
-from bn_portable import _grad
+from bn_portable._kernels import _backward
 
 RNG = np.random.default_rng(20261128)
 
@@ -563,20 +563,25 @@ def test_kernels_are_overridable(monkeypatch):
     calls = []
 
     def spy(name):
-        def fast(*args):
+        def fast(*args, xp):
             calls.append(name)
             return NotImplemented
 
         return fast
 
-    fake = SimpleNamespace(gradient_sums=spy("gradient_sums"), gradient_input=spy("gradient_input"))
-    monkeypatch.setattr(_native, "_backend_module", lambda xp: fake)
+    fake = SimpleNamespace(
+        KERNELS={
+            _native.Kernel.GRADIENT_SUMS: spy("gradient_sums"),
+            _native.Kernel.GRADIENT_INPUT: spy("gradient_input"),
+        }
+    )
+    monkeypatch.setattr(_native, "_fast_path_module", lambda xp: fake)
     expected = bn.fused_batch_norm_grad(DY, X, ONES, ZEROS, ONES)
     with bn.fast_paths(True):
         _, _, vjp = bn.batch_norm_vjp(X, scale=True)
         vjp(DY)
     assert calls.count("gradient_sums") >= 2 and calls.count("gradient_input") >= 2
-    assert _grad.gradient_sums.generic is not None and _grad.gradient_input.generic is not None
+    assert _backward.gradient_sums.generic is not None and _backward.gradient_input.generic is not None
     with bn.fast_paths(False):
         again = bn.fused_batch_norm_grad(DY, X, ONES, ZEROS, ONES)
     for a, b in zip(expected, again):

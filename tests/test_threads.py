@@ -1,7 +1,8 @@
-"""The NumPy fast paths' threads: same bits for any thread count, errors surface."""
+"""The NumPy fast paths' threads: opt-in, same bits for any thread count, errors surface."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import array_api_compat.numpy as NP  # the namespace the library hands its kernels
@@ -10,6 +11,7 @@ import pytest
 
 from bn_portable._native import _numpy as numpy_fast
 from bn_portable._native import _threads
+from bn_portable._native._registry import Kernel
 
 EPSILON = 1e-3
 
@@ -17,7 +19,7 @@ EPSILON = 1e-3
 @pytest.fixture
 def small_blocks(tiny_numpy_blocks, monkeypatch):
     """Many blocks (and chunks) on a small input, every input shared among threads."""
-    monkeypatch.setattr(tiny_numpy_blocks, "_PARALLEL", 0)
+    monkeypatch.setattr(tiny_numpy_blocks, "SMALLEST_SHARED_INPUT", 0)
 
 
 def _kernel_outputs(x, channel):
@@ -32,17 +34,17 @@ def _kernel_outputs(x, channel):
     dy = rng.normal(size=x.shape).astype(x.dtype)
     centre, a, b, c = (v.astype(compute).reshape(shape) for v in (mean, scale, offset, variance))
     outputs = [
-        *numpy_fast.gradient_sums(dy, x, mean.astype(compute), channel, NP),
-        numpy_fast.gradient_input(dy, x, centre, a, b, c, None, NP),
-        *numpy_fast.batch_moments(x, axes, NP),
+        *numpy_fast.gradient_sums(dy, x, mean.astype(compute), channel, xp=NP),
+        numpy_fast.gradient_input(dy, x, centre, a, b, c, None, xp=NP),
+        *numpy_fast.local_moments(x, axes, xp=NP),
         numpy_fast.normalize(
-            x, mean.reshape(shape), variance.reshape(shape), None, None, EPSILON, NP
+            x, mean.reshape(shape), variance.reshape(shape), None, None, EPSILON, xp=NP
         ),
     ]
     if x.dtype != np.float64:  # the fused kernels take float32 and float16
         outputs += [
-            *numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, NP)[:3],
-            numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, NP),
+            *numpy_fast.fused_training_core(x, scale, offset, EPSILON, channel, xp=NP)[:3],
+            numpy_fast.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, xp=NP),
         ]
     return outputs
 
@@ -94,11 +96,35 @@ def test_a_bad_thread_count_setting_is_named(monkeypatch, setting):
         _threads.thread_count()
 
 
-def test_thread_count_defaults_to_the_usable_cpus(monkeypatch):
+def test_threads_are_opt_in(monkeypatch):
+    """Unset or empty: the calling thread alone; ``BN_PORTABLE_NUM_THREADS=N`` turns them on."""
     monkeypatch.delenv("BN_PORTABLE_NUM_THREADS", raising=False)
-    assert _threads.thread_count() >= 1
+    assert _threads.thread_count() == 1
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", " ")
+    assert _threads.thread_count() == 1
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")
     assert _threads.thread_count() == 3
+
+
+def test_no_kernel_hands_work_to_the_pool_by_default(small_blocks, monkeypatch):
+    submitted = []
+    submit = _threads._submit
+    monkeypatch.setattr(_threads, "_submit", lambda *args: submitted.append(1) or submit(*args))
+    x = np.random.default_rng(4).normal(size=(6, 9, 7, 20)).astype(np.float32)
+    monkeypatch.delenv("BN_PORTABLE_NUM_THREADS", raising=False)
+    assert all(output is not NotImplemented for output in _kernel_outputs(x, 1))
+    assert not submitted
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "2")
+    _kernel_outputs(x, 1)
+    assert submitted
+
+
+def test_the_package_serves_every_kernel_with_xp_as_a_keyword():
+    assert set(numpy_fast.KERNELS) == set(Kernel)
+    for kernel, function in numpy_fast.KERNELS.items():
+        parameters = inspect.signature(function).parameters
+        assert parameters["xp"].kind is inspect.Parameter.KEYWORD_ONLY, kernel
+        assert kernel.value.startswith(f"{function.__name__}(")
 
 
 def test_concurrent_callers_while_the_pool_grows(monkeypatch):

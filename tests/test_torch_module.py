@@ -43,6 +43,51 @@ def test_variables_have_tensorflow_names_and_kinds():
     assert [name for name, _ in renorm.named_parameters()] == ["beta"]  # scale=False: TF's default
 
 
+def test_absent_variables_are_none_as_in_pytorch():
+    """Registered as absent, as ``nn.BatchNorm2d(affine=False)`` registers weight and bias."""
+    module = BatchNorm(3, center=False)
+    reference = nn.BatchNorm2d(3, affine=False)
+    assert module.beta is None and module.gamma is None and reference.weight is None
+    assert module.moving_stddev is None and module.local_step is None and module.skipped_steps is None
+    assert list(module.parameters()) == [] and list(module.state_dict()) == ["moving_mean", "moving_variance"]
+    assert module.state == bn.BatchNormState(moving_mean=module.moving_mean,
+                                             moving_variance=module.moving_variance)
+    module.double()  # conversions skip the absent ones
+    assert module.moving_mean.dtype == torch.float64 and module.beta is None
+    x = _input(dtype=torch.float64)
+    y, _ = bn.batch_norm(x, center=False, data_format="NCHW")
+    torch.testing.assert_close(module(x), y, rtol=0, atol=0)
+
+
+def test_options_are_validated_once(monkeypatch):
+    """forward uses the options __init__ validated: it never validates them again."""
+    module = BatchNorm(3, scale=True, decay=0.9, epsilon=1e-4)
+    reference = BatchNorm(3, scale=True, decay=0.9, epsilon=1e-4)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("forward validated the options again")
+
+    x = _input()
+    expected_train, expected_eval = reference(x), reference.eval()(x)
+    for where in ("bn_portable.torch", "bn_portable._tf._options", "bn_portable._layer"):
+        monkeypatch.setattr(f"{where}.layer_options", refuse)
+    torch.testing.assert_close(module(x), expected_train, rtol=0, atol=0)
+    torch.testing.assert_close(module.eval()(x), expected_eval, rtol=0, atol=0)
+
+
+def test_options_are_typed_read_only_and_rebuild_the_module():
+    module = BatchNorm(3, scale=True, decay=0.9, epsilon=1e-4)
+    assert module.options["decay"] == 0.9 and isinstance(module.options["decay"], float)
+    with pytest.raises(TypeError):
+        module.options["decay"] = 0.5  # read-only: forward relies on the validated values
+    assert repr(module) == "BatchNorm(3, data_format='NCHW', decay=0.9, scale=True, epsilon=0.0001)"
+    renorm = BatchNorm(3, renorm=True, renorm_clipping={"rmax": 3.0, "rmin": float("-inf")})
+    assert renorm.options["renorm_clipping"] == {"rmax": 3.0}  # as validated
+    assert "renorm_clipping={'rmax': 3.0}" in repr(renorm)
+    rebuilt = BatchNorm.from_state(renorm.state, data_format=renorm.data_format, **renorm.options)
+    assert rebuilt.options == renorm.options
+
+
 @pytest.mark.parametrize(
     "options", [{}, {"scale": True, "fused": True}, {"zero_debias_moving_mean": True}, {"renorm": True}]
 )
@@ -110,22 +155,48 @@ def test_state_dict_round_trip():
         torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0)
 
 
-def test_load_state_and_from_state():
+def test_load_batch_norm_state_and_from_state():
     source = _perturb(BatchNorm(3, scale=True))
     numpy_state = source.state._replace(
         **{f: getattr(source, f).detach().numpy().copy() for f in source.fields}
     )
+    numpy_state.gamma.flags.writeable = False  # as JAX arrays and memory maps come: copied, no warning
     rebuilt = BatchNorm.from_state(numpy_state, scale=True)
     for field in source.fields:
         assert torch.equal(getattr(rebuilt, field), getattr(source, field))
     assert isinstance(rebuilt.gamma, nn.Parameter)
+    target = BatchNorm(3, scale=True)
+    target.load_batch_norm_state(numpy_state)
+    alias = BatchNorm(3, scale=True)
+    alias.load_state(numpy_state)  # the earlier name, kept as an alias
+    for field in source.fields:
+        assert torch.equal(getattr(target, field), getattr(source, field))
+        assert torch.equal(getattr(alias, field), getattr(source, field))
     with pytest.raises(ValueError, match="fields"):
-        BatchNorm(3).load_state(numpy_state)  # scale=False has no gamma
+        BatchNorm(3).load_batch_norm_state(numpy_state)  # scale=False has no gamma
     wrong = numpy_state._replace(moving_variance=numpy_state.moving_variance[:2])
     before = rebuilt.moving_mean.clone()
     with pytest.raises(ValueError, match=r"state.moving_variance must have shape \(3,\)"):
-        rebuilt.load_state(wrong)
+        rebuilt.load_batch_norm_state(wrong)
     assert torch.equal(rebuilt.moving_mean, before)  # nothing copied
+    with pytest.raises(TypeError, match="state must be a BatchNormState"):
+        rebuilt.load_state({"moving_mean": numpy_state.moving_mean})
+    with pytest.raises(ValueError, match=r"state\.moving_mean must be a floating array"):
+        BatchNorm.from_state(numpy_state._replace(moving_mean=numpy_state.moving_mean.astype(int)))
+
+
+def test_state_dict_version_2_loads_version_1():
+    """Version 1 (before the typed options) has the same entries: it loads as it is."""
+    source = _perturb(BatchNorm(3, scale=True, renorm=True))
+    state_dict = source.state_dict()
+    assert state_dict._metadata[""]["version"] == BatchNorm._version == 2
+    state_dict._metadata[""]["version"] = 1
+    target = nn.Sequential(BatchNorm(3, scale=True, renorm=True))
+    target.load_state_dict({f"0.{k}": v for k, v in state_dict.items()})
+    for name, value in source.state_dict().items():
+        assert torch.equal(target[0].state_dict()[name], value)
+    with pytest.raises(RuntimeError, match="from_torch"):  # PyTorch's names: say how to convert
+        BatchNorm(3, scale=True).load_state_dict(nn.BatchNorm2d(3).state_dict())
 
 
 def test_half_precision_input_keeps_float32_variables():
@@ -156,10 +227,9 @@ def test_autocast_does_not_change_the_numbers():
     torch.testing.assert_close(y_float, reference.eval()(_input()), rtol=0, atol=0)
 
 
-# Two warnings Dynamo itself raises while tracing: array-api-compat caches the
-# namespace of each array type with functools.lru_cache (a type-keyed lookup,
-# not data), and Dynamo's own wrapping of intermediate tensors reads their .grad.
-@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+# A warning Dynamo itself raises while tracing: its wrapping of intermediate
+# tensors reads their .grad. (test_torch_module_compile.py checks, in a fresh
+# interpreter, that compiling a model prints no warning.)
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
 # Dynamo itself instantiates autograd.Function classes while tracing them.
 @pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be")
@@ -272,9 +342,30 @@ def test_from_torch_keeps_affine_off_and_requires_grad():
     source = nn.BatchNorm2d(3, affine=False)
     converted = from_torch(source)
     assert converted.fields == ("moving_mean", "moving_variance")
+    assert converted.gamma is None and converted.beta is None
     frozen = nn.BatchNorm2d(3)
     frozen.weight.requires_grad_(False)
     assert not from_torch(frozen).gamma.requires_grad
+
+
+def test_conversions_are_classmethods_and_a_method():
+    """from_torch / to_torch call BatchNorm.from_torch / .to_torch; subclasses get themselves."""
+
+    class Tagged(BatchNorm):
+        pass
+
+    source = _perturb(nn.BatchNorm2d(3, momentum=0.2))
+    converted = Tagged.from_torch(source)
+    assert type(converted) is Tagged and type(from_torch(source)) is BatchNorm
+    assert type(Tagged.from_state(converted.state, **converted.options)) is Tagged
+    back, function_back = converted.to_torch(nn.BatchNorm3d), to_torch(converted, nn.BatchNorm3d)
+    assert type(back) is type(function_back) is nn.BatchNorm3d
+    for name, value in back.state_dict().items():
+        assert torch.equal(function_back.state_dict()[name], value)
+    with pytest.raises(TypeError, match=r"module must be a bn_portable\.torch\.BatchNorm"):
+        to_torch(source)
+    with pytest.raises(TypeError, match="kind must be"):
+        converted.to_torch(nn.InstanceNorm2d)
 
 
 @pytest.mark.parametrize(
@@ -310,6 +401,9 @@ def test_to_torch_refuses_with_a_reason():
         ({"num_features": 3, "momentum": 0.1}, TypeError, "unknown option 'momentum'"),
         ({"num_features": 3, "decay": 2.0}, ValueError, "decay"),
         ({"num_features": 3, "data_format": "NCDHW"}, ValueError, "data_format"),
+        ({"num_features": 3, "dtype": torch.int32}, TypeError, "dtype must be a floating"),
+        ({"num_features": 3, "state": None}, TypeError, "load_batch_norm_state"),
+        ({"num_features": 3, "scale": 1}, TypeError, "scale"),
     ],
 )
 def test_bad_arguments(arguments, error, match):
@@ -324,4 +418,7 @@ def test_wrong_input_changes_nothing():
         module(_input((4, 5, 2, 2)))  # 5 channels, the module has 3
     with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
         module([1.0, 2.0])
+    renorm = BatchNorm(3, renorm=True)
+    with pytest.raises(ValueError, match="batch_weights"):
+        renorm(_input(), torch.ones(4))
     assert torch.equal(module.moving_mean, before)

@@ -270,3 +270,44 @@ def test_moments_shift_must_be_an_array_that_broadcasts():
         bn.moments(X, [0], shift="junk")
     with pytest.raises(ValueError, match="shift"):
         bn.moments(X, [0], shift=np.ones(C + 1, np.float32))
+
+
+def test_moments_with_axes_none_reduce_every_axis_as_tensorflow_does():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    mean, variance = bn.moments(x, None)
+    np.testing.assert_allclose(mean, x.mean(), rtol=1e-6)
+    np.testing.assert_allclose(variance, x.var(), rtol=1e-6)
+    mean, _ = bn.weighted_moments(x, None, np.ones_like(x))
+    np.testing.assert_allclose(mean, x.mean(), rtol=1e-6)
+    assert bn.partial_moments(x, None).count == 12
+
+
+def test_a_bool_is_no_axis_inside_a_sequence_either():
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match="axes must be an int or a sequence of ints"):
+        bn.moments(x, [True])
+    with pytest.raises(TypeError, match="axes must be an int or a sequence of ints"):
+        bn.moments(x, (0, np.bool_(True)))
+
+
+def test_a_complex_initial_value_is_refused():
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match=r"param_initializers\['moving_mean'\] must have a real"):
+        bn.batch_norm(x, param_initializers={"moving_mean": np.ones(4, np.complex64)})
+
+
+def test_longdouble_has_no_tensorflow_dtype():
+    x = np.ones((3, 4), np.longdouble)
+    if x.dtype == np.float64:
+        pytest.skip("longdouble is float64 on this platform")
+    with pytest.raises(TypeError, match=r"x must have a real floating dtype TensorFlow has \(float16, bfloat16, float32, float64\), got float128"):
+        bn.batch_norm(x)
+    with pytest.raises(TypeError, match="x must have a real floating dtype TensorFlow has"):
+        bn.moments(x, [0])
+
+
+def test_a_misshaped_local_step_is_told_it_holds_one_value():
+    x = np.ones((3, 4), np.float32)
+    _, state = bn.batch_norm(x, zero_debias_moving_mean=True)
+    with pytest.raises(ValueError, match=r"state\.local_step must have shape \(\) \(one value for the layer\)"):
+        bn.batch_norm(x, state._replace(local_step=np.zeros(4, np.float32)), zero_debias_moving_mean=True)

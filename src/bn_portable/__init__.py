@@ -13,7 +13,7 @@ from ._native import fast_paths, fast_paths_enabled
 from ._normalize import batch_normalization, fused_batch_norm
 from ._partial_moments import PartialMoments, merge_moments, partial_moments
 from ._recalibrate import recalibrate
-from ._state import BatchNormState
+from ._tf._state import BatchNormState
 
 __version__ = "0.1.0"
 

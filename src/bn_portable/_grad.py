@@ -1,50 +1,24 @@
 """Analytic backward passes: ``fused_batch_norm_grad`` and ``batch_norm_vjp``.
 
-Notation, per channel: n elements, μ and σ² the statistics the forward
-normalized with, ``inv = rsqrt(σ² + ε)``, ``x̂ = (x − μ)·inv``, γ the scale (1
-when absent), and the two per-channel sums every gradient needs:
-
-    S₀ = Σ dy          S₁ = Σ dy·(x − μ)        (so Σ dy·x̂ = inv·S₁)
-
-Training (the statistics depend on x):
-
-    dx = γ·inv·[dy − S₀/n − x̂·(Σ dy·x̂)/n]
-    dγ = Σ dy·x̂ = inv·S₁          dβ = S₀
-
-Inference (the statistics are constants): ``dx = dy·γ·inv``, dγ and dβ as above.
-
-Two passes over the data: one reduction for
-S₀ and S₁ (x̂ is recomputed from x, μ and inv, never stored by the forward),
-one elementwise pass for dx with every per-channel constant folded::
-
-    dx = dy·a + (x − μ)·b + c,   a = γ·inv,  b = −a·inv²·S₁/n,  c = −a·S₀/n
-
-``x − μ`` is kept rather than folding μ into c (``x·b + (c − μ·b)``): the
-folded form cancels catastrophically when |μ| ≫ σ, the same trap as the
-one-pass variance, for one subtraction per element.
-
-Both kernels (``gradient_sums``, ``gradient_input``) are ``@overridable``: a
-library's fast path can do each in one sweep without temporaries.
+The arithmetic is ``_kernels._backward``'s (its docstring has the formulas);
+the layer's gradient semantics (weights, replicas, renorm) are ``_tf._gradients``'.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import _layout
-from ._cross_replica import gradient_totals
-from ._layer import LayerOptions, LayerPlan, Normalization, layer_options, layer_step, prepare
-from ._lib import _checks
+from ._kernels._backward import backward
+from ._lib import _checks, _layout
 from ._lib._compat import array_namespace, device
-from ._lib._dtypes import astype, compute_dtype, dtype_name, scalar
-from ._lib._sums import accurate_sum
+from ._lib._dtypes import dtype_name
 from ._lib._typing import VJP, ArrayT, CrossReplicaSum
-from ._moments import divide_no_nan
-from ._native import overridable
-from ._normalize import FUSED_INPUT_DTYPES, rsqrt
-from ._state import BatchNormState
+from ._tf._gradients import layer_backward
+from ._tf._options import layer_options
+from ._tf._plan import FUSED_INPUT_DTYPES, prepare
+from ._tf._state import BatchNormState
+from ._tf._steps import layer_step
 
 
 def fused_batch_norm_grad(
@@ -107,7 +81,8 @@ def fused_batch_norm_grad(
         _checks.check_floating(name, value, xp, ("float32",))
         _checks.check_shape(name, value, (channels,), f"one value per channel of x in {data_format}")
     dx, dscale, doffset = backward(
-        dy, x, mean, variance, scale, epsilon, channel, is_training, None, None, None, xp
+        dy, x, mean=mean, variance=variance, gamma=scale, epsilon=epsilon, channel=channel,
+        training=is_training, xp=xp,
     )
     return dx, dscale, doffset
 
@@ -183,12 +158,12 @@ def batch_norm_vjp(
      [0. 0.]] [0. 0.] [2. 2.]
     """
     options = layer_options(
+        weighted=batch_weights is not None,
         decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,
         param_initializers=param_initializers, is_training=is_training, fused=fused,
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        cross_replica_sum=cross_replica_sum, weighted=batch_weights is not None,
-        skip_nonfinite=skip_nonfinite,
+        cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite,
     )
     if options.activation_fn is not None:
         raise ValueError(
@@ -205,164 +180,6 @@ def batch_norm_vjp(
         return layer_backward(dy, x, batch_weights, used, options, plan, xp)
 
     return y, new_state, vjp
-
-
-def layer_backward(
-    dy: Any,
-    x: Any,
-    batch_weights: Any,
-    used: Normalization,
-    options: LayerOptions,
-    plan: LayerPlan,
-    xp: Any,
-) -> tuple[Any, Any, Any]:
-    """The layer's ``(dx, dgamma, dbeta)`` from what its forward normalized with."""
-    training = options.is_training
-    share = synchronize = None
-    if training and options.cross_replica_sum is not None:
-        synchronize = _synchronizer(batch_weights, x, plan, options.cross_replica_sum, xp)
-    elif training and batch_weights is not None:
-        share = _weight_share(batch_weights, x, plan, xp)
-    renorm_r = used.r if training else None
-    renorm_d = used.d if training else None
-    dx, dgamma, dbeta = backward(
-        dy, x, used.mean, used.variance, used.gamma, options.epsilon, plan.channel,
-        training, share, renorm_r, renorm_d, xp, synchronize=synchronize,
-    )
-    dgamma = None if used.gamma is None else xp.astype(dgamma, plan.state_dtype)
-    dbeta = None if used.beta is None else xp.astype(dbeta, plan.state_dtype)
-    return dx, dgamma, dbeta
-
-
-def backward(
-    dy: Any,
-    x: Any,
-    mean: Any,
-    variance: Any,
-    gamma: Any,
-    epsilon: Any,
-    channel: Any,
-    training: Any,
-    share: Any,
-    renorm_r: Any,
-    renorm_d: Any,
-    xp: Any,
-    *,
-    synchronize: Any = None,
-) -> Any:
-    """``(dx, dγ, dβ)`` of ``y = (x − μ)·inv·(r·γ) + (d·γ + β)`` (see the module doc).
-
-    ``gamma``, ``renorm_r``, ``renorm_d`` and ``share`` may be None (γ = r = 1,
-    d = 0, share = 1/n). ``share``, the weight share ``w/W`` broadcastable to
-    x, matters in training only. dγ and dβ come back in the compute dtype.
-    ``synchronize`` (training across replicas) maps this shard's ``(S₀, S₁)``
-    to the global ones and the share (``1/n`` per channel, or ``w/W``) that
-    replaces the local count; dγ and dβ stay this shard's.
-    """
-    dtype = compute_dtype(xp, x.dtype)
-    rank = x.ndim
-    mean, variance = astype(mean, dtype, xp), astype(variance, dtype, xp)
-    inv = rsqrt(variance + epsilon, xp)
-    sum_dy, sum_dy_centered = gradient_sums(dy, x, mean, channel, xp)
-    sum_dy_normalized = sum_dy_centered * inv
-    scale = None if gamma is None else astype(gamma, dtype, xp)
-    dgamma = sum_dy_normalized
-    if renorm_r is not None:
-        renorm_r, renorm_d = astype(renorm_r, dtype, xp), astype(renorm_d, dtype, xp)
-        dgamma = sum_dy_normalized * renorm_r + sum_dy * renorm_d
-        scale = renorm_r if scale is None else renorm_r * scale
-    a = inv if scale is None else scale * inv
-    b = c = None
-    if training:
-        total_dy, total_dy_centered, inverse_count = sum_dy, sum_dy_centered, None
-        if synchronize is not None:
-            total_dy, total_dy_centered, inverse_count, share = synchronize(sum_dy, sum_dy_centered)
-        b = -(a * (inv * inv)) * total_dy_centered
-        c = -a * total_dy
-        if inverse_count is not None:
-            b, c = b * inverse_count, c * inverse_count
-        elif share is None:
-            inverse_count = scalar(xp, 1.0 / max(_layout.elements_per_channel(x, channel), 1), dtype, device(x))
-            b, c = b * inverse_count, c * inverse_count
-    mean_b, a_b, b_b, c_b = (
-        None if value is None else _layout.per_channel(value, rank, channel, xp)
-        for value in (mean, a, b, c)
-    )
-    dx = gradient_input(dy, x, mean_b, a_b, b_b, c_b, share, xp)
-    return dx, dgamma, sum_dy
-
-
-@overridable
-def gradient_sums(dy: Any, x: Any, mean: Any, channel: Any, xp: Any) -> Any:
-    """``(Σ dy, Σ dy·(x − mean))`` per channel, in mean's dtype: the reduction pass.
-
-    ``mean`` has shape ``[C]`` and the compute dtype; ``dy`` and ``x`` are read
-    in their own dtype and widened on the fly. ``x − mean`` is recomputed here,
-    never stored by the forward. A fast path computes both sums in one sweep.
-    """
-    dtype = mean.dtype
-    axes = _layout.reduction_axes(x.ndim, channel)
-    dy_wide = astype(dy, dtype, xp)
-    centered = astype(x, dtype, xp) - _layout.per_channel(mean, x.ndim, channel, xp)
-    return accurate_sum(dy_wide, axes, xp), accurate_sum(dy_wide * centered, axes, xp)
-
-
-@overridable
-def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: Any, xp: Any) -> Any:
-    """``dx = dy·a + share·((x − mean)·b + c)`` rounded once to x's dtype: the elementwise pass.
-
-    ``mean``, ``a``, ``b`` and ``c`` are per-channel constants already shaped to
-    broadcast against x; ``b`` and ``c`` are None in inference (``dx = dy·a``)
-    and ``share`` is None when it is folded into ``b`` and ``c``.
-    """
-    dtype = a.dtype
-    dx = astype(dy, dtype, xp) * a
-    if b is not None:
-        correction = (astype(x, dtype, xp) - mean) * b + c
-        dx = dx + (correction if share is None else share * correction)
-    return xp.astype(dx, x.dtype) if dx.dtype != x.dtype else dx
-
-
-def _synchronizer(batch_weights: Any, x: Any, plan: Any, cross_replica_sum: Any, xp: Any) -> Any:
-    """``(S₀, S₁) -> (global S₀, global S₁, 1/n or None, w/W or None)`` across replicas."""
-    dtype = compute_dtype(xp, x.dtype)
-    if batch_weights is None:
-        local_total = scalar(xp, float(_layout.elements_per_channel(x, plan.channel)), dtype, device(x))
-    else:
-        weights, local_total = _sample_weights(batch_weights, x, plan, xp)
-
-    def synchronize(sum_dy: Any, sum_dy_centered: Any) -> Any:
-        total, total_dy, total_dy_centered = gradient_totals(
-            local_total, sum_dy, sum_dy_centered, cross_replica_sum, xp
-        )
-        if batch_weights is None:
-            return total_dy, total_dy_centered, divide_no_nan(xp.ones_like(total), total, xp), None
-        # Every channel sees the same total weight; W is a 0-d array.
-        return total_dy, total_dy_centered, None, divide_no_nan(weights, total[0], xp)
-
-    return synchronize
-
-
-def _weight_share(batch_weights: Any, x: Any, plan: Any, xp: Any) -> Any:
-    """``w/W`` per sample, shaped ``[N, 1, …]``: each element's share of the weighted statistics.
-
-    ``W = Σ w`` over the reduced axes of the weights broadcast to x (every
-    channel sees the same total); 0 where ``W`` is 0, as ``div_no_nan`` gives
-    TensorFlow's weighted moments no gradient there.
-    """
-    weights, total = _sample_weights(batch_weights, x, plan, xp)
-    return divide_no_nan(weights, total, xp)
-
-
-def _sample_weights(batch_weights: Any, x: Any, plan: Any, xp: Any) -> Any:
-    """Per-sample weights shaped ``[N, 1, …]`` in the compute dtype, and ``W`` (0-d)."""
-    dtype = compute_dtype(xp, x.dtype)
-    weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
-    per_sample = math.prod([x.shape[axis] for axis in plan.axes if axis != 0])  # a list: traceable
-    total = accurate_sum(weights, tuple(range(weights.ndim)), xp) * scalar(
-        xp, float(per_sample), dtype, device(x)
-    )
-    return weights, total
 
 
 def _check_cotangent(dy: Any, x: Any) -> None:

@@ -1,27 +1,24 @@
 """``moments`` and ``weighted_moments``: TensorFlow's batch statistics.
 
-Both are two-pass (mean first, then the mean squared deviation from it), never
-the one-pass ``E[x²] − E[x]²`` that loses the variance when the mean is large
-against the spread. float16 is computed in float32 and rounded once at the end,
-as ``tf.nn.moments`` does; bfloat16 is computed in bfloat16, as TensorFlow does
-too. Every sum goes through ``accurate_sum`` (a float32 or wider accumulator
-on every backend, also for bfloat16 NumPy arrays, rounded once to the dtype).
+Both are the one two-pass kernel (``_kernels._moments``): mean first, then the
+mean squared deviation from it. float16 is computed in float32 and rounded
+once at the end, as ``tf.nn.moments`` does; bfloat16 is computed in bfloat16,
+as TensorFlow does too (``ComputeRule.MOMENTS``), with or without a reducer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ._kernels._moments import biased_variance, two_pass_moments
 from ._lib import _checks
-from ._lib._dtypes import dtype_name
-from ._lib._sums import accurate_mean, accurate_sum
-from ._lib._typing import ArrayT, Axes, CrossReplicaSum
-from ._native import overridable
+from ._lib._dtypes import ComputeRule, astype, compute_dtype
+from ._lib._typing import ArrayT, Axes, CrossReplicaSum, EmptyStatistics, Namespace
 
 
 def moments(
     x: ArrayT,
-    axes: Axes,
+    axes: Axes | None,
     *,
     shift: Any = None,
     keepdims: bool = False,
@@ -33,8 +30,8 @@ def moments(
     ----------
     x : array
         Real floating input.
-    axes : int or sequence of int
-        Axes to reduce.
+    axes : int, sequence of int, or None
+        Axes to reduce (None: every axis, as in TensorFlow).
     shift : array or None
         Accepted for TensorFlow compatibility (an array of x's library that
         broadcasts to x) and ignored, as TensorFlow ignores it.
@@ -63,19 +60,16 @@ def moments(
     xp = _checks.namespace(x=x, shift=shift)
     _checks.check_floating("x", x, xp)
     _checks.check_bool("keepdims", keepdims)
+    _checks.check_callable("cross_replica_sum", cross_replica_sum)
     if shift is not None:
         _checks.check_broadcasts_to("shift", shift, tuple(x.shape))
-    axes = _checks.normalize_axes("axes", axes, x.ndim)
-    if cross_replica_sum is None:
-        mean, variance = batch_moments(x, axes, xp)
-    else:
-        mean, variance = _global_moments(x, axes, cross_replica_sum, xp)
-    return _finish(mean, variance, axes, keepdims, x.dtype, xp)
+    normalized = _checks.normalize_axes("axes", axes, x.ndim, none_means_all=True)
+    return _statistics(x, normalized, None, cross_replica_sum, keepdims, "nan", xp)
 
 
 def weighted_moments(
     x: ArrayT,
-    axes: Axes,
+    axes: Axes | None,
     frequency_weights: Any,
     *,
     keepdims: bool = False,
@@ -107,74 +101,26 @@ def weighted_moments(
     _checks.check_floating("x", x, xp)
     _checks.check_known_shape("x", x)
     _checks.check_bool("keepdims", keepdims)
+    _checks.check_callable("cross_replica_sum", cross_replica_sum)
     _checks.check_real_dtype("frequency_weights", frequency_weights, xp)
     _checks.check_broadcasts_to("frequency_weights", frequency_weights, tuple(x.shape))
-    axes = _checks.normalize_axes("axes", axes, x.ndim)
-    if cross_replica_sum is None:
-        mean, variance = batch_weighted_moments(x, axes, frequency_weights, xp)
-    else:
-        mean, variance = _global_moments(x, axes, cross_replica_sum, xp, frequency_weights)
-    return _finish(mean, variance, axes, keepdims, x.dtype, xp)
+    normalized = _checks.normalize_axes("axes", axes, x.ndim, none_means_all=True)
+    return _statistics(x, normalized, frequency_weights, cross_replica_sum, keepdims, "zero", xp)
 
 
-@overridable
-def batch_moments(x: Any, axes: tuple[int, ...], xp: Any) -> tuple[Any, Any]:
-    """Two-pass mean and biased variance, keepdims, in the compute dtype.
-
-    The building block of every unweighted path (``moments``, the Keras and
-    legacy layer paths); validation is the caller's.
-    """
-    x = _to_compute_dtype(x, xp)
-    mean = accurate_mean(x, axes, xp, keepdims=True)
-    centered = x - mean
-    return mean, accurate_mean(centered * centered, axes, xp, keepdims=True)
-
-
-@overridable
-def batch_weighted_moments(
-    x: Any, axes: tuple[int, ...], frequency_weights: Any, xp: Any
+def _statistics(
+    x: Any,
+    axes: tuple[int, ...],
+    weights: Any,
+    reducer: CrossReplicaSum | None,
+    keepdims: bool,
+    empty: EmptyStatistics,
+    xp: Namespace,
 ) -> tuple[Any, Any]:
-    """Weighted two-pass moments, keepdims, in the compute dtype (no validation)."""
-    x = _to_compute_dtype(x, xp)
-    weights = xp.astype(frequency_weights, x.dtype)
-    total_weight = accurate_sum(xp.broadcast_to(weights, x.shape), axes, xp, keepdims=True)
-    mean = divide_no_nan(accurate_sum(weights * x, axes, xp, keepdims=True), total_weight, xp)
-    centered = x - mean
-    weighted_square_distance = accurate_sum(weights * (centered * centered), axes, xp, keepdims=True)
-    return mean, divide_no_nan(weighted_square_distance, total_weight, xp)
-
-
-def _global_moments(
-    x: Any, axes: Any, cross_replica_sum: Any, xp: Any, weights: Any = None
-) -> tuple[Any, Any]:
-    # Imported here: _cross_replica builds on this module's divide_no_nan.
-    from ._cross_replica import global_moments
-
-    _checks.check_callable("cross_replica_sum", cross_replica_sum)
-    return global_moments(x, axes, cross_replica_sum, xp, weights)
-
-
-def divide_no_nan(numerator: Any, denominator: Any, xp: Any) -> Any:
-    """``numerator / denominator``, and 0 where the denominator is 0.
-
-    The denominator is replaced before dividing so that no backend warns about
-    (or traps on) a division by zero that is thrown away anyway.
-    """
-    is_zero = denominator == 0
-    safe_denominator = xp.where(is_zero, xp.ones_like(denominator), denominator)
-    return xp.where(is_zero, xp.zeros_like(numerator), numerator / safe_denominator)
-
-
-def _to_compute_dtype(x: Any, xp: Any) -> Any:
-    """float16 is computed in float32; bfloat16 is not (``tf.nn.moments``' own rule)."""
-    return xp.astype(x, xp.float32) if dtype_name(x.dtype) == "float16" else x
-
-
-def _finish(
-    mean: Any, variance: Any, axes: Any, keepdims: bool, dtype: Any, xp: Any
-) -> tuple[Any, Any]:
+    """Mean and biased variance in x's dtype, computed under ``tf.nn.moments``' dtype rule."""
+    x_compute = astype(x, compute_dtype(xp, x.dtype, ComputeRule.MOMENTS), xp)
+    summary = two_pass_moments(x_compute, axes, xp=xp, weights=weights, reducer=reducer, empty=empty)
+    mean, variance = summary.mean, biased_variance(summary, empty=empty, xp=xp)
     if not keepdims:
         mean, variance = xp.squeeze(mean, axis=axes), xp.squeeze(variance, axis=axes)
-    if mean.dtype != dtype:
-        mean, variance = xp.astype(mean, dtype), xp.astype(variance, dtype)
-    return mean, variance
+    return astype(mean, x.dtype, xp), astype(variance, x.dtype, xp)

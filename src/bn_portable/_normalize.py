@@ -1,12 +1,8 @@
-"""``batch_normalization`` and ``fused_batch_norm``: the normalizing kernels.
+"""``batch_normalization`` and ``fused_batch_norm``: the normalizing ops.
 
-The two differ in rounding, and TensorFlow's layer uses both, so both are kept
-exactly as TensorFlow writes them:
-
-- ``tf.nn.batch_normalization`` folds everything into ``x·inv + (offset − mean·inv)``
-  in the parameters' dtype and casts the two terms to x's dtype;
-- the fused kernel computes ``(x − mean)·(rsqrt(var + ε)·scale) + offset`` in
-  float32 and rounds once.
+Their arithmetic is the kernels' (``_kernels._normalize``): ``tf.nn.batch_normalization``
+folds everything into ``x·inv + (offset − mean·inv)``, the fused kernel computes
+``(x − mean)·(rsqrt(var + ε)·scale) + offset`` in float32 and rounds once.
 """
 
 from __future__ import annotations
@@ -14,16 +10,13 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from . import _layout
-from ._lib import _call_cache, _checks
-from ._lib._autodiff import stop_gradient
+from ._kernels._normalize import bessel_correction, fused_inference, fused_training_core, normalize
+from ._lib import _call_cache, _checks, _layout
+from ._lib._backends import metadata, stop_gradient
 from ._lib._compat import device
-from ._lib._dtypes import astype, is_half, round_to_float32, scalar
-from ._lib._sums import accurate_sum
-from ._lib._typing import ArrayT
-from ._native import overridable
-
-FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
+from ._lib._dtypes import scalar
+from ._lib._typing import ArrayT, Namespace
+from ._tf._plan import FUSED_INPUT_DTYPES
 
 
 def batch_normalization(
@@ -70,20 +63,8 @@ def batch_normalization(
         xp.full((), float(v), dtype=dtype, device=device(x)) if _is_number(v) else v
         for v in (mean, variance, offset, scale)
     )
-    y: ArrayT = normalize(x, mean, variance, offset, scale, variance_epsilon, xp)
+    y: ArrayT = normalize(x, mean, variance, offset, scale, variance_epsilon, xp=xp)
     return y
-
-
-@overridable
-def normalize(
-    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, xp: Any
-) -> Any:
-    """``tf.nn.batch_normalization`` without validation (the layer paths call it)."""
-    inv = rsqrt(variance + variance_epsilon, xp)
-    if scale is not None:
-        inv = inv * scale
-    shift = -mean * inv if offset is None else offset - mean * inv
-    return x * xp.astype(inv, x.dtype) + xp.astype(shift, x.dtype)
 
 
 def fused_batch_norm(
@@ -124,7 +105,7 @@ def fused_batch_norm(
     [[-0.7069301  -0.70710504]
      [ 0.7069301   0.70710504]]
     """
-    arrays = _call_cache.signature(x, scale, offset, mean, variance)
+    arrays = metadata(x, scale, offset, mean, variance)
     python = tuple((type(v), v) for v in (epsilon, data_format, is_training, exponential_avg_factor))
     key = None if arrays is None else ("fused_batch_norm", arrays, python)
     xp, channel, epsilon, factor = _call_cache.remember(
@@ -134,12 +115,12 @@ def fused_batch_norm(
         ),
     )
     if is_training:
-        y, mean_out, variance_out = fused_training(
+        y, mean_out, variance_out = _fused_training_op(
             x, scale, offset, mean, variance, epsilon, channel, factor, xp
         )
         # The fused op's gradient ignores its statistics outputs.
         return y, stop_gradient(mean_out, xp), stop_gradient(variance_out, xp)
-    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp)
+    y = fused_inference(x, scale, offset, mean, variance, epsilon, channel, xp=xp)
     if _layout.elements_per_channel(x, channel) == 0:
         # TensorFlow's kernel returns NaN statistics for an empty batch, in
         # inference too (it does not pass the given statistics through).
@@ -154,11 +135,11 @@ def _check_fused_arguments(
     offset: Any,
     mean: Any,
     variance: Any,
-    epsilon: Any,
+    epsilon: float,
     data_format: Any,
     is_training: Any,
     exponential_avg_factor: Any,
-) -> Any:
+) -> tuple[Namespace, int, float, float]:
     """``fused_batch_norm``'s checks: ``(xp, channel axis, epsilon, factor)`` or an error."""
     xp = _checks.namespace(x=x, scale=scale, offset=offset, mean=mean, variance=variance)
     channel = _layout.fused_channel_axis(x, data_format)
@@ -187,19 +168,21 @@ def _check_fused_arguments(
     return xp, channel, epsilon, factor
 
 
-def fused_training(
+def _fused_training_op(
     x: Any,
     scale: Any,
     offset: Any,
     running_mean: Any,
     running_variance: Any,
-    epsilon: Any,
-    channel: Any,
-    factor: Any,
-    xp: Any,
-) -> Any:
-    """The fused kernel in training mode: y and the statistics it returns."""
-    y, batch_mean, biased_variance, count = fused_training_core(x, scale, offset, epsilon, channel, xp)
+    epsilon: float,
+    channel: int,
+    factor: float,
+    xp: Namespace,
+) -> tuple[Any, Any, Any]:
+    """The fused op in training: y, and the statistics it returns (averaged when ``factor`` < 1)."""
+    y, batch_mean, biased_variance, count = fused_training_core(
+        x, scale, offset, epsilon, channel, xp=xp
+    )
     bessel = bessel_correction(count, xp, device(x))
     if factor == 1.0:
         return y, batch_mean, biased_variance * bessel
@@ -213,91 +196,5 @@ def fused_training(
     return y, mean_out, variance_out
 
 
-@overridable
-def fused_training_core(
-    x: Any, scale: Any, offset: Any, epsilon: Any, channel: Any, xp: Any
-) -> Any:
-    """y, batch mean, biased batch variance and element count per channel."""
-    axes = _layout.reduction_axes(x.ndim, channel)
-    count = _layout.elements_per_channel(x, channel)
-    x32 = astype(x, xp.float32, xp)
-    batch_mean, biased_variance = fused_moments(x32, axes, count, xp)
-    mean_b = _layout.per_channel(batch_mean, x.ndim, channel, xp)
-    y = fused_affine(x32, mean_b, biased_variance, scale, offset, epsilon, x.ndim, channel, xp)
-    return xp.astype(y, x.dtype), batch_mean, biased_variance, count
-
-
-def bessel_correction(count: Any, xp: Any, dev: Any) -> Any:
-    """``n / max(n − 1, 1)`` rounded to float32 (TF's guard gives variance 0 when n = 1).
-
-    A Python float: multiplying a float32 array by it gives the bits the float32
-    constant would (``round_to_float32``), with no array to make. A 0-d array
-    while ``torch.compile`` traces, where the count may be symbolic (a batch
-    size the compiler made dynamic) and the compiler folds the constant anyway.
-    """
-    value = count / max(count - 1, 1)
-    if _call_cache.tracing():
-        return scalar(xp, value, xp.float32, dev)
-    return round_to_float32(value)
-
-
-@overridable
-def fused_inference(
-    x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: Any, channel: Any, xp: Any
-) -> Any:
-    """The fused kernel in inference mode: y from the given statistics."""
-    x32 = astype(x, xp.float32, xp)
-    mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
-    y = fused_affine(x32, mean_b, variance, scale, offset, epsilon, x.ndim, channel, xp)
-    return xp.astype(y, x.dtype)
-
-
-def fused_moments(x32: Any, axes: Any, count: Any, xp: Any) -> Any:
-    """Mean and biased variance as the fused kernel computes them (sum × 1/n)."""
-    if count == 0:
-        # TensorFlow's kernel returns NaN statistics for an empty batch.
-        nan = xp.full((x32.shape[_missing_axis(x32.ndim, axes)],), xp.nan, dtype=xp.float32, device=device(x32))
-        return nan, nan
-    inverse_count = scalar(xp, 1.0 / count, xp.float32, device(x32))
-    mean = accurate_sum(x32, axes, xp, keepdims=True) * inverse_count
-    centered = x32 - mean
-    variance = accurate_sum(centered * centered, axes, xp) * inverse_count
-    return xp.reshape(mean, (-1,)), variance
-
-
-def fused_affine(
-    x32: Any,
-    mean_b: Any,
-    variance: Any,
-    scale: Any,
-    offset: Any,
-    epsilon: Any,
-    rank: Any,
-    channel: Any,
-    xp: Any,
-) -> Any:
-    """``(x − mean)·(rsqrt(var + ε)·scale) + offset`` in float32."""
-    factor = rsqrt(variance + epsilon, xp) * scale
-    factor_b = _layout.per_channel(factor, rank, channel, xp)
-    offset_b = _layout.per_channel(offset, rank, channel, xp)
-    return (x32 - mean_b) * factor_b + offset_b
-
-
-def rsqrt(value: Any, xp: Any) -> Any:
-    """``1 / sqrt(value)``, rounded once for half precision, as TensorFlow's rsqrt.
-
-    The array API has no rsqrt. In float16 and bfloat16, ``1 / sqrt`` would round
-    twice (a quarter of float16 inputs then differ from TensorFlow by an ulp), so
-    it is computed in float32 and rounded once.
-    """
-    if is_half(value.dtype):
-        return xp.astype(1 / xp.sqrt(xp.astype(value, xp.float32)), value.dtype)
-    return 1 / xp.sqrt(value)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _missing_axis(rank: Any, axes: Any) -> Any:
-    return next(axis for axis in range(rank) if axis not in axes)

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._cross_replica import local_count
+from ._kernels._moments import Moments, merge_two, two_pass_moments
 from ._lib import _checks
-from ._lib._dtypes import astype, compute_dtype, dtype_name
-from ._lib._sums import accurate_sum
-from ._lib._typing import Axes
-from ._moments import divide_no_nan
+from ._lib._dtypes import ComputeRule, astype, compute_dtype, dtype_name
+from ._lib._numerics import divide_no_nan
+from ._lib._typing import Axes, Namespace
 
 
 class PartialMoments(NamedTuple):
@@ -60,15 +59,15 @@ class PartialMoments(NamedTuple):
         return self.mean, self.m2 / xp.maximum(self.count - one, one)
 
 
-def partial_moments(x: Any, axes: Axes, *, frequency_weights: Any = None) -> PartialMoments:
+def partial_moments(x: Any, axes: Axes | None, *, frequency_weights: Any = None) -> PartialMoments:
     """The mergeable summary of ``x`` over ``axes``.
 
     Parameters
     ----------
     x : array
         Real floating input.
-    axes : int or sequence of int
-        Axes to reduce; the summary has ``x``'s shape without them.
+    axes : int, sequence of int, or None
+        Axes to reduce (None: every axis); the summary has ``x``'s shape without them.
     frequency_weights : array or None
         Broadcasts to ``x``; ``count`` is then the total weight and ``mean`` and
         ``m2`` are weighted (``Σw·x / Σw`` and ``Σw·(x − mean)²``), as in
@@ -89,25 +88,19 @@ def partial_moments(x: Any, axes: Axes, *, frequency_weights: Any = None) -> Par
     if frequency_weights is not None:
         _checks.check_real_dtype("frequency_weights", frequency_weights, xp)
         _checks.check_broadcasts_to("frequency_weights", frequency_weights, tuple(x.shape))
-    axes = _checks.normalize_axes("axes", axes, x.ndim)
-    return summarize(x, axes, frequency_weights, xp)
+    normalized = _checks.normalize_axes("axes", axes, x.ndim, none_means_all=True)
+    return summarize(x, normalized, frequency_weights, xp)
 
 
-def summarize(x: Any, axes: tuple[int, ...], weights: Any, xp: Any) -> PartialMoments:
-    """``partial_moments`` without validation."""
-    x = astype(x, compute_dtype(xp, x.dtype), xp)
-    if weights is None:
-        count = local_count(x, axes, xp)
-        mean = divide_no_nan(accurate_sum(x, axes, xp, keepdims=True), count, xp)
-        centered = x - mean
-        m2 = accurate_sum(centered * centered, axes, xp, keepdims=True)
-    else:
-        weights = xp.broadcast_to(astype(weights, x.dtype, xp), x.shape)
-        count = accurate_sum(weights, axes, xp, keepdims=True)
-        mean = divide_no_nan(accurate_sum(weights * x, axes, xp, keepdims=True), count, xp)
-        centered = x - mean
-        m2 = accurate_sum(weights * (centered * centered), axes, xp, keepdims=True)
-    return PartialMoments(*(xp.squeeze(a, axis=axes) if axes else a for a in (count, mean, m2)))
+def summarize(x: Any, axes: tuple[int, ...], weights: Any, xp: Namespace) -> PartialMoments:
+    """``partial_moments`` without validation: the two-pass kernel, half precision in float32."""
+    x = astype(x, compute_dtype(xp, x.dtype, ComputeRule.HALF_IN_FLOAT32), xp)
+    summary = two_pass_moments(x, axes, xp=xp, weights=weights, empty="zero")
+    count = summary.count
+    if isinstance(count, int):  # a local count: as an array of the summary's dtype and shape
+        count = xp.full_like(summary.mean, float(count))
+    parts = (count, summary.mean, summary.m2)
+    return PartialMoments(*(xp.squeeze(a, axis=axes) if axes else a for a in parts))
 
 
 def merge_moments(*parts: PartialMoments) -> PartialMoments:
@@ -156,19 +149,12 @@ def merge_moments(*parts: PartialMoments) -> PartialMoments:
                 )
     level = list(parts)
     while len(level) > 1:
-        merged = [merge_two(level[i], level[i + 1], xp) for i in range(0, len(level) - 1, 2)]
+        merged = [
+            PartialMoments(*merge_two(Moments(*level[i]), Moments(*level[i + 1]), xp=xp))
+            for i in range(0, len(level) - 1, 2)
+        ]
         level = merged + ([level[-1]] if len(level) % 2 else [])
     return level[0]
-
-
-def merge_two(a: PartialMoments, b: PartialMoments, xp: Any) -> PartialMoments:
-    """Chan's pairwise update (see the module doc); an empty part changes nothing."""
-    count = a.count + b.count
-    delta = b.mean - a.mean
-    share_b = divide_no_nan(b.count, count, xp)
-    mean = a.mean + delta * share_b
-    m2 = a.m2 + b.m2 + (delta * delta) * (a.count * share_b)
-    return PartialMoments(count, mean, m2)
 
 
 __all__ = ["PartialMoments", "merge_moments", "partial_moments"]

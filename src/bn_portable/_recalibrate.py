@@ -19,27 +19,23 @@ with the total count where the fused kernel updates it, biased elsewhere.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from . import _cross_replica, _layout
-from ._layer import batch_norm, layer_options, prepare
-from ._lib import _checks
+from ._kernels._moments import Moments, merge_across, merge_two
+from ._kernels._replicas import sum_across
+from ._lib import _checks, _layout
 from ._lib._compat import is_array_api_obj
-from ._lib._dtypes import astype, compute_dtype
-from ._lib._typing import CrossReplicaSum
-from ._moments import divide_no_nan
-from ._partial_moments import PartialMoments, merge_two, summarize
-from ._state import BatchNormState
+from ._lib._dtypes import ComputeRule, astype, compute_dtype
+from ._lib._numerics import divide_no_nan
+from ._lib._typing import CrossReplicaSum, Namespace
+from ._partial_moments import PartialMoments, summarize
+from ._tf._options import DEFAULTS, layer_options
+from ._tf._plan import prepare
+from ._tf._state import BatchNormState
 
-#: batch_norm's keyword options and their defaults; batch_weights is per batch, not an option.
-_OPTIONS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(batch_norm).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    and name not in ("batch_weights", "cross_replica_sum")
-}
+#: batch_norm's options recalibrate takes (``cross_replica_sum`` is its own argument).
+_OPTIONS = tuple(name for name in DEFAULTS if name != "cross_replica_sum")
 
 
 def recalibrate(
@@ -107,11 +103,7 @@ def recalibrate(
         )
     summary, shift, plan, xp, state = _summarize_all(_with_progress(batches, progress), state, layer)
     if layer.cross_replica_sum is not None:
-        count, mean_of_shifted, m2 = summary
-        merged = _cross_replica.merge_across(
-            count, mean_of_shifted, m2, layer.cross_replica_sum, xp
-        )
-        summary = PartialMoments(*merged)
+        summary = PartialMoments(*merge_across(Moments(*summary), layer.cross_replica_sum, xp=xp))
     shifted_mean, variance = summary.mean_variance(bessel=plan.fused_kernel)
     mean = shift + shifted_mean
     mean, variance = astype(mean, plan.state_dtype, xp), astype(variance, plan.state_dtype, xp)
@@ -134,7 +126,7 @@ def _layer_options(options: dict[str, Any], cross_replica_sum: Any) -> Any:
             f"recalibrate got unknown options {unknown}; it takes batch_norm's: "
             f"{', '.join(sorted(_OPTIONS))}"
         )
-    return layer_options(weighted=False, cross_replica_sum=cross_replica_sum, **{**_OPTIONS, **options})
+    return layer_options(weighted=False, **options, cross_replica_sum=cross_replica_sum)
 
 
 def _summarize_all(batches: Any, state: Any, layer: Any) -> Any:
@@ -145,18 +137,18 @@ def _summarize_all(batches: Any, state: Any, layer: Any) -> Any:
         if not is_array_api_obj(batch):
             raise TypeError(f"batches[{index}] must be an array, got {type(batch).__name__}")
         xp, plan, state = prepare(batch, state, None, layer if index == 0 else checked)
-        batch = astype(batch, compute_dtype(xp, batch.dtype), xp)
+        batch = astype(batch, compute_dtype(xp, batch.dtype, ComputeRule.HALF_IN_FLOAT32), xp)
         if shift is None:
             shift = _shift(batch, plan, layer.cross_replica_sum, xp)
         shifted = batch - _layout.per_channel(shift, batch.ndim, plan.channel, xp)
         part = summarize(shifted, plan.axes, None, xp)
-        summary = part if summary is None else merge_two(summary, part, xp)
+        summary = part if summary is None else PartialMoments(*merge_two(Moments(*summary), Moments(*part), xp=xp))
     if summary is None:
         raise ValueError("batches is empty: recalibrate needs at least one batch")
     return summary, shift, plan, xp, state
 
 
-def _shift(first_batch: Any, plan: Any, cross_replica_sum: Any, xp: Any) -> Any:
+def _shift(first_batch: Any, plan: Any, cross_replica_sum: Any, xp: Namespace) -> Any:
     """A rough mean (the first batches'), subtracted from every batch before it is summarized.
 
     Merging rounds each batch's mean at the mean's magnitude (see
@@ -167,8 +159,8 @@ def _shift(first_batch: Any, plan: Any, cross_replica_sum: Any, xp: Any) -> Any:
     first = summarize(first_batch, plan.axes, None, xp)
     if cross_replica_sum is None:
         return first.mean
-    count, weighted_means = _cross_replica.sum_across(
-        cross_replica_sum, [first.count, first.count * first.mean], xp
+    count, weighted_means = sum_across(
+        cross_replica_sum, [first.count, first.count * first.mean], xp=xp
     )
     return divide_no_nan(weighted_means, count, xp)
 

@@ -25,7 +25,6 @@ other libraries convert each field (``state._replace(...)``, or
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
@@ -34,36 +33,9 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-from ._layer import batch_norm, layer_options
-from ._lib._compat import is_array_api_obj
-from ._state import BatchNormState, required_fields
-
-#: Suffixes a variable name may carry: a tensor name's ``:0``, and the object-based
-#: (TF2 ``tf.train.Checkpoint``) checkpoint's attribute path.
-_SUFFIXES = ("", ":0", "/.ATTRIBUTES/VARIABLE_VALUE")
-
-#: TensorFlow's variable name (relative to the layer's scope) of each field.
-_TF_NAMES = {
-    "beta": "beta",
-    "gamma": "gamma",
-    "moving_mean": "moving_mean",
-    "moving_variance": "moving_variance",
-    "moving_mean_biased": "moving_mean/biased",
-    "local_step": "moving_mean/local_step",
-    "moving_stddev": "moving_stddev",
-    "renorm_mean": "renorm_mean",
-    "renorm_stddev": "renorm_stddev",
-}
-
-#: Options a checkpoint's variables decide (and the fields that decide them).
-_STRUCTURAL = ("center", "scale", "zero_debias_moving_mean", "renorm")
-
-#: batch_norm's keyword options and defaults (``is_training`` and ``batch_weights`` are per call).
-_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(batch_norm).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("is_training", "batch_weights")
-}
+from ._tf._fields import TF_NAMES
+from ._tf._state import BatchNormState
+from ._tf._variables import fields_and_options, read_tf_variables
 
 
 def state_from_tf_variables(
@@ -82,31 +54,8 @@ def state_from_tf_variables(
     ``epsilon``, ``fused``, ``data_format``...); the result's options hold them
     and the four the variables decide.
     """
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"mapping must be a dict of variable names to arrays, got {type(mapping).__name__}")
-    if not isinstance(scope, str):
-        raise TypeError(f"scope must be a str, got {type(scope).__name__}")
-    scope = scope.rstrip("/")
-    found: dict[str, Any] = {}
-    for field, name in _TF_NAMES.items():
-        candidates = [f"{scope}/{name}"]
-        if field in ("moving_mean_biased", "local_step"):
-            candidates.insert(0, f"{scope}/{scope}/{name}")
-        for candidate in candidates:
-            matches = [candidate + s for s in _SUFFIXES if candidate + s in mapping]
-            if len(matches) > 1:
-                raise ValueError(f"mapping has the variable {candidate!r} twice: {matches}")
-            if matches:
-                found[field] = mapping[matches[0]]
-                break
-    if "moving_mean" not in found or "moving_variance" not in found:
-        under = sorted(k for k in mapping if isinstance(k, str) and k.startswith(scope + "/"))
-        raise ValueError(
-            f"mapping has no batch-norm layer under scope {scope!r}: expected "
-            f"{scope}/moving_mean and {scope}/moving_variance; names under that scope: "
-            f"{under[:12] or 'none'}"
-        )
-    return _state_and_options(found, options, f"the variables under {scope!r}")
+    fields, merged = read_tf_variables(mapping, scope, **options)
+    return BatchNormState(**fields), merged
 
 
 def load_keras_batch_norm(
@@ -158,50 +107,8 @@ def load_keras_batch_norm(
             "epsilon and axis are unknown: pass config=layer.get_config()"
         )
     options = _keras_options(layer, layer_name, input_rank)
-    return _state_and_options(values, options, f"layer {layer_name!r} of {path}")
-
-
-def _state_and_options(
-    found: dict[str, Any], options: dict[str, Any], where: str
-) -> tuple[BatchNormState, dict[str, Any]]:
-    """Check the values' shapes, merge the structural options, validate all."""
-    for name in options:
-        if name not in _DEFAULTS:
-            raise TypeError(f"unknown batch_norm option {name!r}; expected some of {', '.join(_DEFAULTS)}")
-    structural = {
-        "center": "beta" in found,
-        "scale": "gamma" in found,
-        "zero_debias_moving_mean": "moving_mean_biased" in found or "local_step" in found,
-        "renorm": any(f in found for f in ("moving_stddev", "renorm_mean", "renorm_stddev")),
-    }
-    for name in _STRUCTURAL:
-        if name in options and options[name] != structural[name]:
-            raise ValueError(
-                f"{name}={options[name]!r} was given, but {where} say {name}={structural[name]!r}"
-            )
-    merged = {**options, **structural}
-    wanted = required_fields(
-        center=merged["center"], scale=merged["scale"],
-        zero_debias=merged["zero_debias_moving_mean"], renorm=merged["renorm"],
-    )
-    missing = sorted(set(wanted) - set(found))
-    if missing:
-        raise ValueError(f"{where} are incomplete: {', '.join(missing)} missing")
-    for field in wanted:
-        if not is_array_api_obj(found[field]):
-            raise TypeError(f"{field} of {where} must be an array, got {type(found[field]).__name__}")
-    mean_shape = tuple(found["moving_mean"].shape)
-    if len(mean_shape) != 1:
-        raise ValueError(f"moving_mean of {where} must have shape (C,), got {mean_shape}")
-    for field in wanted:
-        expected = () if field == "local_step" else mean_shape
-        if tuple(found[field].shape) != expected:
-            raise ValueError(
-                f"{field} of {where} must have shape {expected} (as moving_mean), "
-                f"got {tuple(found[field].shape)}"
-            )
-    layer_options(weighted=False, is_training=True, **{**_DEFAULTS, **merged})
-    return BatchNormState(**{field: found[field] for field in wanted}), merged
+    fields, merged = fields_and_options(values, options, f"layer {layer_name!r} of {path}")
+    return BatchNormState(**fields), merged
 
 
 def _keras_options(
@@ -316,7 +223,7 @@ def _h5_values(file: Any, layer_name: str, path: str) -> dict[str, Any]:
             if owner.rpartition("/")[2] != layer_name:  # a nested model's group holds others too
                 continue
             variable = variable.removesuffix(":0")
-            if variable in _TF_NAMES:
+            if variable in TF_NAMES:
                 values[variable] = group[weight_name][()]
         if values:
             return values

@@ -12,14 +12,18 @@ at the last bit, and TensorFlow has two conventions:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
-from ._lib import _call_cache
-from ._lib._compat import device
-from ._lib._dtypes import astype, dtype_name, round_to_float32, scalar, tf_constant
+from .._lib._backends import compiling
+from .._lib._compat import device
+from .._lib._dtypes import astype, dtype_name, round_to_float32, scalar, tf_constant
+from .._lib._typing import Device, Namespace
+
+#: Where ``1 − decay`` is rounded (see the module doc).
+WeightRounding: TypeAlias = Literal["python", "float32"]
 
 
-def update_weight(decay: float, rounding: str, dtype: Any, xp: Any, dev: Any) -> Any:
+def update_weight(decay: float, rounding: WeightRounding, dtype: Any, xp: Namespace, dev: Device) -> Any:
     """``a = 1 − decay`` as a 0-d array of ``dtype``, rounded per ``rounding``."""
     if rounding == "python":
         return tf_constant(xp, 1.0 - decay, dtype, dev)
@@ -27,7 +31,7 @@ def update_weight(decay: float, rounding: str, dtype: Any, xp: Any, dev: Any) ->
     return scalar(xp, 1.0, dtype, dev) - tf_constant(xp, decay, dtype, dev)
 
 
-def python_weight(decay: float, rounding: str, dtype: str) -> float:
+def python_weight(decay: float, rounding: WeightRounding, dtype: str) -> float:
     """The value ``update_weight`` gives a float32 or float64 variable, as a Python float.
 
     The value is exactly representable in the variable's dtype, so multiplying
@@ -42,11 +46,13 @@ def python_weight(decay: float, rounding: str, dtype: str) -> float:
     return round_to_float32(difference) if dtype == "float32" else difference
 
 
-def moving_average(variable: Any, value: Any, decay: float, rounding: str, xp: Any) -> Any:
+def moving_average(
+    variable: Any, value: Any, decay: float, rounding: WeightRounding, *, xp: Namespace
+) -> Any:
     """``variable − (variable − value)·(1 − decay)``, a new array."""
     weight: Any
     name = dtype_name(variable.dtype)
-    if name in ("float32", "float64") and not _call_cache.tracing():
+    if name in ("float32", "float64") and not compiling(xp):
         weight = python_weight(decay, rounding, name)  # no array operations to make it
     else:  # half-precision variables, or being compiled: a 0-d array of their dtype
         weight = update_weight(decay, rounding, variable.dtype, xp, device(variable))
@@ -54,7 +60,7 @@ def moving_average(variable: Any, value: Any, decay: float, rounding: str, xp: A
 
 
 def zero_debiased_average(
-    biased: Any, local_step: Any, value: Any, decay: float, xp: Any
+    biased: Any, local_step: Any, value: Any, decay: float, *, xp: Namespace
 ) -> tuple[Any, Any, Any]:
     """TensorFlow's zero-debiased moving average (``zero_debias=True``).
 

@@ -1,24 +1,18 @@
-"""What validation and planning decided, remembered per call signature.
+"""Planning as a pure function of metadata, remembered per key.
 
-A public call's checks and its plan depend only on what its arguments are,
-never on their values: the library (array type), shapes, dtypes, devices and
-the validated Python options. So once a signature has passed, a later call with
-the same signature would pass again and plan the same: ``remember`` keeps the
-result, keyed by that signature, and the call skips straight to the arithmetic.
-A call whose signature was never seen runs every check as before, so bad input
-raises exactly as without the cache, and nothing here reads an array value.
-
-Only array types whose signature is cheap and complete are remembered: exact
-NumPy ``ndarray`` (always on the CPU) and PyTorch ``Tensor`` / ``Parameter``
-(``.device`` says where it lives). Anything else (masked or sparse arrays,
-subclasses, JAX tracers, Dask) has no signature, and such calls always run
-every check. Under ``torch.compile`` the cache is bypassed: the checks are then
-traced once per compiled shape instead, and a shape may be symbolic.
+A public call's checks and its plan are functions of what its arguments are,
+never of their values: the array metadata ``_backends.metadata`` reads on every
+call (type, shape, dtype, and for PyTorch device and layout) and the validated
+Python options. ``remember(key, compute)`` keeps what ``compute`` returned for
+a key that holds all of that, so a repeated call skips straight to the
+arithmetic. The key is read afresh on every call and a failing ``compute``
+stores nothing, so bad input raises the same way whatever came before (a
+sparse tensor after a dense one of the same shape included: the layout is in
+the key). Nothing here reads an array value.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
@@ -62,35 +56,6 @@ def remember(key: Hashable | None, compute: Callable[[], Any]) -> Any:
 def clear() -> None:
     with _lock:
         _entries.clear()
-
-
-def signature(*arrays: Any) -> tuple[Any, ...] | None:
-    """Type, shape, dtype and device of each array (None entries allowed); None if any has none."""
-    if tracing():
-        return None
-    numpy = sys.modules.get("numpy")
-    ndarray = None if numpy is None else numpy.ndarray
-    torch: Any = sys.modules.get("torch")
-    tensors = () if torch is None else (torch.Tensor, torch.nn.Parameter)
-    parts: list[Any] = []
-    for array in arrays:
-        kind = type(array)
-        if array is None:
-            parts.append(None)
-        elif kind is ndarray:
-            parts.append((kind, array.shape, array.dtype))
-        elif kind in tensors:
-            # torch.Size is a tuple: hashable and equal to the same shape as a tuple.
-            parts.append((kind, array.shape, array.dtype, array.device))
-        else:
-            return None
-    return tuple(parts)
-
-
-def tracing() -> bool:
-    """Whether PyTorch's compiler is tracing this call (the cache is bypassed then)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and bool(torch.compiler.is_compiling())
 
 
 def options_signature(options: Any) -> tuple[Any, ...] | None:

@@ -11,22 +11,17 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ._backends import library_name, not_dense
 from ._compat import (
     array_namespace,
     device,
     is_array_api_obj,
-    is_array_api_strict_namespace,
-    is_cupy_namespace,
-    is_dask_namespace,
-    is_jax_namespace,
-    is_numpy_namespace,
-    is_torch_namespace,
 )
 from ._dtypes import dtype_name, is_half
+from ._typing import Namespace
 
 
 def namespace(**named: Any) -> Any:
@@ -52,7 +47,7 @@ def namespace(**named: Any) -> Any:
     return xp
 
 
-def check_namespace(name: str, value: Any, xp: Any, reference: str = "x") -> None:
+def check_namespace(name: str, value: Any, xp: Namespace, reference: str = "x") -> None:
     """``value`` is a plain dense array of namespace ``xp`` (the one of ``reference``)."""
     check_dense(name, value)
     value_xp = array_namespace(value)
@@ -67,28 +62,23 @@ _LIBRARIES = "NumPy, CuPy, PyTorch, JAX, Dask or array-api-strict"
 
 
 def check_dense(name: str, value: Any) -> None:
-    """``value`` is a plain dense array of a supported library.
+    """``value`` is a plain dense array of a supported library (see ``_backends.not_dense``).
 
-    Refused with a ``TypeError``: ``None`` and non-arrays; NumPy masked arrays
-    (the mask would be honoured by some operations and not by others, so the
-    fused and composite paths would disagree, and the state would come back
-    masked); PyTorch tensors of a layout other than strided (sparse tensors
-    have no dense elementwise kernels). Looks at types and layouts only.
+    Refused with a ``TypeError``: ``None`` and non-arrays, NumPy masked arrays
+    and PyTorch tensors of a layout other than strided. Types and layouts only.
     """
     if not is_array_api_obj(value):
         raise TypeError(f"{name} must be an array ({_LIBRARIES}), got {type(value).__name__}")
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ma.MaskedArray):
+    problem = not_dense(value)
+    if problem == "masked":
         raise TypeError(
             f"{name} must be a plain dense array, got a NumPy masked array: pass "
             f"{name}.filled(...) or select the unmasked values, and give them weights "
             "(weighted_moments, batch_weights) if some must not count"
         )
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor) and value.layout != torch.strided:
+    if problem is not None:
         raise TypeError(
-            f"{name} must be a dense (strided) tensor, got layout {value.layout}: "
-            f"pass {name}.to_dense()"
+            f"{name} must be a dense (strided) tensor, got {problem}: pass {name}.to_dense()"
         )
 
 
@@ -112,26 +102,6 @@ def check_known_shape(name: str, array: Any) -> None:
                 f"{name} has an unknown length along axis {axis} (a Dask array with unknown "
                 "chunk sizes?); the batch statistics need it: call compute_chunk_sizes() first"
             )
-
-
-def library_name(xp: Any) -> str:
-    """``torch`` for array_api_compat.torch, and so on, for messages.
-
-    Asked of array-api-compat rather than read off the module's name, so that a
-    vendored copy (``yourlib._vendor.array_api_compat.numpy``) still names NumPy.
-    """
-    for is_namespace, name in (
-        (is_numpy_namespace, "numpy"),
-        (is_cupy_namespace, "cupy"),
-        (is_torch_namespace, "torch"),
-        (is_jax_namespace, "jax"),
-        (is_dask_namespace, "dask"),
-        (is_array_api_strict_namespace, "array_api_strict"),
-    ):
-        if is_namespace(xp):
-            return name
-    module_name: str = xp.__name__
-    return module_name.rpartition("array_api_compat.")[2].removesuffix(".array").split(".")[0]
 
 
 def check_bool(name: str, value: Any) -> None:
@@ -210,18 +180,23 @@ def check_options_dict(name: str, value: Any, keys: Sequence[str]) -> dict[str, 
     return dict(value)
 
 
-def check_floating(name: str, array: Any, xp: Any, allowed: Iterable[str] | None = None) -> None:
-    """``array`` has a real floating dtype, one of ``allowed`` when given."""
+#: The floating dtypes TensorFlow has (NumPy's longdouble, for one, has no TensorFlow counterpart).
+_TF_FLOATING = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_floating(name: str, array: Any, xp: Namespace, allowed: Iterable[str] | None = None) -> None:
+    """``array`` has a real floating dtype TensorFlow has, one of ``allowed`` when given."""
     name_of_dtype = dtype_name(array.dtype)
-    if allowed is not None:
-        allowed = tuple(allowed)
-        if name_of_dtype not in allowed:
-            raise TypeError(f"{name} must have dtype {' or '.join(allowed)}, got {name_of_dtype}")
-    elif not (is_half(array.dtype) or xp.isdtype(array.dtype, "real floating")):
-        raise TypeError(f"{name} must have a real floating dtype, got {name_of_dtype}")
+    if allowed is None and name_of_dtype not in _TF_FLOATING:
+        raise TypeError(
+            f"{name} must have a real floating dtype TensorFlow has "
+            f"({', '.join(_TF_FLOATING)}), got {name_of_dtype}"
+        )
+    if allowed is not None and name_of_dtype not in tuple(allowed):
+        raise TypeError(f"{name} must have dtype {' or '.join(allowed)}, got {name_of_dtype}")
 
 
-def check_real_dtype(name: str, array: Any, xp: Any) -> None:
+def check_real_dtype(name: str, array: Any, xp: Namespace) -> None:
     """A real, integer or boolean dtype: TensorFlow casts weights to x's dtype.
 
     Complex weights are refused: TensorFlow's cast would drop the imaginary
@@ -268,15 +243,20 @@ def check_same_dtype(named: dict[str, Any]) -> None:
             )
 
 
-def normalize_axes(name: str, axes: Any, ndim: int) -> tuple[int, ...]:
-    """Axes as a sorted tuple of non-negative ints; rejects duplicates and out-of-range."""
+def normalize_axes(name: str, axes: Any, ndim: int, *, none_means_all: bool = False) -> tuple[int, ...]:
+    """Axes as a sorted tuple of non-negative ints; rejects duplicates and out-of-range.
+
+    With ``none_means_all``, ``None`` is every axis (``tf.nn.moments``' reading).
+    """
+    if axes is None and none_means_all:
+        return tuple(range(ndim))
     if isinstance(axes, (bool, str)):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}")
     try:
         items: tuple[int, ...] = (operator.index(axes),)
     except TypeError:
         try:
-            items = tuple(operator.index(a) for a in axes)
+            items = tuple(_axis(a) for a in axes)
         except TypeError:
             raise TypeError(f"{name} must be an int or a sequence of ints, got {axes!r}") from None
     if not all(-ndim <= a < ndim for a in items):
@@ -285,3 +265,10 @@ def normalize_axes(name: str, axes: Any, ndim: int) -> tuple[int, ...]:
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"{name} must not repeat an axis, got {axes!r}")
     return normalized
+
+
+def _axis(value: Any) -> int:
+    """One axis of a sequence: an int, never a bool (``[True]`` is no more an axis than ``True``)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError("a bool is not an axis")
+    return operator.index(value)

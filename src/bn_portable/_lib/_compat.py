@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 #: ``bn_portable``, or ``yourlib._vendor.bn_portable`` in a vendored copy.
 _PACKAGE = __name__.rsplit(".", 2)[0]
@@ -46,15 +49,61 @@ def _load() -> ModuleType:
 
 _compat = _load()
 
-array_namespace = _compat.array_namespace
-device = _compat.device
-is_array_api_obj = _compat.is_array_api_obj
-is_array_api_strict_namespace = _compat.is_array_api_strict_namespace
-is_cupy_namespace = _compat.is_cupy_namespace
-is_dask_namespace = _compat.is_dask_namespace
-is_jax_namespace = _compat.is_jax_namespace
-is_numpy_namespace = _compat.is_numpy_namespace
-is_torch_namespace = _compat.is_torch_namespace
+# torch.compile traces through these helpers, and Dynamo warns once per call
+# site of each functools.lru_cache'd function it traces: array-api-compat caches
+# four namespace predicates and the type checks inside array_namespace, device
+# and is_array_api_obj. The predicates below compare the module's name as
+# array-api-compat's do, without a cache (a set lookup is as fast as the
+# cache's); for PyTorch tensors the other three answer directly, as
+# array-api-compat would, and never reach its cached checks.
+
+#: array-api-compat's own package (``array_api_compat``, or a vendoring library's
+#: copy behind the hook), whose wrapper namespaces are ``<package>.numpy`` etc.
+_COMPAT_PACKAGE = _compat.array_namespace.__module__.removesuffix(".common._helpers")
+
+
+def _named(library: str) -> Callable[[Any], bool]:
+    """Whether a namespace is ``library`` or array-api-compat's wrapper of it."""
+    names = frozenset({library, f"{_COMPAT_PACKAGE}.{library}"})
+
+    def is_namespace(xp: Any) -> bool:
+        return xp.__name__ in names
+
+    return is_namespace
+
+
+is_array_api_strict_namespace = _compat.is_array_api_strict_namespace  # not cached
+is_jax_namespace = _compat.is_jax_namespace  # not cached
+is_cupy_namespace = _named("cupy")
+is_dask_namespace = _named("dask.array")
+is_numpy_namespace = _named("numpy")
+is_torch_namespace = _named("torch")
+
+
+def _tensor_type() -> Any:
+    """``torch.Tensor``, or None while PyTorch is not imported (then no array is a tensor)."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+def array_namespace(*arrays: Any, **options: Any) -> Any:
+    tensor = _tensor_type()
+    if tensor is not None and arrays and not options and all(isinstance(a, tensor) for a in arrays):
+        namespace = sys.modules.get(_COMPAT_PACKAGE + ".torch")
+        if namespace is not None:  # imported by the first (eager) call below
+            return namespace
+    return _compat.array_namespace(*arrays, **options)
+
+
+def device(x: Any) -> Any:
+    tensor = _tensor_type()
+    return x.device if tensor is not None and isinstance(x, tensor) else _compat.device(x)
+
+
+def is_array_api_obj(x: Any) -> bool:
+    tensor = _tensor_type()
+    return (tensor is not None and isinstance(x, tensor)) or bool(_compat.is_array_api_obj(x))
+
 
 __all__ = [
     "array_namespace",

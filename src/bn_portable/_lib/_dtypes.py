@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import struct
 from typing import Any
+
+from ._typing import Device, Namespace
 
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 
@@ -38,17 +41,40 @@ def is_half(dtype: Any) -> bool:
     return dtype_name(dtype) in ("float16", "bfloat16")
 
 
-def compute_dtype(xp: Any, dtype: Any) -> Any:
-    """The dtype arithmetic happens in: float32 for the half types, else ``dtype``."""
-    return xp.float32 if is_half(dtype) else dtype
+class ComputeRule(enum.Enum):
+    """Which dtype a computation on data of a given dtype runs in: TensorFlow's rules.
+
+    Each caller names its rule; none is implied. The conformance goldens check
+    each against TensorFlow (bfloat16 ``tf.nn.moments`` cases, the fused
+    kernel's float16 and bfloat16 cases, the Keras layer's half-precision cases).
+    """
+
+    #: ``tf.nn.moments`` and ``tf.nn.weighted_moments``: float16 is computed in
+    #: float32 ("the dynamic range of fp16 is too limited"), bfloat16 in bfloat16.
+    MOMENTS = "moments"
+    #: The Keras layer, its gradients and the mergeable summaries: both half
+    #: types in float32 (the layer's compute dtype), every other dtype as it is.
+    HALF_IN_FLOAT32 = "half in float32"
+    #: TensorFlow's fused kernel: float32 whatever the input.
+    FLOAT32 = "float32"
 
 
-def astype(array: Any, dtype: Any, xp: Any) -> Any:
+def compute_dtype(xp: Namespace, dtype: Any, rule: ComputeRule) -> Any:
+    """The dtype arithmetic on ``dtype`` data happens in, under ``rule``."""
+    if rule is ComputeRule.FLOAT32:
+        return xp.float32
+    name = dtype_name(dtype)
+    if name == "float16" or (name == "bfloat16" and rule is ComputeRule.HALF_IN_FLOAT32):
+        return xp.float32
+    return dtype
+
+
+def astype(array: Any, dtype: Any, xp: Namespace) -> Any:
     """``array`` in ``dtype``, without a copy when it already is."""
     return array if array.dtype == dtype else xp.astype(array, dtype)
 
 
-def scalar(xp: Any, value: float, dtype: Any, device: Any) -> Any:
+def scalar(xp: Namespace, value: float, dtype: Any, device: Device) -> Any:
     """A 0-d array holding ``value`` rounded once to ``dtype``.
 
     Used where TensorFlow rounds a constant to the tensor's dtype before the
@@ -62,7 +88,7 @@ def scalar(xp: Any, value: float, dtype: Any, device: Any) -> Any:
     return xp.full((), value, dtype=dtype, device=device)
 
 
-def tf_constant(xp: Any, value: float, dtype: Any, device: Any) -> Any:
+def tf_constant(xp: Namespace, value: float, dtype: Any, device: Device) -> Any:
     """A Python float converted the way ``tf.convert_to_tensor`` then ``tf.cast`` do.
 
     TensorFlow turns a bare Python float into a float32 tensor and only then

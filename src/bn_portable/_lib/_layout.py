@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._typing import Namespace
+
 #: Channel position of every data format TensorFlow's fused kernel accepts.
 FUSED_CHANNEL_AXIS = {"NHWC": -1, "NDHWC": -1, "NCHW": 1, "NCDHW": 1}
 
@@ -47,7 +49,7 @@ def elements_per_channel(x: Any, channel: int) -> int:
     return count
 
 
-def per_channel(array: Any, rank: int, channel: int, xp: Any) -> Any:
+def per_channel(array: Any, rank: int, channel: int, xp: Namespace) -> Any:
     """A ``[C]`` parameter shaped to broadcast against an input of ``rank``.
 
     Trailing channels broadcast as they are; any other position is reshaped

@@ -28,7 +28,8 @@ So only the NumPy-like namespaces need help, and they get the cheapest help:
   (``_LEAF`` + log n)·2⁻⁵³ instead of n·2⁻⁵³. The split depends on the shape
   only. On Dask the same split runs inside each block (``dask.array.reduction``,
   one task per block as for a plain sum), and Dask adds the blocks' partial
-  sums as a tree.
+  sums as a tree. The blocks are summed with their own library (NumPy, or
+  CuPy for a GPU-backed Dask array).
 
 Everything else (PyTorch, JAX, CuPy, unknown namespaces) calls ``xp.sum`` as
 it is: already accurate, traceable under ``jax.jit`` and ``torch.compile``, and
@@ -44,90 +45,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._call_cache import tracing
-from ._compat import is_array_api_strict_namespace, is_dask_namespace, is_numpy_namespace
+from ._backends import Summation, block_namespace, compiling, summation
 from ._dtypes import dtype_name
+from ._typing import Namespace
 
 #: Largest float64 block summed as one running sum on the NumPy-like namespaces.
 _LEAF = 4096
 
-#: Dtypes summed into a float64 accumulator on the NumPy-like namespaces.
+#: Dtypes summed into a float64 accumulator where the library's own sums need help.
 _WIDENED = ("float32", "float16", "bfloat16")
 
-#: namespace -> "numpy" or "dask" (widen, split float64; per block on Dask) or "plain".
-_STRATEGY: dict[Any, str] = {}
 
-
-def accurate_sum(x: Any, axes: tuple[int, ...], xp: Any, *, keepdims: bool = False) -> Any:
+def accurate_sum(x: Any, axes: tuple[int, ...], xp: Namespace, *, keepdims: bool = False) -> Any:
     """The sum of ``x`` over ``axes`` in x's dtype, at least as accurate as TensorFlow's.
 
     ``axes`` are non-negative and distinct. See the module docstring for what
     each namespace does; the result is what ``xp.sum(x, axis=axes,
     keepdims=keepdims)`` would be, with fewer rounding errors.
     """
-    strategy = _strategy(xp)
-    if not axes or (strategy == "plain" and not tracing()):
+    strategy = summation(xp)
+    if not axes or (strategy is Summation.NATIVE and not compiling(xp)):
         return xp.sum(x, axis=axes, keepdims=keepdims)
     name = dtype_name(x.dtype)
     if name in _WIDENED:
         total = xp.sum(x, axis=axes, keepdims=keepdims, dtype=xp.float64)
         return xp.astype(total, x.dtype)
-    if name == "float64" and strategy == "numpy":
+    if name == "float64" and strategy is Summation.WIDEN:
         total = _pairwise(x, axes, xp)
         return total if keepdims else xp.squeeze(total, axis=axes)
-    if name == "float64" and strategy == "dask":
+    if name == "float64" and strategy is Summation.WIDEN_PER_BLOCK:
         return _dask_pairwise(x, axes, keepdims)
     return xp.sum(x, axis=axes, keepdims=keepdims)
 
 
-def accurate_mean(x: Any, axes: tuple[int, ...], xp: Any, *, keepdims: bool = False) -> Any:
-    """``accurate_sum / n`` in x's dtype, as TensorFlow's ``reduce_mean`` rounds it.
-
-    An empty reduction gives NaN, as TensorFlow's 0/0 does, without the
-    division (NumPy would warn about it).
-    """
-    count = 1
-    for axis in axes:
-        count *= x.shape[axis]
-    if count != count:  # NaN: a Dask array with unknown chunk sizes, counted lazily
-        widened = dtype_name(x.dtype) in _WIDENED and _strategy(xp) != "plain"
-        if widened:
-            mean = xp.mean(x, axis=axes, keepdims=keepdims, dtype=xp.float64)
-            return xp.astype(mean, x.dtype)
-        return xp.mean(x, axis=axes, keepdims=keepdims)
-    total = accurate_sum(x, axes, xp, keepdims=keepdims)
-    if count == 0:
-        return xp.full_like(total, float("nan"))
-    return total / count
-
-
-def _strategy(xp: Any) -> str:
-    try:
-        return _STRATEGY[xp]
-    except (KeyError, TypeError):  # TypeError: an unhashable namespace object
-        pass
-    if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
-        strategy = "numpy"
-    elif is_dask_namespace(xp):
-        strategy = "dask"
-    else:
-        strategy = "plain"
-    try:
-        if len(_STRATEGY) < 64:
-            _STRATEGY[xp] = strategy
-    except TypeError:
-        pass
-    return strategy
-
-
 def _dask_pairwise(x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
     """A lazy float64 Dask sum whose per-block sums are ``_pairwise``."""
-    import dask.array
-    import numpy
+    import dask.array  # optional: only a Dask namespace gets here
+
+    block_xp = block_namespace(x)
 
     def block_sum(block: Any, axis: Any, keepdims: Any) -> Any:
-        total = _pairwise(block, tuple(axis), numpy)
-        return total if keepdims else numpy.squeeze(total, axis=axis)
+        total = _pairwise(block, tuple(axis), block_xp)
+        return total if keepdims else block_xp.squeeze(total, axis=axis)
 
     return dask.array.reduction(
         x, block_sum, block_sum, axis=axes, keepdims=keepdims, dtype=x.dtype,
@@ -135,7 +94,7 @@ def _dask_pairwise(x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
     )
 
 
-def _pairwise(x: Any, axes: tuple[int, ...], xp: Any) -> Any:
+def _pairwise(x: Any, axes: tuple[int, ...], xp: Namespace) -> Any:
     """Keepdims sum of a float64 ``x`` over ``axes``: halves until a block is small."""
     count = 1
     for axis in axes:

@@ -11,7 +11,8 @@ where a reduction drops axes or a statistic is computed in float32.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from types import ModuleType
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar
 
 
 class Array(Protocol):
@@ -29,6 +30,20 @@ class Array(Protocol):
 
 #: An array of any supported library; the outputs are of the same type.
 ArrayT = TypeVar("ArrayT", bound=Array)
+
+#: An array-API namespace (array-api-compat's wrapper of a library, or the library).
+Namespace: TypeAlias = ModuleType
+
+#: Where a kernel's arrays live (``array_api_compat.device``), or None for traced JAX arrays.
+Device: TypeAlias = Any
+
+#: How a mean (and variance) is divided by the count: ``tf.nn.moments``' ``sum / n``,
+#: or the fused kernel's ``sum × float32(1/n)``.
+Rounding: TypeAlias = Literal["divide", "reciprocal"]
+
+#: What an empty batch's (or zero total weight's) statistics are: NaN as TensorFlow's
+#: ``0 / 0``, or 0 as its ``div_no_nan`` (weighted moments, mergeable summaries).
+EmptyStatistics: TypeAlias = Literal["nan", "zero"]
 
 #: One axis or several, as ``tf.nn.moments`` takes them (negative axes count from the end).
 Axes = int | Sequence[int]

@@ -1,23 +1,29 @@
-"""Worker threads for the NumPy fast paths.
+"""Worker threads for the NumPy fast paths: off unless asked for.
 
-NumPy releases the GIL inside its ufunc loops and BLAS calls, so cache-sized
-blocks of one array can be processed by several Python threads at once, the
-way PyTorch's CPU kernels use every core (its intra-op threads). A handful of
-long-lived threads do it here.
+NumPy releases the GIL inside its ufunc loops, so cache-sized blocks of one
+array can be processed by several Python threads at once. A handful of
+long-lived threads can do it here, but only when ``BN_PORTABLE_NUM_THREADS``
+asks for more than one: by default every kernel runs in the calling thread.
+
+Why opt-in: these threads share the cores with BLAS's own threads (OpenBLAS
+keeps them spinning for a while after each multi-threaded call) and with the
+caller's other work, and nothing coordinates them. Measured on a shared
+2-core machine (32x64x56x56 float32), two threads helped only while the other
+core was idle and BLAS's threads asleep (NCHW inference 4.5 to 3.2 ms, NHWC
+backward 15.5 to 11.6 ms); after a BLAS call they slowed NHWC inference from
+4.0 to 6.0 ms and the backward from 14.9 to 18.2 ms, and with the other core
+busy they gained nothing. Holding BLAS to one thread around each call
+(``threadpoolctl``) did not recover the gain after the program's own matrix
+products, and it changes a process-wide setting that other threads share.
 
 Results never depend on the number of threads: the work is cut into items by
 the input's shape alone, each item is computed whole by one thread, and
 per-item results (partial sums) come back in item order to be combined in
 that order.
-
-``BN_PORTABLE_NUM_THREADS`` sets the number of threads; the default is the
-number of CPUs this process may run on. ``1`` keeps all the work in the
-calling thread.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -34,17 +40,9 @@ _pool_size = 0
 
 
 def thread_count() -> int:
-    """Threads the fast paths may use (``BN_PORTABLE_NUM_THREADS`` or the usable CPUs)."""
+    """Threads the fast paths may use: ``BN_PORTABLE_NUM_THREADS``, or 1 (the calling thread)."""
     count = _settings.num_threads_from_environment()
-    return _usable_cpus() if count is None else count
-
-
-@functools.cache
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return 1 if count is None else count
 
 
 def in_shares(
@@ -75,7 +73,7 @@ def in_shares(
     return results
 
 
-def _split(items: Any, parts: Any) -> Any:
+def _split(items: Sequence[T], parts: int) -> list[Sequence[T]]:
     """``parts`` contiguous shares whose lengths differ by at most one."""
     size, extra = divmod(len(items), parts)
     shares, start = [], 0
@@ -86,7 +84,7 @@ def _split(items: Any, parts: Any) -> Any:
     return shares
 
 
-def _submit(work: Any, shares: Any) -> Any:
+def _submit(work: Callable[[Sequence[T]], Any], shares: Sequence[Sequence[T]]) -> list[Any]:
     """Futures of ``work(share)`` for each share, on a pool with a thread for each.
 
     The pool is grown (replaced by a larger one) when a call needs more

@@ -57,7 +57,7 @@ much as the arithmetic). The elementwise pass is bit-identical (same
 operations, same order, written into the output); the product sum adds the
 same terms in another order (float64 totals of block sums).
 
-``batch_moments`` keeps the generic kernel: ``torch.var_mean`` is not faster
+``local_moments`` keeps the generic kernel: ``torch.var_mean`` is not faster
 than the generic two-pass expression for these layouts (many times slower for
 a channels-last reduction on CPU). ``normalize`` computes exactly the generic
 expression but adds the shift in place into the product instead of allocating
@@ -69,9 +69,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from .. import _layout
-from . import fast_paths_enabled
+from .._lib import _layout
+from .._lib._numerics import rsqrt
+from .._lib._typing import Namespace
+from ._registry import Kernel
+from ._switch import fast_paths_enabled
 
 
 # torch.compiler's decorators are not annotated; enabled stays () -> bool.
@@ -91,7 +95,7 @@ _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def fused_training_core(
-    x: Any, scale: Any, offset: Any, epsilon: Any, channel: Any, xp: Any
+    x: Tensor, scale: Tensor, offset: Tensor, epsilon: float, channel: int, *, xp: Namespace
 ) -> Any:
     """Training: y, batch mean, biased variance and count, from PyTorch's kernels."""
     if not _eligible(x, channel, scale, offset):
@@ -122,7 +126,7 @@ def fused_training_core(
     return y, batch_mean, biased, count
 
 
-def _summed_statistics(x: Any, channel: Any, count: Any) -> Any:
+def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
     """Mean and biased variance, TensorFlow's fused way, with ``torch.sum``.
 
     PyTorch's statistics kernel is accurate for contiguous float32 NCHW only:
@@ -164,26 +168,26 @@ def _summed_statistics(x: Any, channel: Any, count: Any) -> Any:
     return batch_mean, squares * inverse_count
 
 
-def _total(partials: Any) -> Any:
+def _total(partials: list[Tensor]) -> Tensor:
     """The sum of per-block float32 sums, added in float64 and rounded once."""
     if len(partials) == 1:
         return partials[0]
     return torch.stack(partials).double().sum(0).to(torch.float32)
 
 
-def _one_block(x: Any) -> Any:
+def _one_block(x: Tensor) -> Any:
     """Whether x is taken whole: small, on a GPU (kernel launches cost more than
     temporaries there) or being compiled (the compiler plans the memory)."""
     return x.numel() <= _BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
 
 
-def _blocks(grouped: Any) -> Any:
+def _blocks(grouped: Tensor) -> Any:
     """Cache-sized blocks of the first axis."""
     block = max(1, _BLOCK_ELEMENTS // max(1, grouped[0].numel()))
     return [grouped[a0 : a0 + block] for a0 in range(0, grouped.shape[0], block)]
 
 
-def _per_channel(vector: Any, x: Any, channel: Any) -> Any:
+def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
     """``[C]`` broadcast along ``channel`` of x (as it is when the channels are last)."""
     if channel == x.ndim - 1:
         return vector
@@ -192,7 +196,7 @@ def _per_channel(vector: Any, x: Any, channel: Any) -> Any:
     return vector.view(shape)
 
 
-def _affine(x: Any, mean: Any, inverse_std: Any, scale: Any, offset: Any, channel: Any) -> Any:
+def _affine(x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset: Tensor, channel: int) -> Any:
     """TensorFlow's ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` in float32, rounded once to x's dtype.
 
     The same operations in the same order as the generic ``fused_affine``,
@@ -221,13 +225,13 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
-        x: Any,
-        scale: Any,
-        offset: Any,
-        mean: Any,
-        inverse_std: Any,
-        channel: Any,
-        epsilon: Any,
+        x: Tensor,
+        scale: Tensor,
+        offset: Tensor,
+        mean: Tensor,
+        inverse_std: Tensor,
+        channel: int,
+        epsilon: float,
     ) -> Any:
         ctx.save_for_backward(x, scale, mean, inverse_std)
         ctx.channel = channel
@@ -236,7 +240,7 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
             return _affine(x, mean, inverse_std, scale, offset, channel)
 
     @staticmethod
-    def backward(ctx: Any, dy: Any) -> Any:
+    def backward(ctx: Any, dy: Tensor) -> Any:
         x, scale, mean, inverse_std = ctx.saved_tensors
         mask = [bool(flag) for flag in ctx.needs_input_grad[:3]]
         # Under create_graph (grad mode on here), autograd differentiates this
@@ -256,7 +260,7 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
 
 
 def fused_inference(
-    x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: Any, channel: Any, xp: Any
+    x: Tensor, scale: Tensor, offset: Tensor, mean: Tensor, variance: Tensor, epsilon: float, channel: int, *, xp: Namespace
 ) -> Any:
     """TensorFlow's fused formula with the given statistics, in one pass over x."""
     if not _eligible(x, channel, scale, offset, mean, variance):
@@ -269,13 +273,13 @@ def fused_inference(
 
 
 def normalize(
-    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, xp: Any
+    x: Tensor, mean: Tensor, variance: Tensor, offset: Tensor | None, scale: Tensor | None,
+    variance_epsilon: float, *, xp: Namespace
 ) -> Any:
     """The generic ``x·inv + shift``, with the shift added in place (bit-identical)."""
     if torch._C._are_functorch_transforms_active():
         return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
-    from .._normalize import rsqrt  # the generic kernel's own (half-aware) rsqrt
-
+    # The generic kernel's own (half-aware) rsqrt.
     inv = rsqrt(variance + variance_epsilon, xp)
     if scale is not None:
         inv = inv * scale
@@ -287,7 +291,7 @@ def normalize(
     return y.add_(shift)
 
 
-def gradient_sums(dy: Any, x: Any, mean: Any, channel: Any, xp: Any) -> Any:
+def gradient_sums(dy: Tensor, x: Tensor, mean: Tensor, channel: int, *, xp: Namespace) -> Any:
     """``(Σ dy, Σ dy·(x − mean))`` per channel, the product summed block by block.
 
     ``Σ dy`` is the generic ``torch.sum``. The products are formed and summed
@@ -308,7 +312,10 @@ def gradient_sums(dy: Any, x: Any, mean: Any, channel: Any, xp: Any) -> Any:
     return torch.sum(dy.to(compute), axes), sum_dy_centred
 
 
-def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: Any, xp: Any) -> Any:
+def gradient_input(
+    dy: Tensor, x: Tensor, mean: Tensor | None, a: Tensor, b: Tensor | None, c: Tensor | None,
+    share: Tensor | None, *, xp: Namespace,
+) -> Any:
     """The generic ``dy·a + ((x − mean)·b + c)``, block by block into one output (bit-identical).
 
     The generic expression keeps two input-sized temporaries alive at once;
@@ -328,7 +335,7 @@ def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: An
     for rows in _outer_blocks(x):
         out = dx[rows]
         product = torch.mul(dy[rows].to(compute), a, out=out if wide else None)
-        if b is not None:
+        if b is not None and c is not None and mean is not None:  # training: all three
             correction = torch.sub(x[rows].to(compute), mean).mul_(b).add_(c)
             if share is not None:
                 correction.mul_(share[rows] if share.shape[0] > 1 else share)
@@ -338,7 +345,7 @@ def gradient_input(dy: Any, x: Any, mean: Any, a: Any, b: Any, c: Any, share: An
     return dx
 
 
-def _outer_blocks(x: Any) -> Any:
+def _outer_blocks(x: Tensor) -> Any:
     """Slices of the first axis of about ``_BLOCK_ELEMENTS`` values each (at least one row).
 
     On a GPU the whole batch is one block: its caching allocator makes
@@ -354,7 +361,7 @@ def _needs_autograd(tensors: Any) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _eligible(x: Any, channel: Any, *parameters: Any) -> bool:
+def _eligible(x: Tensor, channel: int, *parameters: Any) -> bool:
     if x.dtype not in _FUSED_DTYPES or x.ndim not in (2, 3, 4, 5):
         return False
     if channel not in (1, x.ndim - 1) or x.device.type not in ("cpu", "cuda"):
@@ -366,10 +373,20 @@ def _eligible(x: Any, channel: Any, *parameters: Any) -> bool:
     )
 
 
-def _channels_second(x: Any, channel: Any) -> Any:
+def _channels_second(x: Tensor, channel: int) -> Any:
     """NHWC/NDHWC as PyTorch's channels-last NCHW/NCDHW: a view, no copy."""
     return x if channel == 1 else x.movedim(channel, 1)
 
 
-def _channels_back(y: Any, channel: Any) -> Any:
+def _channels_back(y: Tensor, channel: int) -> Any:
     return y if channel == 1 else y.movedim(1, channel)
+
+
+#: The generic kernels these replace (``_native._registry``).
+KERNELS = {
+    Kernel.FUSED_TRAINING: fused_training_core,
+    Kernel.FUSED_INFERENCE: fused_inference,
+    Kernel.NORMALIZE: normalize,
+    Kernel.GRADIENT_SUMS: gradient_sums,
+    Kernel.GRADIENT_INPUT: gradient_input,
+}

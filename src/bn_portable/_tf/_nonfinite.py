@@ -18,21 +18,18 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The state field that counts skipped steps (created when the option is on).
-COUNTER = "skipped_steps"
-COUNTER_DTYPE = "int32"
+from .._lib._typing import Namespace
+from ._fields import COUNTER
 
 
-def initial_counter(xp: Any, dev: Any) -> Any:
-    return xp.zeros((), dtype=getattr(xp, COUNTER_DTYPE), device=dev)
-
-
-def batch_is_finite(mean: Any, variance: Any, xp: Any) -> Any:
+def batch_is_finite(mean: Any, variance: Any, xp: Namespace) -> Any:
     """A 0-d boolean array: every channel's batch mean and variance is finite."""
     return xp.logical_and(xp.all(xp.isfinite(mean)), xp.all(xp.isfinite(variance)))
 
 
-def keep_state_unless_finite(state: Any, new_state: Any, mean: Any, variance: Any, xp: Any) -> Any:
+def keep_state_unless_finite(
+    state: Any, new_state: Any, mean: Any, variance: Any, xp: Namespace
+) -> Any:
     """``new_state`` where the batch statistics are finite, else ``state`` with one more skip."""
     finite = batch_is_finite(mean, variance, xp)
     kept = {

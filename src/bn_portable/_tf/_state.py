@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from . import _nonfinite
-from ._lib import _checks
-from ._lib._compat import is_array_api_obj
-from ._lib._dtypes import dtype_name
+from .._lib import _checks
+from .._lib._compat import is_array_api_obj
+from .._lib._dtypes import dtype_name
+from .._lib._typing import Device, Namespace
+from ._fields import COUNTER, COUNTER_DTYPE, FIELDS, INITIALIZED_FIELDS, SCALAR_FIELDS
+from ._variables import read_tf_variables
 
 
 class BatchNormState(NamedTuple):
@@ -44,7 +47,7 @@ class BatchNormState(NamedTuple):
 
     @classmethod
     def from_tf_variables(
-        cls, mapping: Any, scope: str, **options: Any
+        cls, mapping: Mapping[str, Any], scope: str, **options: Any
     ) -> tuple[BatchNormState, dict[str, Any]]:
         """``(state, options)`` of the layer under ``scope`` in a TF checkpoint's dict.
 
@@ -52,43 +55,23 @@ class BatchNormState(NamedTuple):
         (tf-slim or Keras names, with or without ``:0``); see
         ``bn_portable.porting.state_from_tf_variables``.
         """
-        from .porting import state_from_tf_variables
+        fields, merged = read_tf_variables(mapping, scope, **options)
+        return cls(**fields), merged
 
-        return state_from_tf_variables(mapping, scope, **options)
 
-
-#: Names accepted in ``param_initializers`` (TensorFlow's).
-INITIALIZED_FIELDS = ("beta", "gamma", "moving_mean", "moving_variance")
+assert BatchNormState._fields == FIELDS, "FIELDS lists BatchNormState's fields in order"
 
 #: Default initial value of each field (TensorFlow's zeros / ones initializers).
 _DEFAULTS = {"beta": 0.0, "gamma": 1.0, "moving_mean": 0.0, "moving_variance": 1.0}
-
-
-def required_fields(
-    *, center: bool, scale: bool, zero_debias: bool, renorm: bool, skip_nonfinite: bool = False
-) -> tuple[str, ...]:
-    """The fields a layer of this configuration has, in ``BatchNormState`` order."""
-    wanted = {"moving_mean", "moving_variance"}
-    if center:
-        wanted.add("beta")
-    if scale:
-        wanted.add("gamma")
-    if zero_debias:
-        wanted |= {"moving_mean_biased", "local_step"}
-    if renorm:
-        wanted |= {"moving_stddev", "renorm_mean", "renorm_stddev"}
-    if skip_nonfinite:
-        wanted.add(_nonfinite.COUNTER)
-    return tuple(field for field in BatchNormState._fields if field in wanted)
 
 
 def initial_state(
     fields: tuple[str, ...],
     channels: int,
     dtype: Any,
-    param_initializers: dict[str, Any],
-    xp: Any,
-    device: Any,
+    param_initializers: Mapping[str, Any],
+    xp: Namespace,
+    device: Device,
 ) -> BatchNormState:
     """The variables as TensorFlow creates them on the layer's first call.
 
@@ -108,7 +91,7 @@ def initial_state(
         "moving_stddev": xp.sqrt(initial["moving_variance"]),
         "renorm_mean": xp.asarray(initial["moving_mean"], copy=True),
         "renorm_stddev": xp.sqrt(initial["moving_variance"]),
-        _nonfinite.COUNTER: _nonfinite.initial_counter(xp, device),
+        COUNTER: xp.zeros((), dtype=getattr(xp, COUNTER_DTYPE), device=device),
         **initial,
     }
     return BatchNormState(**{field: values[field] for field in fields})
@@ -119,8 +102,8 @@ def check_state(
     fields: tuple[str, ...],
     channels: int,
     dtype: Any,
-    xp: Any,
-    device: Any,
+    xp: Namespace,
+    device: Device,
     configuration: str,
 ) -> None:
     """``state`` has exactly ``fields``, each of this namespace, device, dtype and shape."""
@@ -136,19 +119,21 @@ def check_state(
         value = getattr(state, field)
         _checks.check_namespace(f"state.{field}", value, xp)
         _checks.check_device(f"state.{field}", value, device)
-        counter = field == _nonfinite.COUNTER  # an int32 count, whatever x's dtype
-        expected = getattr(xp, _nonfinite.COUNTER_DTYPE) if counter else dtype
+        counter = field == COUNTER  # an int32 count, whatever x's dtype
+        expected = getattr(xp, COUNTER_DTYPE) if counter else dtype
         if value.dtype != expected:
             raise TypeError(
                 f"state.{field} must have dtype {dtype_name(expected)} for this input "
                 f"and configuration, got {dtype_name(value.dtype)}"
             )
-        shape = () if field in ("local_step", _nonfinite.COUNTER) else (channels,)
-        _checks.check_shape(f"state.{field}", value, shape, "one value per channel")
+        if field in SCALAR_FIELDS:
+            _checks.check_shape(f"state.{field}", value, (), "one value for the layer")
+        else:
+            _checks.check_shape(f"state.{field}", value, (channels,), "one value per channel")
 
 
 def _initial_value(
-    name: Any, initializer: Any, shape: Any, dtype: Any, xp: Any, device: Any
+    name: str, initializer: Any, shape: tuple[int, ...], dtype: Any, xp: Namespace, device: Device
 ) -> Any:
     """One variable's initial value: a fresh array of ``shape`` and ``dtype``.
 
@@ -173,6 +158,8 @@ def _initial_value(
             f"(shape, dtype) returning one; got {type(value).__name__}"
         )
     _checks.check_namespace(label, value, xp)
+    # TensorFlow cannot initialise a float variable from a complex value.
+    _checks.check_real_dtype(label, value, xp)
     if tuple(value.shape) not in ((), shape):
         raise ValueError(
             f"{label} must be a scalar or have shape {shape} (one value per channel); "

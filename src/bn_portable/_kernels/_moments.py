@@ -1,0 +1,179 @@
+"""The one two-pass moments kernel, and the exact merge of its summaries.
+
+Every statistic of the package comes from ``two_pass_moments``: ``moments``,
+``weighted_moments``, ``partial_moments``, the fused kernel's statistics, the
+layer paths' statistics, and their synchronized forms (a reducer summing over
+replicas). Two passes: the (weighted) count and sum first, and the mean from
+them; then the (weighted) sum of squared deviations from that mean, ``m2``.
+Never the one-pass ``E[x²] − E[x]²``, which loses the variance when the mean is
+large against the spread; with a reducer, the deviations are taken from the
+*global* mean, so the synchronized variance is the two-pass variance of the
+global batch, never rebuilt from per-shard variances.
+
+The caller picks the compute dtype (``_lib._dtypes.ComputeRule``) and casts x
+before the call, and says how the count divides (``Rounding``) and what an
+empty batch gives (``EmptyStatistics``). With a reducer that is the identity
+(one replica) the result is bit-identical to the local one: the same
+operations on the same values, the count merely being an array.
+
+Every sum goes through ``accurate_sum``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._lib._backends import divides_numbers_as_arrays
+from .._lib._compat import device
+from .._lib._dtypes import astype, is_half, scalar
+from .._lib._numerics import divide_no_nan
+from .._lib._sums import accurate_sum
+from .._lib._typing import CrossReplicaSum, EmptyStatistics, Namespace, Rounding
+from .._native import Kernel, overridable
+from ._replicas import sum_across
+
+
+class Moments(NamedTuple):
+    """A two-pass summary, keepdims over the reduced axes.
+
+    ``count`` is a Python int for a local unweighted batch of known size, else
+    an array (the total weight, or a count summed over replicas); ``mean`` and
+    ``m2`` (the sum of squared deviations from ``mean``) are arrays of x's dtype.
+    """
+
+    count: Any
+    mean: Any
+    m2: Any
+
+
+def two_pass_moments(
+    x: Any,
+    axes: tuple[int, ...],
+    *,
+    xp: Namespace,
+    weights: Any = None,
+    reducer: CrossReplicaSum | None = None,
+    rounding: Rounding = "divide",
+    empty: EmptyStatistics = "nan",
+) -> Moments:
+    """Count, mean and m2 of ``x`` over ``axes`` (see the module doc); no validation.
+
+    ``weights`` broadcasts to x (frequency weights: the count is their sum);
+    ``reducer`` sums over replicas, for the statistics of the global batch.
+    """
+    count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
+    known = count == count  # NaN: a Dask array with unknown chunk sizes
+    if weights is None and reducer is None and known and count > 0 and rounding == "divide":
+        # A local batch: the one case a library's fast path serves (same two passes).
+        mean, m2 = local_moments(x, axes, xp=xp)
+        return Moments(count, mean, m2)
+    if weights is not None:
+        weights = xp.broadcast_to(xp.astype(weights, x.dtype), x.shape)
+        count = accurate_sum(weights, axes, xp, keepdims=True)
+    elif reducer is not None or not known:
+        count = _count_array(x, axes, count, xp)
+    total = accurate_sum(x if weights is None else weights * x, axes, xp, keepdims=True)
+    if reducer is not None:
+        # One stacked array: a half-precision total travels in its count's float32 and
+        # comes back to x's dtype, as the local total is rounded.
+        count, total = sum_across(reducer, [count, astype(total, count.dtype, xp)], xp=xp)
+        total = astype(total, x.dtype, xp)
+    mean = per_count(total, count, rounding=rounding, empty=empty, xp=xp)
+    centered = x - mean
+    squares = centered * centered
+    m2 = accurate_sum(squares if weights is None else weights * squares, axes, xp, keepdims=True)
+    if reducer is not None:
+        (m2,) = sum_across(reducer, [m2], xp=xp)
+    return Moments(count, mean, m2)
+
+
+@overridable(Kernel.LOCAL_MOMENTS)
+def local_moments(x: Any, axes: tuple[int, ...], *, xp: Namespace) -> tuple[Any, Any]:
+    """``(sum / n, Σ(x − mean)²)`` keepdims, for a local batch of known size n > 0."""
+    count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
+    total = accurate_sum(x, axes, xp, keepdims=True)
+    mean = per_count(total, count, rounding="divide", empty="nan", xp=xp)
+    centered = x - mean
+    return mean, accurate_sum(centered * centered, axes, xp, keepdims=True)
+
+
+def per_count(
+    value: Any, count: Any, *, rounding: Rounding, empty: EmptyStatistics, xp: Namespace
+) -> Any:
+    """``value / count`` as ``rounding`` says, ``empty`` where the count is 0.
+
+    ``"divide"`` divides (``tf.nn.moments``' ``reduce_mean``); ``"reciprocal"``
+    multiplies by ``float32(1/n)`` (the fused kernel's ``sum × (1/n)``). Half
+    precision is divided in float32 and rounded once, whether the count is a
+    number or an array (a bfloat16 array could not even hold a count of 257).
+    """
+    dtype = value.dtype
+    half = is_half(dtype)
+    if half:
+        value = xp.astype(value, xp.float32)
+    if isinstance(count, int):  # a number (the compiler traces a symbolic size as an int)
+        if count == 0:
+            quotient = xp.full_like(value, math.nan if empty == "nan" else 0.0)
+        elif rounding == "divide" and divides_numbers_as_arrays(xp):
+            quotient = value / count
+        elif rounding == "divide":  # as the synchronized path divides: by a full array
+            quotient = value / xp.full(value.shape, float(count), dtype=value.dtype, device=device(value))
+        else:
+            quotient = value * scalar(xp, 1.0 / count, value.dtype, device(value))
+    else:
+        count = astype(count, value.dtype, xp)
+        if empty == "zero" and rounding == "divide":
+            quotient = divide_no_nan(value, count, xp)
+        else:
+            is_empty = count == 0
+            safe_count = xp.where(is_empty, xp.ones_like(count), count)
+            quotient = value / safe_count if rounding == "divide" else value * (1 / safe_count)
+            fill = xp.full_like(quotient, math.nan if empty == "nan" else 0.0)
+            quotient = xp.where(is_empty, fill, quotient)
+    return xp.astype(quotient, dtype) if half else quotient
+
+
+def biased_variance(
+    moments: Moments, *, rounding: Rounding = "divide", empty: EmptyStatistics = "nan", xp: Namespace
+) -> Any:
+    """The biased variance ``m2 / count`` of a summary."""
+    return per_count(moments.m2, moments.count, rounding=rounding, empty=empty, xp=xp)
+
+
+def _count_array(x: Any, axes: tuple[int, ...], count: float, xp: Namespace) -> Any:
+    """The element count per statistic as an array (keepdims shape), float32 at least."""
+    dtype = xp.float32 if is_half(x.dtype) else x.dtype
+    if count != count:  # unknown lengths (Dask): counted lazily
+        return accurate_sum(xp.ones_like(x, dtype=dtype), axes, xp, keepdims=True)
+    shape = tuple(1 if axis in axes else n for axis, n in enumerate(x.shape))
+    return xp.full(shape, float(count), dtype=dtype, device=device(x))
+
+
+def merge_two(a: Moments, b: Moments, *, xp: Namespace) -> Moments:
+    """Chan, Golub and LeVeque's pairwise update of two summaries; an empty one changes nothing.
+
+    ``n = nₐ + n_b, δ = μ_b − μₐ, μ = μₐ + δ·n_b/n, m2 = m2ₐ + m2_b + δ²·nₐ·n_b/n``,
+    which never subtracts two large sums.
+    """
+    count = a.count + b.count
+    delta = b.mean - a.mean
+    share_b = divide_no_nan(b.count, count, xp)
+    mean = a.mean + delta * share_b
+    m2 = a.m2 + b.m2 + (delta * delta) * (a.count * share_b)
+    return Moments(count, mean, m2)
+
+
+def merge_across(summary: Moments, reducer: CrossReplicaSum, *, xp: Namespace) -> Moments:
+    """Merge one summary per replica into the global one, exactly.
+
+    The global mean first, then every replica's m2 moved to it
+    (``m2 + count·(mean − μ)²``) and summed: deviations are taken from the
+    global mean, so nothing cancels.
+    """
+    count, mean, m2 = summary
+    count_total, weighted_means = sum_across(reducer, [count, count * mean], xp=xp)
+    global_mean = divide_no_nan(weighted_means, count_total, xp)
+    delta = mean - global_mean
+    (global_m2,) = sum_across(reducer, [m2 + count * (delta * delta)], xp=xp)
+    return Moments(count_total, global_mean, global_m2)

@@ -1,0 +1,165 @@
+"""Every fact about one array library that the rest of the package needs, in one place.
+
+Only here do library names appear outside the fast paths: how each library's
+sums round (and so what ``accurate_sum`` must do), which arrays are not plain
+dense arrays, how to stop a gradient, whether PyTorch's compiler is tracing,
+what a Dask array's blocks are, and what describes an array completely enough
+for the call cache. Each answer depends on types and metadata, never on values.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from typing import Any
+
+from ._compat import (
+    array_namespace,
+    is_array_api_strict_namespace,
+    is_cupy_namespace,
+    is_dask_namespace,
+    is_jax_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
+from ._typing import Namespace
+
+
+class Summation(enum.Enum):
+    """How ``accurate_sum`` gets a sum at least as accurate as TensorFlow's from a library."""
+
+    #: NumPy-like (NumPy, array-api-strict): running sums across outer axes, so
+    #: float32 and half are summed into float64 and float64 is split pairwise.
+    WIDEN = "widen"
+    #: Dask: the same, block by block with the blocks' own library.
+    WIDEN_PER_BLOCK = "widen per block"
+    #: PyTorch, JAX, CuPy and others: their own tree or cascade sums are accurate.
+    NATIVE = "native"
+
+
+def library_name(xp: Namespace) -> str:
+    """``torch`` for array_api_compat.torch, and so on, for messages.
+
+    Asked of array-api-compat rather than read off the module's name, so that a
+    vendored copy (``yourlib._vendor.array_api_compat.numpy``) still names NumPy.
+    """
+    for is_namespace, name in (
+        (is_numpy_namespace, "numpy"),
+        (is_cupy_namespace, "cupy"),
+        (is_torch_namespace, "torch"),
+        (is_jax_namespace, "jax"),
+        (is_dask_namespace, "dask"),
+        (is_array_api_strict_namespace, "array_api_strict"),
+    ):
+        if is_namespace(xp):
+            return name
+    module_name: str = xp.__name__
+    return module_name.rpartition("array_api_compat.")[2].removesuffix(".array").split(".")[0]
+
+
+def summation(xp: Namespace) -> Summation:
+    """The summation strategy of ``xp`` (a pure function of the namespace).
+
+    Not ``functools.lru_cache``'d: torch.compile warns about every cached function
+    it traces, and the namespace checks are set lookups, as fast as a cache.
+    """
+    if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
+        return Summation.WIDEN
+    if is_dask_namespace(xp):
+        return Summation.WIDEN_PER_BLOCK
+    return Summation.NATIVE
+
+
+def compiling(xp: Namespace) -> bool:
+    """Whether PyTorch's compiler is tracing this call; only a PyTorch namespace asks PyTorch."""
+    return is_torch_namespace(xp) and torch_compiling()
+
+
+def torch_compiling() -> bool:
+    """Whether PyTorch's compiler is tracing (False without PyTorch imported).
+
+    For the places that run before any namespace is known (the options cache).
+    """
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
+
+
+def divides_numbers_as_arrays(xp: Namespace) -> bool:
+    """Whether ``array / n`` for a Python number n rounds as ``array / (an array of n)``.
+
+    Not on JAX: XLA turns a division by a constant or a broadcast scalar into
+    a product with its reciprocal, which rounds differently from a division by
+    a full array. The moments kernel divides by a count that is a number on one
+    path and an array on another, and the two must agree to the bit.
+    """
+    return not is_jax_namespace(xp)
+
+
+def stop_gradient(array: Any, xp: Namespace) -> Any:
+    """``array`` as a constant for PyTorch autograd and JAX transformations (None stays None)."""
+    if array is None:
+        return None
+    if is_torch_namespace(xp):
+        return array.detach()
+    if is_jax_namespace(xp):
+        import jax  # optional: only a JAX namespace gets here
+
+        return jax.lax.stop_gradient(array)
+    return array
+
+
+def block_namespace(dask_array: Any) -> Namespace:
+    """The namespace of a Dask array's blocks (NumPy, or CuPy for a GPU-backed array)."""
+    blocks: Namespace = array_namespace(dask_array._meta)
+    return blocks
+
+
+def not_dense(value: Any) -> str | None:
+    """Why ``value`` is not a plain dense array of its library, or None when it is.
+
+    NumPy masked arrays (the mask would be honoured by some operations and not
+    by others) and PyTorch tensors of a layout other than strided (sparse
+    tensors have no dense elementwise kernels) are refused. Types and layouts only.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ma.MaskedArray):
+        return "masked"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor) and value.layout != torch.strided:
+        return f"layout {value.layout}"
+    return None
+
+
+def metadata(*arrays: Any) -> tuple[Any, ...] | None:
+    """Everything the checks read of each array, as a hashable key; None if some array has none.
+
+    Type, shape, dtype, and for PyTorch device and layout: every check of an
+    argument is a function of these (the namespace follows from the type, a
+    NumPy array lives on the CPU), so a check's outcome is a pure function of
+    the key. Other array types (masked arrays, subclasses, JAX tracers, Dask,
+    CuPy, array-api-strict) have no key here: their calls are checked in full
+    every time. None also while PyTorch's compiler traces, where shapes may be
+    symbolic and the checks are traced once per compiled graph instead.
+    """
+    numpy = sys.modules.get("numpy")
+    ndarray = None if numpy is None else numpy.ndarray
+    torch: Any = sys.modules.get("torch")
+    tensors = () if torch is None else (torch.Tensor, torch.nn.Parameter)
+    parts: list[Any] = []
+    asked_compiler = False
+    for array in arrays:
+        kind = type(array)
+        if array is None:
+            parts.append(None)
+        elif kind is ndarray:
+            parts.append((kind, array.shape, array.dtype))
+        elif kind in tensors:
+            if not asked_compiler:
+                if torch_compiling():
+                    return None
+                asked_compiler = True
+            # torch.Size is a tuple: hashable and equal to the same shape as a tuple.
+            parts.append((kind, array.shape, array.dtype, array.device, array.layout))
+        else:
+            return None
+    return tuple(parts)

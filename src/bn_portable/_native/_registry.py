@@ -1,0 +1,22 @@
+"""The kernels a library's fast path may replace, by name of concept rather than of function.
+
+A generic kernel declares which ``Kernel`` it is (``@overridable(Kernel.X)``);
+a fast-path module lists what it serves in ``KERNELS``. Neither side names
+the other's functions, so renaming either cannot silently disconnect them, and
+a test checks that every fast path takes its generic kernel's parameters.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Kernel(enum.Enum):
+    """One replaceable kernel; the value documents its signature."""
+
+    FUSED_TRAINING = "fused_training_core(x, scale, offset, epsilon, channel, *, xp)"
+    FUSED_INFERENCE = "fused_inference(x, scale, offset, mean, variance, epsilon, channel, *, xp)"
+    LOCAL_MOMENTS = "local_moments(x, axes, *, xp) -> (mean, m2)"
+    NORMALIZE = "normalize(x, mean, variance, offset, scale, variance_epsilon, *, xp)"
+    GRADIENT_SUMS = "gradient_sums(dy, x, mean, channel, *, xp)"
+    GRADIENT_INPUT = "gradient_input(dy, x, mean, a, b, c, share, *, xp)"

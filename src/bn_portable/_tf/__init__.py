@@ -1,0 +1,1 @@
+"""TensorFlow's layer semantics: options, plan, state, the four paths and their updates."""

@@ -1,0 +1,199 @@
+"""One training or inference step of each TensorFlow layer implementation.
+
+The fused kernel moves the moving variance toward the Bessel-corrected batch
+variance; every other path toward the biased one. The variable updates carry
+no gradient (TensorFlow's do not either), and with ``skip_nonfinite`` a step
+whose batch statistics are not finite keeps the state it was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._kernels._moments import biased_variance, two_pass_moments
+from .._kernels._moving_averages import WeightRounding, moving_average, zero_debiased_average
+from .._kernels._normalize import fused_inference, fused_training, normalize
+from .._lib import _layout
+from .._lib._backends import stop_gradient
+from .._lib._compat import device
+from .._lib._dtypes import ComputeRule, astype, compute_dtype
+from .._lib._typing import Namespace
+from ._fields import PARAMETERS
+from ._nonfinite import keep_state_unless_finite
+from ._options import LayerOptions
+from ._plan import LayerPlan
+from ._renorm import compose, renorm_step
+from ._state import BatchNormState
+
+
+class Normalization(NamedTuple):
+    """What one step normalized with; the backward pass starts from it.
+
+    ``mean`` and ``variance`` are per channel (the batch's biased statistics in
+    training, the moving ones in inference); ``gamma`` and ``beta`` are the
+    layer's parameters (``None`` where absent); ``r`` and ``d`` the renorm
+    corrections (``None`` without renorm or in inference).
+    """
+
+    mean: Any
+    variance: Any
+    gamma: Any
+    beta: Any
+    r: Any = None
+    d: Any = None
+
+
+def layer_step(
+    x: Any,
+    state: BatchNormState,
+    batch_weights: Any,
+    options: LayerOptions,
+    plan: LayerPlan,
+    xp: Namespace,
+) -> tuple[Any, BatchNormState, Normalization]:
+    """``(y before activation, new_state, Normalization)`` for one call."""
+    if plan.fused_kernel:
+        y, new_state, used = _fused_step(x, state, options, plan, xp)
+    elif plan.path == "keras_layer":
+        y, new_state, used = _keras_step(x, state, options, plan, xp)
+    else:
+        y, new_state, used = _legacy_step(x, state, batch_weights, options, plan, xp)
+    if options.skip_nonfinite and options.is_training:
+        new_state = keep_state_unless_finite(state, new_state, used.mean, used.variance, xp)
+    return y, _without_gradient(new_state, state, xp), used
+
+
+def _without_gradient(new_state: BatchNormState, state: BatchNormState, xp: Namespace) -> BatchNormState:
+    """TensorFlow's variable updates carry no gradient; neither do ours."""
+    return new_state._replace(
+        **{
+            field: stop_gradient(getattr(new_state, field), xp)
+            for field in BatchNormState._fields
+            if field not in PARAMETERS and getattr(new_state, field) is not getattr(state, field)
+        }
+    )
+
+
+def _fused_step(
+    x: Any, state: BatchNormState, options: LayerOptions, plan: LayerPlan, xp: Namespace
+) -> tuple[Any, BatchNormState, Normalization]:
+    """The fused kernel; the moving variance gets the Bessel-corrected variance."""
+    dev = device(x)
+    # Constant γ = 1 and β = 0 only where the layer has no such parameter.
+    gamma = state.gamma if options.scale else xp.ones((plan.channels,), dtype=xp.float32, device=dev)
+    beta = state.beta if options.center else xp.zeros((plan.channels,), dtype=xp.float32, device=dev)
+    if not options.is_training:
+        y = fused_inference(
+            x, gamma, beta, state.moving_mean, state.moving_variance, options.epsilon, plan.channel, xp=xp
+        )
+        return y, state, Normalization(state.moving_mean, state.moving_variance, state.gamma, state.beta)
+    y, batch_mean, biased, bessel = fused_training(
+        x, gamma, beta, options.epsilon, plan.channel, xp=xp, reducer=options.cross_replica_sum
+    )
+    # tf-slim's fused path rounds 1 - decay in double precision; the Keras
+    # layer's fused path makes decay a float32 tensor first.
+    rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
+    new_state = _update_moving_mean(state, batch_mean, options, rounding, xp)._replace(
+        moving_variance=moving_average(
+            state.moving_variance, biased * bessel, options.decay, rounding, xp=xp
+        )
+    )
+    return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
+
+
+def _keras_step(
+    x: Any, state: BatchNormState, options: LayerOptions, plan: LayerPlan, xp: Namespace
+) -> tuple[Any, BatchNormState, Normalization]:
+    """The Keras layer without the fused kernel, renorm included."""
+    gamma, beta = state.gamma, state.beta
+    # The layer casts half inputs to float32 (its compute dtype), normalizes
+    # there and rounds y once; other dtypes are their own compute dtype.
+    x_compute = astype(x, plan.state_dtype, xp)
+    if options.is_training:
+        mean, variance = _batch_statistics(x_compute, plan, options, xp)
+        new_state = _update_moving_mean(state, mean, options, "python", xp)
+        if options.renorm:
+            r, d, new_state = renorm_step(mean, variance, new_state, state, options, xp)
+            # r and d are constants for the gradient (tf.stop_gradient in tf-keras).
+            r, d = stop_gradient(r, xp), stop_gradient(d, xp)
+            scale, offset = compose(r, d, gamma, beta)
+            used = Normalization(mean, variance, gamma, beta, r, d)
+        else:
+            new_state = new_state._replace(
+                moving_variance=moving_average(
+                    state.moving_variance, variance, options.decay, "python", xp=xp
+                )
+            )
+            scale, offset = gamma, beta
+            used = Normalization(mean, variance, gamma, beta)
+    else:
+        mean, variance, scale, offset = state.moving_mean, state.moving_variance, gamma, beta
+        new_state, used = state, Normalization(mean, variance, gamma, beta)
+    y = _normalize_per_channel(x_compute, mean, variance, offset, scale, options, plan, xp)
+    return astype(y, x.dtype, xp), new_state, used
+
+
+def _legacy_step(
+    x: Any,
+    state: BatchNormState,
+    batch_weights: Any,
+    options: LayerOptions,
+    plan: LayerPlan,
+    xp: Namespace,
+) -> tuple[Any, BatchNormState, Normalization]:
+    """tf-slim's own composite: (weighted) moments and zero-debias, input-dtype variables."""
+    if options.is_training:
+        # tf.nn.(weighted_)moments: float16 in float32, bfloat16 in bfloat16, rounded back.
+        x_moments = astype(x, compute_dtype(xp, x.dtype, ComputeRule.MOMENTS), xp)
+        weights = None
+        if batch_weights is not None:
+            weights = xp.reshape(batch_weights, (-1,) + (1,) * (x.ndim - 1))
+        mean, variance = _batch_statistics(x_moments, plan, options, xp, weights)
+        mean, variance = astype(mean, x.dtype, xp), astype(variance, x.dtype, xp)
+        new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
+            moving_variance=moving_average(
+                state.moving_variance, variance, options.decay, "python", xp=xp
+            )
+        )
+    else:
+        mean, variance, new_state = state.moving_mean, state.moving_variance, state
+    y = _normalize_per_channel(x, mean, variance, state.beta, state.gamma, options, plan, xp)
+    return y, new_state, Normalization(mean, variance, state.gamma, state.beta)
+
+
+def _batch_statistics(
+    x: Any, plan: LayerPlan, options: LayerOptions, xp: Namespace, weights: Any = None
+) -> tuple[Any, Any]:
+    """``[C]`` mean and biased variance of the (global) batch; 0 for zero total weight."""
+    summary = two_pass_moments(
+        x, plan.axes, xp=xp, weights=weights, reducer=options.cross_replica_sum,
+        empty="nan" if weights is None else "zero",
+    )
+    variance = biased_variance(summary, empty="nan" if weights is None else "zero", xp=xp)
+    return xp.reshape(summary.mean, (-1,)), xp.reshape(variance, (-1,))
+
+
+def _normalize_per_channel(
+    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, options: LayerOptions,
+    plan: LayerPlan, xp: Namespace,
+) -> Any:
+    """``tf.nn.batch_normalization`` with ``[C]`` parameters broadcast along the channel axis."""
+    mean_b, variance_b, offset_b, scale_b = (
+        None if value is None else _layout.per_channel(value, x.ndim, plan.channel, xp)
+        for value in (mean, variance, offset, scale)
+    )
+    return normalize(x, mean_b, variance_b, offset_b, scale_b, options.epsilon, xp=xp)
+
+
+def _update_moving_mean(
+    state: BatchNormState, batch_mean: Any, options: LayerOptions, rounding: WeightRounding, xp: Namespace
+) -> BatchNormState:
+    """The moving mean's update, zero-debiased when asked."""
+    if not options.zero_debias_moving_mean:
+        return state._replace(
+            moving_mean=moving_average(state.moving_mean, batch_mean, options.decay, rounding, xp=xp)
+        )
+    unbiased, biased, step = zero_debiased_average(
+        state.moving_mean_biased, state.local_step, batch_mean, options.decay, xp=xp
+    )
+    return state._replace(moving_mean=unbiased, moving_mean_biased=biased, local_step=step)

@@ -1,0 +1,171 @@
+"""The package's structure: small modules, imports at the top, one options source, fast paths
+that take their generic kernel's parameters, and a public API that does not move."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import bn_portable as bn
+from bn_portable import _grad, _layer, _recalibrate
+from bn_portable._native import Kernel
+from bn_portable._tf import _options, _variables
+
+PACKAGE = Path(bn.__file__).parent
+
+#: Libraries a function may import where it needs them: optional extras, and the
+#: fast-path modules that import them.
+OPTIONAL = ("torch", "jax", "dask", "numpy", "tqdm", "h5py", "_torch", "_numpy")
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_400_lines(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= 400, f"{path.name} has {lines} lines"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_functions_import_only_optional_libraries(path: Path) -> None:
+    """An import inside a function hides a dependency (and once hid three import cycles)."""
+    tree = ast.parse(path.read_text())
+    for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.ImportFrom):  # relative: the modules of this package
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+            else:
+                continue
+            roots = {name.split(".")[0] for name in names}
+            assert roots <= set(OPTIONAL), (
+                f"{path.name}:{node.lineno} imports {sorted(roots)} inside {function.name}"
+            )
+
+
+def test_nothing_reflects_on_batch_norms_signature() -> None:
+    for path in _modules():
+        assert "inspect.signature" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("function", [bn.batch_norm, bn.batch_norm_vjp], ids=lambda f: f.__name__)
+def test_layer_signatures_spell_out_the_one_options_list(function) -> None:
+    """``batch_norm`` and ``batch_norm_vjp`` keep explicit signatures; they must match DEFAULTS."""
+    keywords = {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "batch_weights"
+    }
+    assert list(keywords) == list(_options.DEFAULTS)
+    assert keywords == dict(_options.DEFAULTS)
+    assert list(_options.DEFAULTS) == [f.name for f in _options.LayerOptions.__dataclass_fields__.values()]
+
+
+def test_every_caller_takes_the_options_from_the_one_list() -> None:
+    assert set(_recalibrate._OPTIONS) | {"cross_replica_sum"} == set(_options.DEFAULTS)
+    assert set(_variables.PORTABLE_OPTIONS) | {"is_training"} == set(_options.DEFAULTS)
+    assert _layer.layer_options is _grad.layer_options is _options.layer_options
+
+
+def _generic_kernels() -> dict[Kernel, object]:
+    found = {}
+    for info in pkgutil.iter_modules([str(PACKAGE / "_kernels")]):
+        module = importlib.import_module(f"bn_portable._kernels.{info.name}")
+        for value in vars(module).values():
+            kernel = getattr(value, "kernel", None)
+            if isinstance(kernel, Kernel):
+                found[kernel] = value.generic
+    return found
+
+
+def test_every_kernel_has_a_generic_definition() -> None:
+    assert set(_generic_kernels()) == set(Kernel)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_fast_paths_take_their_generic_kernels_parameters(library: str) -> None:
+    pytest.importorskip(library)
+    module = importlib.import_module(f"bn_portable._native._{library}")
+    generic = _generic_kernels()
+    assert module.KERNELS, f"{library} serves no kernel"
+    for kernel, fast in module.KERNELS.items():
+        expected = [(p.name, p.kind) for p in inspect.signature(generic[kernel]).parameters.values()]
+        actual = [(p.name, p.kind) for p in inspect.signature(fast).parameters.values()]
+        assert actual == expected, f"{library}'s {kernel.name}"
+        assert expected[-1] == ("xp", inspect.Parameter.KEYWORD_ONLY)
+
+
+def test_only_libraries_with_a_fast_path_module_are_dispatched() -> None:
+    """No hook for a module that does not exist (CuPy, JAX, Dask run the generic kernels)."""
+    source = (PACKAGE / "_native" / "__init__.py").read_text()
+    assert "import importlib" not in source and "_cupy" not in source
+    existing = {p.stem for p in (PACKAGE / "_native").iterdir()}
+    for name in ("_torch", "_numpy"):
+        assert name in existing
+
+
+#: The public API, frozen: names and signatures as released. A change here is a
+#: change of the public API and must be deliberate.
+PUBLIC_SIGNATURES = {
+    "batch_normalization": "(x, mean, variance, offset, scale, variance_epsilon)",
+    "moments": "(x, axes, *, shift=None, keepdims=False, cross_replica_sum=None)",
+    "weighted_moments": "(x, axes, frequency_weights, *, keepdims=False, cross_replica_sum=None)",
+    "fused_batch_norm": (
+        "(x, scale, offset, mean=None, variance=None, *, epsilon=0.001, data_format='NHWC', "
+        "is_training=True, exponential_avg_factor=1.0)"
+    ),
+    "fused_batch_norm_grad": (
+        "(dy, x, scale, mean, variance, *, epsilon=0.001, data_format='NHWC', is_training=True)"
+    ),
+    "partial_moments": "(x, axes, *, frequency_weights=None)",
+    "merge_moments": "(*parts)",
+    "recalibrate": "(batches, state, *, cross_replica_sum=None, progress=False, **options)",
+    "fast_paths": "(enabled)",
+    "fast_paths_enabled": "()",
+}
+_LAYER = (
+    "(x, state=None, *, decay=0.999, center=True, scale=False, epsilon=0.001, activation_fn=None, "
+    "param_initializers=None, is_training=True, batch_weights=None, fused=False, data_format='NHWC', "
+    "zero_debias_moving_mean=False, renorm=False, renorm_clipping=None, renorm_decay=0.99, "
+    "cross_replica_sum=None, skip_nonfinite=False)"
+)
+PUBLIC_SIGNATURES["batch_norm"] = PUBLIC_SIGNATURES["batch_norm_vjp"] = _LAYER
+
+PUBLIC_NAMES = [
+    "BatchNormState", "PartialMoments", "__version__", "batch_norm", "batch_norm_vjp",
+    "batch_normalization", "fast_paths", "fast_paths_enabled", "fused_batch_norm",
+    "fused_batch_norm_grad", "merge_moments", "moments", "partial_moments", "recalibrate",
+    "weighted_moments",
+]
+
+
+def test_the_public_names_do_not_move() -> None:
+    assert sorted(bn.__all__) == sorted(PUBLIC_NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_SIGNATURES))
+def test_the_public_signatures_do_not_move(name: str) -> None:
+    signature = inspect.signature(getattr(bn, name))
+    unannotated = signature.replace(
+        parameters=[p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()],
+        return_annotation=inspect.Signature.empty,
+    )
+    assert str(unannotated) == PUBLIC_SIGNATURES[name]
+
+
+def test_state_fields_do_not_move() -> None:
+    assert bn.BatchNormState._fields == (
+        "beta", "gamma", "moving_mean", "moving_variance", "moving_mean_biased", "local_step",
+        "moving_stddev", "renorm_mean", "renorm_stddev", "skipped_steps",
+    )
+    assert bn.PartialMoments._fields == ("count", "mean", "m2")
