@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._lib._backends import divides_numbers_as_arrays
+from .._lib._backends import compiling, divides_numbers_as_arrays
 from .._lib._compat import device
-from .._lib._dtypes import astype, is_half, scalar
+from .._lib._dtypes import astype, dtype_name, is_half, round_to_float32, scalar
 from .._lib._numerics import divide_no_nan
 from .._lib._sums import accurate_sum
 from .._lib._typing import CrossReplicaSum, EmptyStatistics, Namespace, Rounding
@@ -120,7 +120,7 @@ def per_count(
         elif rounding == "divide":  # as the synchronized path divides: by a full array
             quotient = value / xp.full(value.shape, float(count), dtype=value.dtype, device=device(value))
         else:
-            quotient = value * scalar(xp, 1.0 / count, value.dtype, device(value))
+            quotient = value * _reciprocal(count, value, xp)
     else:
         count = astype(count, value.dtype, xp)
         if empty == "zero" and rounding == "divide":
@@ -132,6 +132,19 @@ def per_count(
             fill = xp.full_like(quotient, math.nan if empty == "nan" else 0.0)
             quotient = xp.where(is_empty, fill, quotient)
     return xp.astype(quotient, dtype) if half else quotient
+
+
+def _reciprocal(count: int, value: Any, xp: Namespace) -> Any:
+    """``1/n`` rounded to value's dtype, to multiply by (TensorFlow's fused kernel's constant).
+
+    For float32, a Python float holding that float32 value: multiplying by it
+    gives the bits the float32 constant would, on every backend, with no array
+    to make. A 0-d array for other dtypes, and while PyTorch's compiler traces
+    (where the count may be symbolic).
+    """
+    if dtype_name(value.dtype) == "float32" and not compiling(xp):
+        return round_to_float32(1.0 / count)
+    return scalar(xp, 1.0 / count, value.dtype, device(value))
 
 
 def biased_variance(

@@ -41,6 +41,13 @@ def fused_inference(
     x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: float, channel: int, *, xp: Namespace
 ) -> Any:
     """The fused kernel with given ``[C]`` statistics: y, rounded once to x's dtype."""
+    return _fused_formula(x, scale, offset, mean, variance, epsilon, channel, xp=xp)
+
+
+def _fused_formula(
+    x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: float, channel: int, *, xp: Namespace
+) -> Any:
+    """``fused_inference``'s generic definition (which the generic training kernel shares)."""
     x32 = astype(x, xp.float32, xp)
     mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
     y = fused_affine(
@@ -56,8 +63,7 @@ def fused_training_core(
 ) -> tuple[Any, Any, Any, Any]:
     """y, batch mean, biased batch variance (``[C]``, float32) and the element count per channel."""
     batch_mean, biased_variance, count = fused_statistics(x, channel, xp=xp)
-    # With the statistics known, y is the inference formula (a fast path may compute it).
-    y = fused_inference(x, scale, offset, batch_mean, biased_variance, epsilon, channel, xp=xp)
+    y = _fused_formula(x, scale, offset, batch_mean, biased_variance, epsilon, channel, xp=xp)
     return y, batch_mean, biased_variance, count
 
 

@@ -57,17 +57,28 @@ def library_name(xp: Namespace) -> str:
     return module_name.rpartition("array_api_compat.")[2].removesuffix(".array").split(".")[0]
 
 
-def summation(xp: Namespace) -> Summation:
-    """The summation strategy of ``xp`` (a pure function of the namespace).
+#: ``summation``'s answers by namespace name: every generic sum asks.
+_SUMMATION: dict[str, Summation] = {}
 
-    Not ``functools.lru_cache``'d: torch.compile warns about every cached function
-    it traces, and the namespace checks are set lookups, as fast as a cache.
+
+def summation(xp: Namespace) -> Summation:
+    """The summation strategy of ``xp`` (a pure function of the namespace, remembered by name).
+
+    A plain dictionary rather than ``functools.lru_cache``, which torch.compile
+    warns about wherever it traces a call of one.
     """
+    try:
+        return _SUMMATION[xp.__name__]
+    except KeyError:
+        pass
     if is_numpy_namespace(xp) or is_array_api_strict_namespace(xp):
-        return Summation.WIDEN
-    if is_dask_namespace(xp):
-        return Summation.WIDEN_PER_BLOCK
-    return Summation.NATIVE
+        strategy = Summation.WIDEN
+    elif is_dask_namespace(xp):
+        strategy = Summation.WIDEN_PER_BLOCK
+    else:
+        strategy = Summation.NATIVE
+    _SUMMATION[xp.__name__] = strategy
+    return strategy
 
 
 def compiling(xp: Namespace) -> bool:

@@ -80,29 +80,43 @@ is_numpy_namespace = _named("numpy")
 is_torch_namespace = _named("torch")
 
 
-def _tensor_type() -> Any:
-    """``torch.Tensor``, or None while PyTorch is not imported (then no array is a tensor)."""
-    torch = sys.modules.get("torch")
-    return None if torch is None else torch.Tensor
-
-
 def array_namespace(*arrays: Any, **options: Any) -> Any:
-    tensor = _tensor_type()
-    if tensor is not None and arrays and not options and all(isinstance(a, tensor) for a in arrays):
-        namespace = sys.modules.get(_COMPAT_PACKAGE + ".torch")
-        if namespace is not None:  # imported by the first (eager) call below
-            return namespace
+    """array-api-compat's ``array_namespace``; a plain NumPy array or PyTorch tensor answered directly.
+
+    The direct answers are what array-api-compat gives for those types (its
+    wrapper namespace, imported by the first call), without its cached checks.
+    """
+    if len(arrays) == 1 and not options:
+        found = _direct_namespace(arrays[0])
+        if found is not None:
+            return found
     return _compat.array_namespace(*arrays, **options)
 
 
+def _direct_namespace(array: Any) -> Any:
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and type(array) is numpy.ndarray:
+        return sys.modules.get(_COMPAT_PACKAGE + ".numpy")
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(array, torch.Tensor):
+        return sys.modules.get(_COMPAT_PACKAGE + ".torch")
+    return None
+
+
 def device(x: Any) -> Any:
-    tensor = _tensor_type()
-    return x.device if tensor is not None and isinstance(x, tensor) else _compat.device(x)
+    """array-api-compat's ``device``; a PyTorch tensor's and a plain NumPy array's answered directly."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.device
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and type(x) is numpy.ndarray:
+        return "cpu"
+    return _compat.device(x)
 
 
 def is_array_api_obj(x: Any) -> bool:
-    tensor = _tensor_type()
-    return (tensor is not None and isinstance(x, tensor)) or bool(_compat.is_array_api_obj(x))
+    torch = sys.modules.get("torch")
+    return (torch is not None and isinstance(x, torch.Tensor)) or bool(_compat.is_array_api_obj(x))
 
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import struct
 from typing import Any
@@ -99,12 +100,15 @@ def tf_constant(xp: Namespace, value: float, dtype: Any, device: Device) -> Any:
     return xp.astype(as_float32, dtype) if dtype != xp.float32 else as_float32
 
 
+@functools.lru_cache(maxsize=1024)
 def round_to_float32(value: float) -> float:
     """``value`` rounded to the nearest float32 (as a Python float, exactly that float32).
 
     A Python float holding a float32 value multiplies a float32 or float64 array
     to the same bits on every backend, whatever precision it computes in (the
     exact product fits a double), so such constants need no 0-d array (and no
-    array operation) per call.
+    array operation) per call. Remembered (a pure function of a float): a
+    training loop asks for the same few constants on every step; it is never
+    called while PyTorch's compiler traces, where those constants are 0-d arrays.
     """
     return float(struct.unpack("f", struct.pack("f", value))[0])

@@ -36,11 +36,19 @@ __all__ = ["Kernel", "fast_path", "fast_paths", "fast_paths_enabled", "overridab
 
 
 
+#: The fast-path module of each namespace (by name), or None: a pure function of
+#: the namespace, remembered because every kernel call asks.
+_MODULES: dict[str, Any] = {}
+
+
 def fast_path(kernel: Kernel, xp: Namespace) -> Callable[..., Any] | None:
     """The fast path serving ``kernel`` for ``xp``'s library, or None (none, or switched off)."""
-    module = _fast_path_module(xp)
-    # A module may say how its library reads the switch (``enabled``).
-    if module is None or not getattr(module, "enabled", fast_paths_enabled)():
+    try:
+        module = _MODULES[xp.__name__]
+    except KeyError:
+        module = _MODULES.setdefault(xp.__name__, _fast_path_module(xp))
+    # Each module says how its library reads the switch (``enabled``).
+    if module is None or not module.enabled():
         return None
     found: Callable[..., Any] | None = module.KERNELS.get(kernel)
     return found

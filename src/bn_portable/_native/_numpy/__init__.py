@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from .._registry import Kernel
+from .._switch import fast_paths_enabled
 from . import _elementwise, _reductions
 from ._eligibility import (
     MOMENT_DTYPES,
@@ -197,6 +198,9 @@ def _plan_along(x: Any, axis: int) -> tuple[tuple[int, ...], Any]:
 
 
 #: The kernels served here (``bn_portable._native.fast_path`` looks them up).
+#: The fast-path switch (the dispatcher asks each fast-path module).
+enabled = fast_paths_enabled
+
 KERNELS = {
     Kernel.FUSED_TRAINING: fused_training_core,
     Kernel.FUSED_INFERENCE: fused_inference,
