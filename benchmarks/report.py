@@ -543,8 +543,9 @@ def render(payload: dict, json_name: str) -> str:
         " pairwise sums or BLAS products over at most 4096 values, running sums of at"
         " most 1024), rounded once. Bit-identical to the generic kernels for"
         " inference and `tf.nn.batch_normalization`, and for training within about"
-        " 1.5 ulps of the exactly rounded statistics at 10⁵ values per channel. Worker"
-        " threads are opt-in (`BN_PORTABLE_NUM_THREADS`).",
+        " 1.5 ulps of the exactly rounded statistics at 10⁵ values per channel. Large"
+        " inference, moments and backward calls share their blocks among threads"
+        " (`BN_PORTABLE_NUM_THREADS`, one per usable CPU by default).",
         "- PyTorch (`_native/_torch.py`): PyTorch's statistics kernel where it is"
         " accurate (contiguous float32 NCHW), two blocked `torch.sum` passes"
         " elsewhere, then TensorFlow's unfolded formula for y in one blocked pass,"

@@ -1,4 +1,4 @@
-"""The NumPy fast paths' threads: opt-in, same bits for any thread count, errors surface."""
+"""The NumPy fast paths' threads: one per usable CPU by default, same bits for any count, errors surface."""
 
 from __future__ import annotations
 
@@ -96,22 +96,21 @@ def test_a_bad_thread_count_setting_is_named(monkeypatch, setting):
         _threads.thread_count()
 
 
-def test_threads_are_opt_in(monkeypatch):
-    """Unset or empty: the calling thread alone; ``BN_PORTABLE_NUM_THREADS=N`` turns them on."""
+def test_thread_count_defaults_to_the_usable_cpus(monkeypatch):
     monkeypatch.delenv("BN_PORTABLE_NUM_THREADS", raising=False)
-    assert _threads.thread_count() == 1
+    assert _threads.thread_count() == _threads._usable_cpus() >= 1
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", " ")
-    assert _threads.thread_count() == 1
+    assert _threads.thread_count() == _threads._usable_cpus()
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "3")
     assert _threads.thread_count() == 3
 
 
-def test_no_kernel_hands_work_to_the_pool_by_default(small_blocks, monkeypatch):
+def test_one_thread_keeps_the_work_in_the_calling_thread(small_blocks, monkeypatch):
     submitted = []
     submit = _threads._submit
     monkeypatch.setattr(_threads, "_submit", lambda *args: submitted.append(1) or submit(*args))
     x = np.random.default_rng(4).normal(size=(6, 9, 7, 20)).astype(np.float32)
-    monkeypatch.delenv("BN_PORTABLE_NUM_THREADS", raising=False)
+    monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "1")
     assert all(output is not NotImplemented for output in _kernel_outputs(x, 1))
     assert not submitted
     monkeypatch.setenv("BN_PORTABLE_NUM_THREADS", "2")

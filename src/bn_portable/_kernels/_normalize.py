@@ -41,20 +41,8 @@ def fused_inference(
     x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: float, channel: int, *, xp: Namespace
 ) -> Any:
     """The fused kernel with given ``[C]`` statistics: y, rounded once to x's dtype."""
-    return _fused_formula(x, scale, offset, mean, variance, epsilon, channel, xp=xp)
-
-
-def _fused_formula(
-    x: Any, scale: Any, offset: Any, mean: Any, variance: Any, epsilon: float, channel: int, *, xp: Namespace
-) -> Any:
-    """``fused_inference``'s generic definition (which the generic training kernel shares)."""
     x32 = astype(x, xp.float32, xp)
-    mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
-    y = fused_affine(
-        x32, mean_b=mean_b, variance=variance, scale=scale, offset=offset, epsilon=epsilon,
-        rank=x.ndim, channel=channel, xp=xp,
-    )
-    return xp.astype(y, x.dtype)
+    return _fused_formula(x32, x.dtype, scale, offset, mean, variance, epsilon, channel, xp=xp)
 
 
 @overridable(Kernel.FUSED_TRAINING)
@@ -62,9 +50,31 @@ def fused_training_core(
     x: Any, scale: Any, offset: Any, epsilon: float, channel: int, *, xp: Namespace
 ) -> tuple[Any, Any, Any, Any]:
     """y, batch mean, biased batch variance (``[C]``, float32) and the element count per channel."""
-    batch_mean, biased_variance, count = fused_statistics(x, channel, xp=xp)
-    y = _fused_formula(x, scale, offset, batch_mean, biased_variance, epsilon, channel, xp=xp)
+    x32 = astype(x, xp.float32, xp)  # once: a half batch is widened for both passes
+    batch_mean, biased_variance, count = fused_statistics(x32, channel, xp=xp)
+    y = _fused_formula(x32, x.dtype, scale, offset, batch_mean, biased_variance, epsilon, channel, xp=xp)
     return y, batch_mean, biased_variance, count
+
+
+def _fused_formula(
+    x32: Any,
+    dtype: Any,
+    scale: Any,
+    offset: Any,
+    mean: Any,
+    variance: Any,
+    epsilon: float,
+    channel: int,
+    *,
+    xp: Namespace,
+) -> Any:
+    """The fused kernel's y from float32 x and ``[C]`` statistics, rounded once to ``dtype``."""
+    mean_b = _layout.per_channel(mean, x32.ndim, channel, xp)
+    y = fused_affine(
+        x32, mean_b=mean_b, variance=variance, scale=scale, offset=offset, epsilon=epsilon,
+        rank=x32.ndim, channel=channel, xp=xp,
+    )
+    return astype(y, dtype, xp)
 
 
 def fused_training(

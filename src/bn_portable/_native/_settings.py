@@ -3,8 +3,8 @@
 - ``BN_PORTABLE_FAST_PATHS``: a boolean (``1``/``0``, ``true``/``false``,
   ``on``/``off``, ``yes``/``no``, any case, surrounding spaces ignored); unset
   or empty means on. Read once, when bn_portable is imported.
-- ``BN_PORTABLE_NUM_THREADS``: a positive integer, the worker threads the NumPy
-  fast paths may use; unset or empty means none besides the calling thread.
+- ``BN_PORTABLE_NUM_THREADS``: a positive integer, the threads the NumPy fast
+  paths may use; unset or empty means the number of CPUs this process may run on.
 
 Anything else is a ``ValueError`` naming the variable, raised on first use (the
 import, for both: a typo must not wait for the first large call to show up),
