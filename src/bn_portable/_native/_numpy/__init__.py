@@ -32,9 +32,9 @@ the shape), ``_reductions`` (sums), ``_elementwise`` (output passes),
 taken; everything else returns ``NotImplemented`` for the generic path).
 
 Threads: the blocks of the inference, ``normalize``, moments and backward
-kernels are shared among ``BN_PORTABLE_NUM_THREADS`` threads when it is set
-(``_threads`` says why they are off by default); the blocking, and so every
-result, is the same for any number of threads.
+kernels are shared among threads, one per usable CPU unless
+``BN_PORTABLE_NUM_THREADS`` says otherwise (``_threads`` has the measurements);
+the blocking, and so every result, is the same for any number of threads.
 
 Limits: NumPy's float16 conversion is scalar code (about 1.2 ns per value
 each way), so float16 input is dominated by widening and narrowing; the

@@ -74,16 +74,10 @@ class Plan:
     blocks_per_chunk: int
     segment: int
     threads: int
-
-    @property
-    def count(self) -> int:
-        """Values per channel."""
-        return self.outer * self.inner
-
-    @property
-    def width(self) -> int:
-        """Values per row (``C·S``)."""
-        return self.channels * self.inner
+    #: Values per channel (``A·S``).
+    count: int
+    #: Values per row (``C·S``); fields, not properties: the block loops read them often.
+    width: int
 
 
 def plan_for(shape: tuple[int, ...], channel: int, itemsize: int, *, shared: bool) -> Plan:
@@ -109,6 +103,8 @@ def plan_for(shape: tuple[int, ...], channel: int, itemsize: int, *, shared: boo
         blocks_per_chunk=BLOCKS_PER_CHUNK,
         segment=SEGMENT,
         threads=_threads.thread_count() if shared and size >= SMALLEST_SHARED_INPUT else 1,
+        count=outer * inner,
+        width=channels * inner,
     )
 
 
