@@ -63,15 +63,35 @@ def two_pass_moments(
     ``reducer`` sums over replicas, for the statistics of the global batch.
     """
     count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
-    known = count == count  # NaN: a Dask array with unknown chunk sizes
-    if weights is None and reducer is None and known and count > 0 and rounding == "divide":
-        # A local batch: the one case a library's fast path serves (same two passes).
+    if weights is None and reducer is None and count == count and count > 0 and rounding == "divide":
+        # A local batch of known size: the one case a library's fast path serves.
         mean, m2 = local_moments(x, axes, xp=xp)
         return Moments(count, mean, m2)
+    return _two_passes(x, axes, xp, weights, reducer, rounding, empty)
+
+
+@overridable(Kernel.LOCAL_MOMENTS)
+def local_moments(x: Any, axes: tuple[int, ...], *, xp: Namespace) -> tuple[Any, Any]:
+    """``(sum / n, Σ(x − mean)²)`` keepdims, for a local batch of known size n > 0."""
+    summary = _two_passes(x, axes, xp, None, None, "divide", "nan")
+    return summary.mean, summary.m2
+
+
+def _two_passes(
+    x: Any,
+    axes: tuple[int, ...],
+    xp: Namespace,
+    weights: Any,
+    reducer: CrossReplicaSum | None,
+    rounding: Rounding,
+    empty: EmptyStatistics,
+) -> Moments:
+    """``two_pass_moments``' arithmetic, every case (the fast path's generic definition too)."""
+    count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
     if weights is not None:
         weights = xp.broadcast_to(xp.astype(weights, x.dtype), x.shape)
         count = accurate_sum(weights, axes, xp, keepdims=True)
-    elif reducer is not None or not known:
+    elif reducer is not None or count != count:  # NaN: a Dask array with unknown chunk sizes
         count = _count_array(x, axes, count, xp)
     total = accurate_sum(x if weights is None else weights * x, axes, xp, keepdims=True)
     if reducer is not None:
@@ -86,16 +106,6 @@ def two_pass_moments(
     if reducer is not None:
         (m2,) = sum_across(reducer, [m2], xp=xp)
     return Moments(count, mean, m2)
-
-
-@overridable(Kernel.LOCAL_MOMENTS)
-def local_moments(x: Any, axes: tuple[int, ...], *, xp: Namespace) -> tuple[Any, Any]:
-    """``(sum / n, Σ(x − mean)²)`` keepdims, for a local batch of known size n > 0."""
-    count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
-    total = accurate_sum(x, axes, xp, keepdims=True)
-    mean = per_count(total, count, rounding="divide", empty="nan", xp=xp)
-    centered = x - mean
-    return mean, accurate_sum(centered * centered, axes, xp, keepdims=True)
 
 
 def per_count(
