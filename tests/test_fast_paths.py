@@ -744,3 +744,63 @@ def test_training_and_inference_agree_once_the_moving_statistics_converge(librar
 
 def _np_any(array):
     return array if isinstance(array, np.ndarray) else _np(array)
+
+
+# torch local_moments: batches of at least 2^16 values, NCHW, NHWC and [N, C].
+TORCH_MOMENT_LAYOUTS = [((16, 32, 12, 12), 1), ((16, 12, 12, 32), 3), ((4096, 24), 1)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("shape", "channel"), TORCH_MOMENT_LAYOUTS)
+def test_torch_local_moments_are_accurate(torch_fast, shape, channel, dtype):
+    """Mean and m2 within a few ulps of float64, |mean|/σ = 1e4 included, and of the generic kernel's."""
+    from bn_portable._kernels import _moments
+
+    xp = _torch_xp()
+    axes = tuple(axis for axis in range(len(shape)) if axis != channel)
+    for loc in (0.5, 1e4):
+        x = np.random.default_rng(11).normal(loc, 1.0, shape)
+        tensor = _to_torch(x, "float32").to(getattr(__import__("torch"), dtype))
+        # The reference in extended precision (float64 data included, where NumPy's own
+        # float64 sums would be a few epsilons off themselves).
+        x64 = tensor.double().numpy().astype(np.longdouble)
+        mean, m2 = torch_fast.local_moments(tensor, axes, xp=xp)
+        generic_mean, generic_m2 = _moments.local_moments.generic(tensor, axes, xp=xp)
+        mean64 = x64.mean(axis=axes, keepdims=True)
+        m2_64 = ((x64 - mean64) ** 2).sum(axis=axes, keepdims=True)
+        eps = float(np.finfo(dtype).eps)
+        assert tuple(mean.shape) == tuple(generic_mean.shape) == mean64.shape
+        assert np.all(np.abs(mean.double().numpy() - mean64) <= 2 * eps * np.abs(mean64) + 2 * eps)
+        # m2 inherits the mean's rounding, squared: eps·|mean|/σ relative, as any two-pass variance.
+        bound = 4 * eps * m2_64 * (1 + loc)
+        assert np.all(np.abs(m2.double().numpy() - m2_64) <= bound)
+        assert np.all(np.abs(generic_m2.double().numpy() - m2_64) <= bound)
+
+
+def test_torch_local_moments_differentiate_as_the_generic_kernel(torch_fast):
+    torch = pytest.importorskip("torch")
+    from bn_portable._kernels import _moments
+
+    xp = _torch_xp()
+    x = torch.randn(16, 32, 12, 12, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(1, 32, 1, 1, dtype=torch.float64)
+    grads = []
+    for kernel in (torch_fast.local_moments, _moments.local_moments.generic):
+        mean, m2 = kernel(x, (0, 2, 3), xp=xp)
+        (gradient,) = torch.autograd.grad(((mean + m2) * weights).sum(), x, create_graph=True)
+        (second,) = torch.autograd.grad((gradient * gradient).sum(), x)
+        grads.append((gradient.detach(), second))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-10, atol=1e-10)
+
+
+def test_torch_local_moments_decline_what_they_do_not_cover(torch_fast):
+    torch = pytest.importorskip("torch")
+    xp = _torch_xp()
+    big = torch.randn(16, 32, 12, 12)
+    assert torch_fast.local_moments(big[:2], (0, 2, 3), xp=xp) is NotImplemented  # small
+    assert torch_fast.local_moments(big.half(), (0, 2, 3), xp=xp) is NotImplemented
+    assert torch_fast.local_moments(big, (0, 1, 3), xp=xp) is NotImplemented  # channel on axis 2
+    assert torch_fast.local_moments(big, (0, 2), xp=xp) is NotImplemented  # two kept axes
+    channels_last = big.to(memory_format=torch.channels_last)
+    assert torch_fast.local_moments(channels_last, (0, 2, 3), xp=xp) is NotImplemented

@@ -57,9 +57,9 @@ much as the arithmetic). The elementwise pass is bit-identical (same
 operations, same order, written into the output); the product sum adds the
 same terms in another order (float64 totals of block sums).
 
-``local_moments`` keeps the generic kernel: ``torch.var_mean`` is not faster
-than the generic two-pass expression for these layouts (many times slower for
-a channels-last reduction on CPU). ``normalize`` computes exactly the generic
+``local_moments`` (``_torch_moments``) sums over a channel-grouped view of the
+batch, the generic kernel's two passes (``torch.var_mean`` is not faster, and many
+times slower for a channels-last reduction on CPU). ``normalize`` computes exactly the generic
 expression but adds the shift in place into the product instead of allocating
 a second full-size result: bit-identical, one allocation and one pass fewer.
 """
@@ -76,6 +76,7 @@ from .._lib._numerics import rsqrt
 from .._lib._typing import Namespace
 from ._registry import Kernel
 from ._switch import fast_paths_enabled
+from ._torch_moments import local_moments
 
 
 # torch.compiler's decorators are not annotated; enabled stays () -> bool.
@@ -386,6 +387,7 @@ def _channels_back(y: Tensor, channel: int) -> Any:
 KERNELS = {
     Kernel.FUSED_TRAINING: fused_training_core,
     Kernel.FUSED_INFERENCE: fused_inference,
+    Kernel.LOCAL_MOMENTS: local_moments,
     Kernel.NORMALIZE: normalize,
     Kernel.GRADIENT_SUMS: gradient_sums,
     Kernel.GRADIENT_INPUT: gradient_input,
