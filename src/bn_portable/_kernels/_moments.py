@@ -13,8 +13,10 @@ global batch, never rebuilt from per-shard variances.
 The caller picks the compute dtype (``_lib._dtypes.ComputeRule``) and casts x
 before the call, and says how the count divides (``Rounding``) and what an
 empty batch gives (``EmptyStatistics``). With a reducer that is the identity
-(one replica) the result is bit-identical to the local one: the same
-operations on the same values, the count merely being an array.
+(one replica) the result is bit-identical to the local one computed by this
+kernel: the same operations on the same values, the count merely being an
+array. (A library's fast path, which serves large local batches only, adds in
+another order: within the accuracy contract, not bit for bit.)
 
 Every sum goes through ``accurate_sum``.
 """
@@ -89,7 +91,7 @@ def _two_passes(
     """``two_pass_moments``' arithmetic, every case (the fast path's generic definition too)."""
     count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
     if weights is not None:
-        weights = xp.broadcast_to(xp.astype(weights, x.dtype), x.shape)
+        weights = xp.broadcast_to(astype(weights, x.dtype, xp), x.shape)
         count = accurate_sum(weights, axes, xp, keepdims=True)
     elif reducer is not None or count != count:  # NaN: a Dask array with unknown chunk sizes
         count = _count_array(x, axes, count, xp)

@@ -1,10 +1,11 @@
 """Every fact about one array library that the rest of the package needs, in one place.
 
-Only here do library names appear outside the fast paths: how each library's
-sums round (and so what ``accurate_sum`` must do), which arrays are not plain
-dense arrays, how to stop a gradient, whether PyTorch's compiler is tracing,
-what a Dask array's blocks are, and what describes an array completely enough
-for the call cache. Each answer depends on types and metadata, never on values.
+Only here do library names appear outside the fast paths (and ``_compat``,
+which answers array-api-compat's questions directly for NumPy arrays and
+PyTorch tensors): how each library's sums round (and so what ``accurate_sum``
+must do), which arrays are not plain dense arrays, how to stop a gradient,
+whether PyTorch's compiler is tracing, how XLA divides, what a Dask array's
+blocks are, and what describes an array completely enough for the call cache. Each answer depends on types and metadata, never on values.
 """
 
 from __future__ import annotations

@@ -5,17 +5,17 @@ one of its kernels for one library where that library can do the same
 arithmetic faster (each module says why it stays within the accuracy
 contract). A generic kernel declares which ``Kernel`` it is with
 ``@overridable(Kernel.X)``; the fast-path module of the input's library lists
-the kernels it serves in ``KERNELS`` and may return ``NotImplemented`` to hand
-a call back (an unsupported dtype or layout, an input too small to gain).
+the kernels it serves in ``KERNELS``, says how it reads the switch
+(``enabled``), and may return ``NotImplemented`` to hand a call back (an
+unsupported dtype or layout, an input too small to gain).
 PyTorch and NumPy have fast paths; every other library runs the generic kernels.
 
 ``fast_paths(False)`` (or ``BN_PORTABLE_FAST_PATHS=0`` in the environment)
 forces the generic path, which is how the conformance suite checks both.
 
 Inside ``torch.compile`` the switch is read once, when a function is traced,
-and its value is part of the compiled code (a fast-path module may say so with
-an ``enabled`` function, see ``_torch``): reading a ``ContextVar`` would break
-the graph. Compile again (``torch._dynamo.reset()``) after changing it for an
+and its value is part of the compiled code (``_torch.enabled``): reading a
+``ContextVar`` would break the graph. Compile again (``torch._dynamo.reset()``) after changing it for an
 already compiled function.
 """
 
