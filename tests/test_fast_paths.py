@@ -215,7 +215,9 @@ def test_numpy_local_moments_match_generic(numpy_fast, shape, channel, dtype):
     x, _, _ = _data(shape, channel, dtype)
     axes = _axes(x.ndim, channel)
     count = math.prod(shape[axis] for axis in axes)
-    fast = numpy_fast.local_moments(x, axes, xp=NP)
+    # float16 is summed in float32: the generic kernel's compute=float32 (the Keras layer's).
+    compute = np.float32 if dtype == "float16" else None
+    fast = numpy_fast.local_moments(x, axes, xp=NP, compute=compute)
     assert fast is not NotImplemented
     generic = _generic_local_moments(x, axes)
     for f, g in zip(fast, generic):
@@ -264,6 +266,23 @@ def test_numpy_normalize_is_bit_identical(numpy_fast, shape, channel, dtype, wit
     generic = _normalize.normalize.generic(x, mean, variance, offset, scale, EPSILON, xp=NP)
     np.testing.assert_array_equal(fast, generic)
     assert fast.dtype == generic.dtype
+
+
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+def test_numpy_normalize_widened_is_bit_identical(numpy_fast, shape, channel):
+    """float16 x in float32 (the Keras layer): widened block by block, rounded once, as the generic kernel."""
+    x, scale, offset = _data(shape, channel, "float16")
+    parameter_shape = [1] * len(shape)
+    parameter_shape[channel] = shape[channel]
+    mean = RNG.normal(0.5, 1.0, parameter_shape).astype(np.float32)
+    variance = RNG.uniform(0.5, 2.0, parameter_shape).astype(np.float32)
+    scale, offset = (v.reshape(parameter_shape).astype(np.float32) for v in (scale, offset))
+    arguments = (x, mean, variance, offset, scale, EPSILON)
+    fast = numpy_fast.normalize(*arguments, xp=NP, compute=np.float32)
+    assert fast is not NotImplemented and fast.dtype == np.float16
+    generic = _normalize.normalize.generic(*arguments, xp=NP, compute=np.float32)
+    np.testing.assert_array_equal(fast, generic)
+    assert numpy_fast.normalize(*arguments, xp=NP, compute=np.float64) is NotImplemented
 
 
 def test_numpy_normalize_with_scalar_and_trailing_parameters(numpy_fast):
@@ -457,6 +476,15 @@ def _np(tensor):
     return tensor.detach().to(torch.float32).cpu().numpy()
 
 
+def _small_torch_blocks(monkeypatch, torch_fast, block_elements):
+    """Cut even the small test inputs into several blocks (the blocked code of large CPU batches)."""
+    from bn_portable._native import _torch_moments
+
+    if block_elements:
+        monkeypatch.setattr(torch_fast, "_BLOCK_ELEMENTS", block_elements)
+        monkeypatch.setattr(_torch_moments, "BLOCK_ELEMENTS", block_elements)
+
+
 # The channels-last training path: small batches run PyTorch's kernel as it is,
 # larger ones get their statistics from torch.sum first.
 TORCH_LAYOUTS = [
@@ -466,9 +494,11 @@ TORCH_LAYOUTS = [
 ]
 
 
+@pytest.mark.parametrize("block_elements", [None, 64], ids=["whole", "blocks"])
 @pytest.mark.parametrize("dtype", TORCH_DTYPES)
 @pytest.mark.parametrize(("shape", "channel"), TORCH_LAYOUTS)
-def test_torch_fused_training_matches_generic(torch_fast, shape, channel, dtype):
+def test_torch_fused_training_matches_generic(torch_fast, monkeypatch, shape, channel, dtype, block_elements):
+    _small_torch_blocks(monkeypatch, torch_fast, block_elements)
     xp = _torch_xp()
     x, scale, offset = _data(shape, channel, "float32")
     xt, st, ot = _to_torch(x, dtype), _to_torch(scale, "float32"), _to_torch(offset, "float32")
@@ -485,9 +515,11 @@ def test_torch_fused_training_matches_generic(torch_fast, shape, channel, dtype)
     _assert_y_close(_np(y), _np(generic[0]), _np(xt), scale, offset, channel, dtype)
 
 
+@pytest.mark.parametrize("block_elements", [None, 64], ids=["whole", "blocks"])
 @pytest.mark.parametrize("dtype", TORCH_DTYPES)
 @pytest.mark.parametrize(("shape", "channel"), TORCH_LAYOUTS)
-def test_torch_fused_inference_matches_generic(torch_fast, shape, channel, dtype):
+def test_torch_fused_inference_matches_generic(torch_fast, monkeypatch, shape, channel, dtype, block_elements):
+    _small_torch_blocks(monkeypatch, torch_fast, block_elements)
     xp = _torch_xp()
     x, scale, offset = _data(shape, channel, "float32")
     channels = shape[channel]
@@ -651,6 +683,31 @@ def test_torch_normalize_is_bit_identical(torch_fast, dtype):
     np.testing.assert_array_equal(_np(fast), _np(generic))
 
 
+@pytest.mark.parametrize("block_elements", [None, 64], ids=["whole", "blocks"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_torch_normalize_widened_is_bit_identical(torch_fast, monkeypatch, layout, dtype, block_elements):
+    """Half x in float32 (the Keras layer), block by block into the output: the generic kernel's bits."""
+    torch = pytest.importorskip("torch")
+    if block_elements:
+        monkeypatch.setattr(torch_fast, "_BLOCK_ELEMENTS", block_elements)
+    xp = _torch_xp()
+    channel = 1 if layout == "NCHW" else 3
+    x, _, _ = _data((6, 4, 5, 3) if layout == "NCHW" else (6, 5, 3, 4), channel, "float32")
+    shape = [1, 1, 1, 1]
+    shape[channel] = 4
+    mean, variance, offset, scale = (
+        _to_torch(value, "float32").reshape(shape)
+        for value in (RNG.normal(size=4), RNG.uniform(0.5, 2, size=4), RNG.normal(size=4), RNG.uniform(0.5, 2, size=4))
+    )
+    arguments = (_to_torch(x, dtype), mean, variance, offset, scale, EPSILON)
+    fast = torch_fast.normalize(*arguments, xp=xp, compute=torch.float32)
+    assert fast is not NotImplemented
+    generic = _normalize.normalize.generic(*arguments, xp=xp, compute=torch.float32)
+    assert fast.dtype == generic.dtype == getattr(torch, dtype)
+    assert torch.equal(fast, generic)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 @pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
 @pytest.mark.parametrize("weighted", [False, True])
@@ -802,5 +859,38 @@ def test_torch_local_moments_decline_what_they_do_not_cover(torch_fast):
     assert torch_fast.local_moments(big.half(), (0, 2, 3), xp=xp) is NotImplemented
     assert torch_fast.local_moments(big, (0, 1, 3), xp=xp) is NotImplemented  # channel on axis 2
     assert torch_fast.local_moments(big, (0, 2), xp=xp) is NotImplemented  # two kept axes
-    channels_last = big.to(memory_format=torch.channels_last)
-    assert torch_fast.local_moments(channels_last, (0, 2, 3), xp=xp) is NotImplemented
+    strided = big[:, :, ::2]  # neither layout dense: the generic kernel
+    assert torch_fast.local_moments(strided, (0, 2, 3), xp=xp) is NotImplemented
+    # A half batch only widened to float32; float32 not narrowed.
+    assert torch_fast.local_moments(big.half(), (0, 2, 3), xp=xp, compute=torch.float64) is NotImplemented
+    assert torch_fast.local_moments(big, (0, 2, 3), xp=xp, compute=torch.float16) is NotImplemented
+
+
+@pytest.mark.parametrize("block_elements", [None, 4096], ids=["whole", "blocks"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC", "NCHW-channels-last", "rows"])
+def test_torch_local_moments_blocked_and_widened(torch_fast, monkeypatch, layout, dtype, block_elements):
+    """Every dense layout, half input widened (compute=float32), whole or in cache-sized
+    blocks: within a few ulps of the extended-precision moments of the widened values."""
+    torch = pytest.importorskip("torch")
+    from bn_portable._native import _torch_moments
+
+    if block_elements:
+        monkeypatch.setattr(_torch_moments, "BLOCK_ELEMENTS", block_elements)
+    xp = _torch_xp()
+    shape, channel = {"NHWC": ((16, 12, 12, 32), 3), "rows": ((4096, 24), 1)}.get(layout, ((16, 32, 12, 12), 1))
+    axes = tuple(axis for axis in range(len(shape)) if axis != channel)
+    for loc in (0.5, 1e3):
+        values = np.random.default_rng(5).normal(loc, 1.0, shape)
+        tensor = torch.from_numpy(values).to(getattr(torch, dtype))
+        if layout == "NCHW-channels-last":
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        compute = None if dtype == "float32" else torch.float32
+        mean, m2 = torch_fast.local_moments(tensor, axes, xp=xp, compute=compute)
+        assert mean.dtype == m2.dtype == torch.float32
+        x64 = tensor.double().numpy().astype(np.longdouble)  # the values as given, exactly
+        mean64 = x64.mean(axis=axes, keepdims=True)
+        m2_64 = ((x64 - mean64) ** 2).sum(axis=axes, keepdims=True)
+        eps = float(np.finfo(np.float32).eps)
+        assert np.all(np.abs(mean.double().numpy() - mean64) <= 2 * eps * np.abs(mean64) + 2 * eps)
+        assert np.all(np.abs(m2.double().numpy() - m2_64) <= 4 * eps * m2_64 * (1 + loc))

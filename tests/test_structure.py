@@ -99,10 +99,14 @@ def test_fast_paths_take_their_generic_kernels_parameters(library: str) -> None:
     generic = _generic_kernels()
     assert module.KERNELS, f"{library} serves no kernel"
     for kernel, fast in module.KERNELS.items():
-        expected = [(p.name, p.kind) for p in inspect.signature(generic[kernel]).parameters.values()]
-        actual = [(p.name, p.kind) for p in inspect.signature(fast).parameters.values()]
+        expected = [(p.name, p.kind, p.default) for p in inspect.signature(generic[kernel]).parameters.values()]
+        actual = [(p.name, p.kind, p.default) for p in inspect.signature(fast).parameters.values()]
         assert actual == expected, f"{library}'s {kernel.name}"
-        assert expected[-1] == ("xp", inspect.Parameter.KEYWORD_ONLY)
+        # xp, then only optional keywords (a wider compute dtype, say).
+        names = [name for name, _, _ in expected]
+        assert expected[names.index("xp")][1] == inspect.Parameter.KEYWORD_ONLY
+        for _, kind, default in expected[names.index("xp") + 1 :]:
+            assert kind == inspect.Parameter.KEYWORD_ONLY and default is not inspect.Parameter.empty
 
 
 def test_only_libraries_with_a_fast_path_module_are_dispatched() -> None:

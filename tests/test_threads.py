@@ -31,14 +31,19 @@ def _kernel_outputs(x, channel):
     shape = [1] * x.ndim
     shape[channel] = channels
     compute = np.float64 if x.dtype == np.float64 else np.float32
+    widened = np.float32 if x.dtype == np.float16 else None
     dy = rng.normal(size=x.shape).astype(x.dtype)
     centre, a, b, c = (v.astype(compute).reshape(shape) for v in (mean, scale, offset, variance))
     outputs = [
         *numpy_fast.gradient_sums(dy, x, mean.astype(compute), channel, xp=NP),
         numpy_fast.gradient_input(dy, x, centre, a, b, c, None, xp=NP),
-        *numpy_fast.local_moments(x, axes, xp=NP),
+        # float16 is summed and normalized in float32 (the Keras layer's compute dtype).
+        *numpy_fast.local_moments(x, axes, xp=NP, compute=widened),
         numpy_fast.normalize(
             x, mean.reshape(shape), variance.reshape(shape), None, None, EPSILON, xp=NP
+        ),
+        numpy_fast.normalize(
+            x, mean.reshape(shape), variance.reshape(shape), None, None, EPSILON, xp=NP, compute=widened
         ),
     ]
     if x.dtype != np.float64:  # the fused kernels take float32 and float16

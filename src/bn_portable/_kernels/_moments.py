@@ -58,24 +58,32 @@ def two_pass_moments(
     reducer: CrossReplicaSum | None = None,
     rounding: Rounding = "divide",
     empty: EmptyStatistics = "nan",
+    compute: Any = None,
 ) -> Moments:
     """Count, mean and m2 of ``x`` over ``axes`` (see the module doc); no validation.
 
     ``weights`` broadcasts to x (frequency weights: the count is their sum);
-    ``reducer`` sums over replicas, for the statistics of the global batch.
+    ``reducer`` sums over replicas, for the statistics of the global batch;
+    ``compute``, a wider dtype x is cast to first (a fast path may widen it
+    block by block instead of all at once).
     """
     count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
     if weights is None and reducer is None and count == count and count > 0 and rounding == "divide":
         # A local batch of known size: the one case a library's fast path serves.
-        mean, m2 = local_moments(x, axes, xp=xp)
+        mean, m2 = local_moments(x, axes, xp=xp, compute=compute)
         return Moments(count, mean, m2)
-    return _two_passes(x, axes, xp, weights, reducer, rounding, empty)
+    wide = x if compute is None else astype(x, compute, xp)
+    return _two_passes(wide, axes, xp, weights, reducer, rounding, empty)
 
 
 @overridable(Kernel.LOCAL_MOMENTS)
-def local_moments(x: Any, axes: tuple[int, ...], *, xp: Namespace) -> tuple[Any, Any]:
-    """``(sum / n, Σ(x − mean)²)`` keepdims, for a local batch of known size n > 0."""
-    summary = _two_passes(x, axes, xp, None, None, "divide", "nan")
+def local_moments(
+    x: Any, axes: tuple[int, ...], *, xp: Namespace, compute: Any = None
+) -> tuple[Any, Any]:
+    """``(sum / n, Σ(x − mean)²)`` keepdims, for a local batch of known size n > 0, in
+    ``compute`` (x's dtype when None)."""
+    wide = x if compute is None else astype(x, compute, xp)
+    summary = _two_passes(wide, axes, xp, None, None, "divide", "nan")
     return summary.mean, summary.m2
 
 

@@ -26,14 +26,22 @@ from ._moments import biased_variance, two_pass_moments
 
 @overridable(Kernel.NORMALIZE)
 def normalize(
-    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, *, xp: Namespace
+    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, *,
+    xp: Namespace, compute: Any = None,
 ) -> Any:
-    """``tf.nn.batch_normalization``: ``x·inv + (offset − mean·inv)``, both terms in x's dtype."""
+    """``tf.nn.batch_normalization``: ``x·inv + (offset − mean·inv)``, both terms in x's dtype.
+
+    ``compute``: a wider dtype for the arithmetic (the Keras layer normalizes half
+    input in float32): x is widened to it, and y rounded back to x's dtype once.
+    A fast path then never holds the whole widened input.
+    """
+    widened = x if compute is None else astype(x, compute, xp)
     inv = rsqrt(variance + variance_epsilon, xp)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
-    return x * xp.astype(inv, x.dtype) + xp.astype(shift, x.dtype)
+    y = widened * xp.astype(inv, widened.dtype) + xp.astype(shift, widened.dtype)
+    return y if compute is None else astype(y, x.dtype, xp)
 
 
 @overridable(Kernel.FUSED_INFERENCE)

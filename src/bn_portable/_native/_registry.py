@@ -16,7 +16,7 @@ class Kernel(enum.Enum):
 
     FUSED_TRAINING = "fused_training_core(x, scale, offset, epsilon, channel, *, xp)"
     FUSED_INFERENCE = "fused_inference(x, scale, offset, mean, variance, epsilon, channel, *, xp)"
-    LOCAL_MOMENTS = "local_moments(x, axes, *, xp) -> (mean, m2)"
-    NORMALIZE = "normalize(x, mean, variance, offset, scale, variance_epsilon, *, xp)"
+    LOCAL_MOMENTS = "local_moments(x, axes, *, xp, compute=None) -> (mean, m2)"
+    NORMALIZE = "normalize(x, mean, variance, offset, scale, variance_epsilon, *, xp, compute=None)"
     GRADIENT_SUMS = "gradient_sums(dy, x, mean, channel, *, xp)"
     GRADIENT_INPUT = "gradient_input(dy, x, mean, a, b, c, share, *, xp)"

@@ -12,23 +12,19 @@ kernels and one blocked pass for y. How TensorFlow's semantics are kept:
   bfloat16 input stays in its dtype, all arithmetic is float32 and y is
   rounded once to x's dtype, as in TensorFlow's fused kernel. ε is passed as
   given (no floor).
-- **Statistics (training).**
-
-  - contiguous float32 NCHW with more than one pixel: PyTorch's own
-    statistics kernel (``torch.batch_norm_update_stats``, two-pass, a few ulps
-    at most), which returns the mean and the biased variance; except under
-    ``torch.compile``, which can only call that kernel as it is, outside the
-    code it generates: there the sums below, which the compiler fuses into
-    its own reductions, in float64 (a compiled training step at 32×64×56×56
-    went from 1.5× to 1.1–1.2× the compiled native one);
-  - everything else (NHWC, float16, bfloat16, one pixel per image): PyTorch's
-    kernel sums each thread's values in a plain float32 running sum, tens to
-    hundreds of ulps off for 10⁴–10⁵ values per channel. The statistics are
-    computed instead as TensorFlow's fused kernel does (float32 sum × 1/n,
-    then Σ(x − mean)² × 1/n) with ``torch.sum`` (cascade summation, float64
-    totals of cache-sized blocks).
-  - n < 2 takes the generic path (TensorFlow's variance is 0 there; PyTorch
-    divides by n − 1).
+- **Statistics (training).** As TensorFlow's fused kernel takes them
+  (float32 sum × 1/n, then Σ(x − mean)² × 1/n), from
+  ``_torch_moments.two_pass_sums`` (``torch.sum`` over a channel-grouped
+  view, float64 totals of cache-sized blocks, half input widened block by
+  block). Not PyTorch's statistics kernel: off by tens to hundreds of ulps
+  for 10⁴–10⁵ values per channel except on contiguous float32 NCHW, and
+  slower there. Under ``torch.compile`` the sums are taken in float64, which
+  the compiler fuses into its own reductions. n < 2 takes the generic path
+  (TensorFlow's variance is 0 there; PyTorch divides by n − 1).
+- **y, half input.** On CPU, without autograd, y is computed block by block:
+  each block widened, normalized in float32 and rounded into the output
+  (whole-tensor float32 temporaries, fresh memory on every call, made half
+  input 2–3× slower).
 - **y.** TensorFlow computes ``y = (x − μ)·(rsqrt(σ² + ε)·γ) + β``, and so
   does the fast path, with the same operations in the same order as the
   generic kernel (bit-identical to it for float32 input given the same
@@ -76,7 +72,7 @@ from .._lib._numerics import rsqrt
 from .._lib._typing import Namespace
 from ._registry import Kernel
 from ._switch import fast_paths_enabled
-from ._torch_moments import local_moments
+from ._torch_moments import BLOCK_ELEMENTS, grouped, local_moments, two_pass_sums
 
 
 # torch.compiler's decorators are not annotated; enabled stays () -> bool.
@@ -89,8 +85,8 @@ def enabled() -> bool:
     """
     return fast_paths_enabled()
 
-#: Values per block of the blocked passes (statistics, y, backward): cache-sized.
-_BLOCK_ELEMENTS = 1 << 19
+#: Values per block of the blocked passes (y, backward): the statistics' block size.
+_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -105,16 +101,8 @@ def fused_training_core(
     count = x.numel() // channels if channels else 0
     if count < 2:
         return NotImplemented
-    spatial = x.numel() // (x.shape[0] * channels)
     with torch.no_grad():
-        if (
-            x.dtype == torch.float32 and channel == 1 and spatial > 1 and x.is_contiguous()
-            and not torch.compiler.is_compiling()
-        ):
-            # float32 NCHW: PyTorch's own two-pass statistics are accurate.
-            batch_mean, biased = torch.batch_norm_update_stats(x, None, None, 1.0)
-        else:
-            batch_mean, biased = _summed_statistics(x, channel, count)
+        batch_mean, biased = _summed_statistics(x, channel, count)
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
         inverse_std = torch.reciprocal(torch.sqrt(biased + epsilon))
     if _needs_autograd([x, scale, offset]):
@@ -128,64 +116,22 @@ def fused_training_core(
 
 
 def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
-    """Mean and biased variance, TensorFlow's fused way, with ``torch.sum``.
+    """Mean and biased variance, TensorFlow's fused way (float32 sum × 1/n, then
+    Σ(x − mean)² × 1/n), from ``_torch_moments.two_pass_sums``.
 
-    PyTorch's statistics kernel is accurate for contiguous float32 NCHW only:
-    its channels-last path (NHWC, and NCHW with one pixel) and its
-    float16/bfloat16 path accumulate plain float32 running sums, tens of ulps
-    off after 10⁴–10⁵ values per channel. Here ``torch.sum`` (cascade
-    summation) runs in two passes, as TensorFlow's fused kernel does (float32
-    sum × 1/n, then Σ(x − mean)² × 1/n), over blocks of the batch that stay in
-    cache, with float64 totals of the block sums.
+    Not PyTorch's statistics kernel (``torch.batch_norm_update_stats``): its
+    channels-last path (NHWC, and NCHW with one pixel) and its float16/bfloat16
+    path accumulate plain float32 running sums, tens of ulps off after 10⁴–10⁵
+    values per channel, and where it is accurate (contiguous float32 NCHW) it
+    took 2.5–3.5× as long as these sums (32×64×56×56 down to 8×32×16×16, 2 cores).
     """
-    channels = x.shape[channel]
-    # NCHW as (N, C, H·W), summed over (0, 2); NHWC as (N·H·W, C), summed over
-    # rows (a two-axis reduction is quicker there). Views when contiguous.
-    dims: tuple[int, ...]
-    if channel == 1 and x.ndim > 2:
-        grouped, dims, per_channel = x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1)
-    else:
-        grouped, dims, per_channel = x.reshape(-1, channels), (0,), None
+    view = grouped(x, channel)
+    if view is None:  # another layout: a copy, channels last
+        view = grouped(x.movedim(channel, -1).contiguous(), x.ndim - 1)
+        assert view is not None
     inverse_count = 1.0 / count  # a Python number: applied in float32, as TF's 1/n tensor
-    if _one_block(grouped):  # the whole batch at once: no block bookkeeping
-        grouped = grouped.to(torch.float32)  # a half batch is widened exactly
-        # Compiled, both sums are taken in float64 and rounded once: the compiler's
-        # float32 sums were several ε off (eager torch.sum: under one), and with
-        # |mean| = 10⁴σ the variance 200–500 ε, worse than TensorFlow's kernel.
-        wide = torch.float64 if torch.compiler.is_compiling() else None
-        batch_mean = torch.sum(grouped, dims, dtype=wide).to(torch.float32) * inverse_count
-        centred = torch.sub(grouped, batch_mean if per_channel is None else batch_mean.view(per_channel))
-        squares = torch.sum(centred.square_(), dims, dtype=wide).to(torch.float32)
-        return batch_mean, squares * inverse_count
-    blocks = _blocks(grouped)
-    if grouped.dtype == torch.float32:
-        total = torch.sum(grouped, dims)
-    else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
-        total = _total([torch.sum(b.to(torch.float32), dims) for b in blocks])
-    batch_mean = total * inverse_count
-    mean_b = batch_mean if per_channel is None else batch_mean.view(per_channel)
-    # float32: a half block is widened exactly
-    squares = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks])
+    batch_mean, squares = two_pass_sums(view, torch.float32, lambda total: total * inverse_count)
     return batch_mean, squares * inverse_count
-
-
-def _total(partials: list[Tensor]) -> Tensor:
-    """The sum of per-block float32 sums, added in float64 and rounded once."""
-    if len(partials) == 1:
-        return partials[0]
-    return torch.stack(partials).double().sum(0).to(torch.float32)
-
-
-def _one_block(x: Tensor) -> Any:
-    """Whether x is taken whole: small, on a GPU (kernel launches cost more than
-    temporaries there) or being compiled (the compiler plans the memory)."""
-    return x.numel() <= _BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
-
-
-def _blocks(grouped: Tensor) -> Any:
-    """Cache-sized blocks of the first axis."""
-    block = max(1, _BLOCK_ELEMENTS // max(1, grouped[0].numel()))
-    return [grouped[a0 : a0 + block] for a0 in range(0, grouped.shape[0], block)]
 
 
 def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
@@ -206,9 +152,19 @@ def _affine(x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset:
     mean_b = _per_channel(mean, x, channel)
     factor_b = _per_channel(inverse_std * scale, x, channel)
     offset_b = _per_channel(offset, x, channel)
-    if x.dtype != torch.float32 or _needs_autograd([x, mean, inverse_std, scale, offset]):
+    if _needs_autograd([x, mean, inverse_std, scale, offset]) or (
+        x.dtype != torch.float32 and (x.device.type != "cpu" or torch.compiler.is_compiling())
+    ):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)
+    if x.dtype != torch.float32:
+        # Half input on CPU: each block widened, normalized in float32 and rounded
+        # into the output while it is in cache. Whole-tensor float32 temporaries
+        # (twice the input's bytes, fresh memory every call) made this 7-10x slower.
+        y = torch.empty_like(x)
+        for rows in _outer_blocks(x):
+            y[rows].copy_(x[rows].to(torch.float32).sub_(mean_b).mul_(factor_b).add_(offset_b))
+        return y
     # Centred into a new tensor, then scaled and shifted in place: as fast as the
     # native kernel on CPU (writing blocks through ``out=`` slices was 20× slower).
     # When compiling, the compiler fuses the three into one pass.
@@ -275,21 +231,45 @@ def fused_inference(
 
 def normalize(
     x: Tensor, mean: Tensor, variance: Tensor, offset: Tensor | None, scale: Tensor | None,
-    variance_epsilon: float, *, xp: Namespace
+    variance_epsilon: float, *, xp: Namespace, compute: torch.dtype | None = None,
 ) -> Any:
-    """The generic ``x·inv + shift``, with the shift added in place (bit-identical)."""
+    """The generic ``x·inv + shift``, with the shift added in place (bit-identical).
+
+    With a wider ``compute`` dtype (half input on the Keras path), on CPU and
+    without autograd, block by block: each block is widened, normalized and
+    rounded into the output while it is in cache (the generic kernel's
+    operations in its order), never the whole widened input at once.
+    """
     if torch._C._are_functorch_transforms_active():
         return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
+    parameters = [t for t in (mean, variance, offset, scale) if t is not None]
+    blocked = compute is not None and x.device.type == "cpu" and not torch.compiler.is_compiling()
+    if blocked and _needs_autograd([x, *parameters]):
+        return NotImplemented
     # The generic kernel's own (half-aware) rsqrt.
     inv = rsqrt(variance + variance_epsilon, xp)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
+    if compute is not None:
+        if not blocked or torch.broadcast_shapes(x.shape, inv.shape, shift.shape) != x.shape:
+            return NotImplemented
+        inv, shift = inv.to(compute), shift.to(compute)
+        y = torch.empty_like(x)
+        for rows in _outer_blocks(x):
+            y[rows].copy_(x[rows].to(compute).mul_(_rows_of(inv, rows, x)).add_(_rows_of(shift, rows, x)))
+        return y
     y = x * inv.to(x.dtype)
     shift = shift.to(x.dtype)
     if torch.broadcast_shapes(y.shape, shift.shape) != y.shape:
         return y + shift
     return y.add_(shift)
+
+
+def _rows_of(parameter: Tensor, rows: slice, x: Tensor) -> Tensor:
+    """A parameter broadcast to x, restricted to a block of x's first axis
+    (all of it where it does not vary along that axis)."""
+    return parameter if parameter.ndim < x.ndim or parameter.shape[0] == 1 else parameter[rows]
 
 
 def gradient_sums(dy: Tensor, x: Tensor, mean: Tensor, channel: int, *, xp: Namespace) -> Any:

@@ -1,25 +1,34 @@
-"""PyTorch fast path of ``local_moments``: the two passes over a channel-grouped view.
+"""PyTorch's two-pass sums over a channel-grouped view, and ``local_moments`` from them.
 
 ``torch.sum(x, (0, 2, 3))`` of an NCHW batch reduces around the channel axis
 with strided loops, several times slower on CPU than summing the same values
 viewed as ``(N, C, H·W)`` over ``(0, 2)``: at 32×64×56×56 float32 on 2 cores,
-``moments`` took 17.3 ms generic and 3.0 ms this way.
-Here x is viewed that way (NHWC as ``(N·H·W, C)`` over rows), a view of a
-contiguous batch, and the two passes are the generic kernel's: the sum divided
-by n, then the sum of squared deviations from that rounded mean, each a
-``torch.sum`` (cascade summation, within an ulp or so). Only the order of the
-additions differs from the generic kernel, so the result is within the
-accuracy contract; the operations are plain differentiable PyTorch calls, so
-autograd (double backward included) sees them as it sees the generic ones.
+``moments`` took 17.3 ms generic and 3.0 ms this way. ``grouped`` gives that
+view (NHWC, and NCHW in channels-last memory, as ``(N·H·W, C)`` over rows),
+without a copy.
 
-Taken: float32 and float64 contiguous batches of at least ``SMALLEST_INPUT``
-values, the channel first after the batch axis or last, eagerly. Everything
-else (smaller batches, other layouts, half precision, ``torch.compile``,
-whose float32 sums the generic kernel widens) returns ``NotImplemented``.
+``two_pass_sums`` is the one place both torch kernels take their statistics
+(``local_moments`` here, the fused training kernel's in ``_torch``): the sum,
+the mean from it (each caller's rounding), then the sum of squared deviations
+from that rounded mean, each a ``torch.sum`` (cascade summation). A large batch
+on CPU goes through cache-sized blocks of its first axis, half input widened
+block by block, the block sums added in float64 and rounded once: no
+temporary as large as the input (on CPU fresh memory for one costs as much as
+the arithmetic), the same terms added in another order, at least as
+accurately. Only the order of the additions differs from the generic kernel,
+so the results are within the accuracy contract.
+
+``local_moments`` takes float32 and float64 batches (or half ones widened to
+float32, ``compute``) of at least ``SMALLEST_INPUT`` values, eagerly. Where
+autograd records, it runs the two passes unblocked as plain differentiable
+calls (double backward included). Everything else (smaller batches, other
+layouts, ``torch.compile``, whose float32 sums the generic kernel widens)
+returns ``NotImplemented``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,40 +40,110 @@ from .._lib._typing import Namespace
 #: synchronized statistics (always generic) are then the same bits.
 SMALLEST_INPUT = 1 << 16
 
+#: Values per block of the blocked passes: cache-sized.
+BLOCK_ELEMENTS = 1 << 19
+
 _DTYPES = (torch.float32, torch.float64)
+_HALF = (torch.float16, torch.bfloat16)
 
 
-def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace) -> Any:
+def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: Any = None) -> Any:
     """``(sum / n, Σ(x − mean)²)`` keepdims, over every axis but the channel's."""
     kept = [axis for axis in range(x.ndim) if axis not in axes]
+    dtype = x.dtype if compute is None else compute
     if (
         len(kept) != 1
-        or x.dtype not in _DTYPES
+        or dtype not in _DTYPES
+        or (x.dtype != dtype and (x.dtype not in _HALF or dtype != torch.float32))
         or x.numel() < SMALLEST_INPUT
-        or not x.is_contiguous()
         or torch.compiler.is_compiling()
         or torch._C._are_functorch_transforms_active()
     ):
         return NotImplemented
     channel = kept[0]
-    if channel not in (1, x.ndim - 1) or x.ndim < 2:
+    view = grouped(x, channel)
+    if view is None:
         return NotImplemented
-    channels = x.shape[channel]
-    count = x.numel() // channels
-    dims: tuple[int, ...]
-    per_channel: tuple[int, ...]
-    if channel == 1 and x.ndim > 2:
-        grouped, dims, per_channel = x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1)
+    count = x.numel() // x.shape[channel]
+    keepdims = tuple(x.shape[channel] if axis == channel else 1 for axis in range(x.ndim))
+    if torch.is_grad_enabled() and x.requires_grad:
+        if x.dtype != dtype:
+            return NotImplemented
+        mean, m2 = _differentiable_sums(view, count)
     else:
-        grouped, dims, per_channel = x.reshape(-1, channels), (0,), (1, channels)
-    mean = torch.sum(grouped, dims) / count
-    centred = grouped - mean.view(per_channel)
-    # In place where autograd records nothing (the square's input is then not needed).
-    squares = centred.square_() if not _records(x) else centred * centred
-    m2 = torch.sum(squares, dims)
-    keepdims = tuple(channels if axis == channel else 1 for axis in range(x.ndim))
+        mean, m2 = two_pass_sums(view, dtype, lambda total: total / count)
     return mean.reshape(keepdims), m2.reshape(keepdims)
 
 
-def _records(x: Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
+class Grouped:
+    """x viewed with the channel on one axis: ``values`` summed over ``dims``;
+    ``per_channel`` reshapes a ``[C]`` vector to broadcast against it."""
+
+    def __init__(self, values: Tensor, dims: tuple[int, ...], per_channel: tuple[int, ...]) -> None:
+        self.values, self.dims, self.per_channel = values, dims, per_channel
+
+
+def grouped(x: Tensor, channel: int) -> Grouped | None:
+    """NCHW as ``(N, C, H·W)`` over ``(0, 2)``; channels last in memory as ``(rows, C)`` over
+    rows (a one-axis reduction is quicker there). A view, or None where x is laid out otherwise."""
+    if x.ndim < 2 or channel not in (1, x.ndim - 1):
+        return None
+    channels = x.shape[channel]
+    if channel == 1 and x.ndim > 2 and x.is_contiguous():
+        return Grouped(x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1))
+    last = x if channel == x.ndim - 1 else x.movedim(1, -1)  # NCHW in channels-last memory
+    if last.is_contiguous():
+        return Grouped(last.reshape(-1, channels), (0,), (1, channels))
+    return None
+
+
+def two_pass_sums(view: Grouped, dtype: torch.dtype, mean_of: Callable[[Tensor], Tensor]) -> Any:
+    """``[C]`` mean (``mean_of`` the total) and sum of squared deviations from it, in ``dtype``.
+
+    Called without autograd recording; under ``torch.compile`` both sums are
+    taken in float64 and rounded once (the compiler's float32 sums were several
+    ε off, and with |mean| = 10⁴σ the variance 200–500 ε, worse than TensorFlow's).
+    """
+    values, dims = view.values, view.dims
+    if _one_block(values):  # the whole batch at once: no block bookkeeping
+        values = values.to(dtype)  # a half batch is widened exactly
+        wide = torch.float64 if torch.compiler.is_compiling() else None
+        mean = mean_of(torch.sum(values, dims, dtype=wide).to(dtype))
+        centred = torch.sub(values, mean.view(view.per_channel))
+        return mean, torch.sum(centred.square_(), dims, dtype=wide).to(dtype)
+    blocks = _blocks(values)
+    if values.dtype == dtype:
+        total = torch.sum(values, dims)
+    else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
+        total = _total([torch.sum(b.to(dtype), dims) for b in blocks], dtype)
+    mean = mean_of(total)
+    mean_b = mean.view(view.per_channel)
+    # torch.sub widens a half block exactly (type promotion to the mean's dtype).
+    m2 = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks], dtype)
+    return mean, m2
+
+
+def _differentiable_sums(view: Grouped, count: int) -> tuple[Tensor, Tensor]:
+    """The two passes as plain differentiable calls, for autograd to record."""
+    mean = torch.sum(view.values, view.dims) / count
+    centred = view.values - mean.view(view.per_channel)
+    return mean, torch.sum(centred * centred, view.dims)
+
+
+def _total(partials: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """The sum of per-block sums, added in float64 and rounded once to ``dtype``."""
+    if len(partials) == 1:
+        return partials[0]
+    return torch.stack(partials).double().sum(0).to(dtype)
+
+
+def _one_block(x: Tensor) -> Any:
+    """Whether x is taken whole: small, on a GPU (kernel launches cost more than
+    temporaries there) or being compiled (the compiler plans the memory)."""
+    return x.numel() <= BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
+
+
+def _blocks(values: Tensor) -> list[Tensor]:
+    """Cache-sized blocks of the first axis."""
+    block = max(1, BLOCK_ELEMENTS // max(1, values[0].numel()))
+    return [values[a0 : a0 + block] for a0 in range(0, values.shape[0], block)]

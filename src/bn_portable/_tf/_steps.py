@@ -108,9 +108,9 @@ def _keras_step(
     gamma, beta = state.gamma, state.beta
     # The layer casts half inputs to float32 (its compute dtype), normalizes
     # there and rounds y once; other dtypes are their own compute dtype.
-    x_compute = astype(x, plan.state_dtype, xp)
+    compute = plan.state_dtype
     if options.is_training:
-        mean, variance = _batch_statistics(x_compute, plan, options, xp)
+        mean, variance = _batch_statistics(x, plan, options, xp, compute=compute)
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = renorm_step(mean, variance, new_state, state, options, xp)
@@ -129,8 +129,8 @@ def _keras_step(
     else:
         mean, variance, scale, offset = state.moving_mean, state.moving_variance, gamma, beta
         new_state, used = state, Normalization(mean, variance, gamma, beta)
-    y = _normalize_per_channel(x_compute, mean, variance, offset, scale, options, plan, xp)
-    return astype(y, x.dtype, xp), new_state, used
+    y = _normalize_per_channel(x, mean, variance, offset, scale, options, plan, xp, compute)
+    return y, new_state, used
 
 
 def _legacy_step(
@@ -162,12 +162,15 @@ def _legacy_step(
 
 
 def _batch_statistics(
-    x: Any, plan: LayerPlan, options: LayerOptions, xp: Namespace, weights: Any = None
+    x: Any, plan: LayerPlan, options: LayerOptions, xp: Namespace, weights: Any = None,
+    compute: Any = None,
 ) -> tuple[Any, Any]:
-    """``[C]`` mean and biased variance of the (global) batch; 0 for zero total weight."""
+    """``[C]`` mean and biased variance of the (global) batch, in ``compute`` where it is
+    wider than x; 0 for zero total weight."""
     summary = two_pass_moments(
         x, plan.axes, xp=xp, weights=weights, reducer=options.cross_replica_sum,
         empty="nan" if weights is None else "zero",
+        compute=None if compute is None or compute == x.dtype else compute,
     )
     variance = biased_variance(summary, empty="nan" if weights is None else "zero", xp=xp)
     return xp.reshape(summary.mean, (-1,)), xp.reshape(variance, (-1,))
@@ -175,14 +178,17 @@ def _batch_statistics(
 
 def _normalize_per_channel(
     x: Any, mean: Any, variance: Any, offset: Any, scale: Any, options: LayerOptions,
-    plan: LayerPlan, xp: Namespace,
+    plan: LayerPlan, xp: Namespace, compute: Any = None,
 ) -> Any:
-    """``tf.nn.batch_normalization`` with ``[C]`` parameters broadcast along the channel axis."""
+    """``tf.nn.batch_normalization`` with ``[C]`` parameters broadcast along the channel axis,
+    in ``compute`` where it is wider than x (rounded back once)."""
     mean_b, variance_b, offset_b, scale_b = (
         None if value is None else _layout.per_channel(value, x.ndim, plan.channel, xp)
         for value in (mean, variance, offset, scale)
     )
-    return normalize(x, mean_b, variance_b, offset_b, scale_b, options.epsilon, xp=xp)
+    if compute is not None and compute == x.dtype:
+        compute = None
+    return normalize(x, mean_b, variance_b, offset_b, scale_b, options.epsilon, xp=xp, compute=compute)
 
 
 def _update_moving_mean(

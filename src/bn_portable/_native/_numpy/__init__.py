@@ -109,10 +109,16 @@ def fused_inference(
     return y
 
 
-def local_moments(x: Any, axes: tuple[int, ...], *, xp: Any) -> Any:
-    """``(sum / n, Σ(x − mean)²)`` keepdims, in the compute dtype, over every axis but one at most."""
+def local_moments(x: Any, axes: tuple[int, ...], *, xp: Any, compute: Any = None) -> Any:
+    """``(sum / n, Σ(x − mean)²)`` keepdims, in the compute dtype, over every axis but one at most.
+
+    float16 x is summed in float32, block by block: the generic kernel's
+    ``compute=float32``; other x only in their own dtype.
+    """
     if not large_plain_array(x, MOMENT_DTYPES):
         return NotImplemented
+    if compute_dtype(x.dtype) != np.dtype(x.dtype if compute is None else compute):
+        return NotImplemented  # the sums run in compute_dtype: only where the generic kernel's do
     kept = [axis for axis in range(x.ndim) if axis not in axes]
     if len(kept) > 1:
         return NotImplemented
@@ -129,10 +135,15 @@ def local_moments(x: Any, axes: tuple[int, ...], *, xp: Any) -> Any:
 
 
 def normalize(
-    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, *, xp: Any
+    x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, *, xp: Any,
+    compute: Any = None,
 ) -> Any:
-    """``x·inv + shift`` with the generic kernel's ``inv`` and ``shift``, blocked."""
+    """``x·inv + shift`` with the generic kernel's ``inv`` and ``shift``, blocked (a float16
+    x widened to float32 block by block with ``compute=float32``)."""
     if not large_plain_array(x, MOMENT_DTYPES):
+        return NotImplemented
+    arithmetic = x.dtype if compute is None else np.dtype(compute)
+    if arithmetic not in (x.dtype, compute_dtype(x.dtype)):
         return NotImplemented
     parameters = [value for value in (mean, variance, offset, scale) if value is not None]
     if not all(isinstance(value, np.ndarray) for value in parameters):
@@ -141,7 +152,7 @@ def normalize(
     if axis is None:
         return NotImplemented
     inv, shift = _elementwise.normalization_terms(mean, variance, offset, scale, variance_epsilon)
-    inv, shift = (_along(np.asarray(v, dtype=x.dtype), axis) for v in (inv, shift))
+    inv, shift = (_along(np.asarray(v, dtype=arithmetic), axis) for v in (inv, shift))
     shape, plan = _plan_along(x, axis)
     y = np.empty(x.shape, dtype=x.dtype)
     _elementwise.scale_shift(plan, x.reshape(shape), y.reshape(shape), inv, shift)

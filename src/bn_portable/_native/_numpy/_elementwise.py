@@ -9,7 +9,8 @@ changes (a cache-sized block at a time, straight into the output with
   is widened exactly), ``d·factor``, then ``+ offset`` rounded once to the
   output's dtype; ``fused_factor`` is the generic ``rsqrt(var + ε)·scale``.
 - ``scale_shift`` (``tf.nn.batch_normalization``): ``x·inv``, then
-  ``+ shift``, in x's dtype; ``normalization_terms`` are the generic
+  ``+ shift``, in x's dtype (or float32 for a float16 x the Keras layer
+  widens, rounded once to y); ``normalization_terms`` are the generic
   ``inv`` and ``shift``.
 - ``gradient_input`` (the backward): ``dy·a``, ``(x − mean)·b + c`` and their
   sum, each rounded in the compute dtype and the last once to ``dx``'s dtype.
@@ -127,35 +128,42 @@ def _affine_row_blocks(
 
 
 def scale_shift(plan: Plan, x: Any, y: Any, inv: Any, shift: Any) -> None:
-    """``y = x·inv + shift`` in x's dtype (``tf.nn.batch_normalization``)."""
+    """``y = x·inv + shift`` in inv's dtype (``tf.nn.batch_normalization``): x's own, or
+    float32 for float16 x widened block by block (the Keras layer), rounded once to y."""
     if plan.long_runs or inv.size == 1:
         x3, y3 = grouped(plan, x, y)
         work = partial(_scale_shift_channel_blocks, x3, y3, *columns(inv, shift))
         _threads.in_shares(work, channel_blocks(plan), plan.threads)
         return
     x2, y2 = as_rows(plan, x, y)
-    work = partial(_scale_shift_row_blocks, x2, y2, tile(plan, inv), tile(plan, shift))
+    work = partial(_scale_shift_row_blocks, plan, x2, y2, tile(plan, inv), tile(plan, shift))
     _threads.in_shares(work, row_blocks(plan), plan.threads)
 
 
 def _scale_shift_channel_blocks(
     x3: Any, y3: Any, inv: Any, shift: Any, blocks: list[tuple[int, int, int, int]]
 ) -> None:
+    in_place = x3.dtype == inv.dtype  # else the product is a float32 temporary
     for a0, a1, c0, c1 in blocks:
         out = y3[a0:a1, c0:c1]
-        np.multiply(x3[a0:a1, c0:c1], channel_rows(inv, c0, c1), out=out)
-        np.add(out, channel_rows(shift, c0, c1), out=out)
+        product = np.multiply(
+            x3[a0:a1, c0:c1], channel_rows(inv, c0, c1), out=out if in_place else None, dtype=inv.dtype
+        )
+        np.add(product, channel_rows(shift, c0, c1), out=out)
 
 
 def _scale_shift_row_blocks(
-    x2: Any, y2: Any, inv_tile: Any, shift_tile: Any, blocks: list[tuple[int, int]]
+    plan: Plan, x2: Any, y2: Any, inv_tile: Any, shift_tile: Any, blocks: list[tuple[int, int]]
 ) -> None:
     width = x2.shape[1]
+    in_place = x2.dtype == inv_tile.dtype  # else the product is float32 scratch, one per thread
+    scratch: Any = None if in_place else np.empty(plan.rows_per_block * width, inv_tile.dtype)
     for r0, r1 in blocks:
         size = (r1 - r0) * width
         out = y2[r0:r1].reshape(-1)
-        np.multiply(x2[r0:r1].reshape(-1), inv_tile[:size], out=out)
-        np.add(out, shift_tile[:size], out=out)
+        product = out if in_place else scratch[:size]
+        np.multiply(x2[r0:r1].reshape(-1), inv_tile[:size], out=product, dtype=inv_tile.dtype)
+        np.add(product, shift_tile[:size], out=out)
 
 
 # ---------------------------------------------------------------------------
