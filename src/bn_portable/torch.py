@@ -27,7 +27,7 @@ from ._tf._fields import FIELDS, PARAMETERS, required_fields
 from ._tf._options import DEFAULTS, LayerOptions, layer_options
 from ._tf._plan import prepare
 from ._tf._state import BatchNormState, initial_state
-from ._tf._steps import layer_step
+from ._torch_step import torch_step
 
 DataFormat = Literal["NCHW", "NHWC"]
 
@@ -179,14 +179,14 @@ class BatchNorm(nn.Module):
             # prepare checks x and the state against the options and picks
             # TensorFlow's implementation; eagerly it remembers both per metadata.
             xp, plan, state = prepare(x, self.state, batch_weights, options)
-            y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp)
+            y, new_state = torch_step(x, state, batch_weights, options, plan, xp)
             if options.activation_fn is not None:
                 y = options.activation_fn(y)
         if self.training:
             with torch.no_grad():
                 for field in self._statistics:
                     getattr(self, field).copy_(getattr(new_state, field))
-        return cast(torch.Tensor, y)
+        return y
 
     def load_batch_norm_state(self, state: BatchNormState) -> None:
         """Copy a ``BatchNormState`` into the parameters and buffers.

@@ -311,7 +311,7 @@ def gradient_input(
     if x.ndim == 0:
         return NotImplemented
     compute = a.dtype
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dx = torch.empty_like(x)  # x's memory layout (channels-last stays channels-last)
     wide = dx.dtype == compute
     for rows in _outer_blocks(x):
         out = dx[rows]

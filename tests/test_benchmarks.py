@@ -1,0 +1,92 @@
+"""The benchmark harnesses run: on tiny sizes, two rounds (that they work, not how fast).
+
+Each harness writes its JSON; the maintainers' report and the users' page render from
+those files. Timings on tiny inputs mean nothing, so only the structure is checked:
+every case ran every variant and has a ratio to its reference.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *arguments: str) -> None:
+    subprocess.run([sys.executable, script, *arguments], cwd=BENCHMARKS, check=True, timeout=900)
+
+
+def _assert_every_variant_ran(payload: dict) -> None:
+    assert payload["cases"]
+    for case in payload["cases"]:
+        failed = {name: r for name, r in case["results"].items() if "error" in r}
+        assert not failed, case["key"]
+        assert all("ratio" in result for result in case["results"].values()), case["key"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("torch")
+    folder = tmp_path_factory.mktemp("bench")
+    models, paths = folder / "models.json", folder / "layer_paths.json"
+    _run("models.py", "--tiny", "--out", str(models))
+    _run("layer_paths.py", "--tiny", "--out", str(paths))
+    return models, paths
+
+
+def test_layer_paths_harness_covers_every_path(tiny_runs: tuple[Path, Path]) -> None:
+    payload = json.loads(tiny_runs[1].read_text())
+    _assert_every_variant_ran(payload)
+    keys = {case["key"] for case in payload["cases"]}
+    for backend, dtypes in (("torch", ("float32", "float16", "bfloat16")), ("numpy", ("float32", "float16"))):
+        for dtype in dtypes:
+            for layout in ("NCHW", "NHWC"):
+                assert {f"{backend}/2x8x4x4/{layout}/{dtype}/{m}" for m in ("train", "infer")} <= keys
+    train = next(c for c in payload["cases"] if c["key"] == "torch/2x8x4x4/NHWC/float16/train")
+    assert {"native", "fused", "non-fused", "renorm", "weighted", "zero-debias"} <= set(train["results"])
+    numpy_case = next(c for c in payload["cases"] if c["backend"] == "numpy")
+    assert all(value > 0 for value in numpy_case["peak_memory_vs_input"].values())
+
+
+def test_models_harness_runs_every_model(tiny_runs: tuple[Path, Path]) -> None:
+    payload = json.loads(tiny_runs[0].read_text())
+    _assert_every_variant_ran(payload)
+    keys = {case["key"] for case in payload["cases"]}
+    for model in ("ResNet-18", "ResNet-18 channels-last", "MLP"):
+        assert {f"{model}/train", f"{model}/infer"} <= keys
+    assert "MLP/train compiled" in keys
+
+
+def test_models_harness_runs_the_jax_cases(tiny_runs: tuple[Path, Path]) -> None:
+    pytest.importorskip("flax")
+    payload = json.loads(tiny_runs[0].read_text())
+    jax_cases = [case for case in payload["cases"] if case.get("backend") == "jax"]
+    assert len(jax_cases) == 2
+    for case in jax_cases:
+        assert {"flax", "flax two-pass", "fused", "non-fused"} == set(case["results"])
+
+
+def test_report_and_page_render_from_the_runs(tiny_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    models, paths = (str(p) for p in tiny_runs)
+    _run("targets.py", "--models", models, "--paths", paths, "--out", str(tmp_path / "targets.md"))
+    _run("page.py", "--models", models, "--paths", paths, "--out", str(tmp_path / "performance.md"))
+    page = (tmp_path / "performance.md").read_text()
+    assert "## What a model costs" in page and "| ResNet-18 | training step |" in page
+    assert "| target | limit | measured | met |" in (tmp_path / "targets.md").read_text()
+
+
+def test_regressions_flag_ratios_a_quarter_above_the_previous_run() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _timing import regressions
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    before = {"cases": [{"key": "k", "results": {"a": {"ratio": 1.0}, "b": {"ratio": 2.0}}}]}
+    after = {"cases": [{"key": "k", "results": {"a": {"ratio": 1.3}, "b": {"ratio": 2.4}}}]}
+    assert regressions(before, after) == ["k a: 1.30× (previous run 1.00×)"]
+    assert regressions(None, after) == []
