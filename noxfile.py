@@ -42,7 +42,8 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 #: blocks, ...) run once, in the NumPy session (tests/conftest.py), which
 #: therefore has every CPU array library and the optional integrations.
 BACKEND_PACKAGES = {
-    "numpy": [".[jax,dask,array-api-strict,progress]"],
+    # bench: the benchmark harnesses' tiny run (tests/test_benchmarks.py), Flax included.
+    "numpy": [".[jax,dask,array-api-strict,progress,bench]"],
     "array-api-strict": [".[array-api-strict]"],
     "torch": [],
     "jax": [".[jax]"],
@@ -226,9 +227,24 @@ def bench_tensorflow(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, allow_parallel=False)
 def bench(session: nox.Session) -> None:
-    """The benchmark harness (``-- --quick`` for a short run)."""
+    """Every benchmark, saved under benchmarks/results, then the reports and docs/performance.md.
+
+    Whole models (``models.py``), every layer path (``layer_paths.py``) and the
+    kernels (``bench.py``); ``-- --quick`` for fewer rounds. The targets report
+    (results/targets.md) lists any ratio 25 % above the previous saved run's.
+    """
     _install(session, TORCH, ".[bench,jax]")
+    quick = [arg for arg in session.posargs if arg == "--quick"]
+    session.run("python", "benchmarks/models.py", *quick)
+    session.run("python", "benchmarks/layer_paths.py", *quick)
     session.run("python", "benchmarks/bench.py", *session.posargs)
+    session.run("python", "benchmarks/targets.py")
+    session.run("python", "benchmarks/page.py")
+    session.run(
+        "python", "benchmarks/report.py", "benchmarks/results/cpu.json",
+        "--tensorflow", "benchmarks/results/cpu_tensorflow.json",
+        "--out", "benchmarks/results/kernels.md",
+    )
 
 
 @nox.session(python=PYTHON, allow_parallel=False)
@@ -288,7 +304,8 @@ def gpu(session: nox.Session) -> None:
     The conformance suite on every backend (CuPy and PyTorch-CUDA columns
     included, written to docs/conformance-gpu.md), the no-synchronization test
     under ``torch.cuda.set_sync_debug_mode("error")`` and the GPU benchmark
-    (written to docs/performance-gpu.md). Skipped, without creating an
+    (written to docs/performance-gpu.md) and the end-to-end models
+    (docs/performance-gpu-models.md). Skipped, without creating an
     environment, on a machine without nvidia-smi. Not a default session.
     """
     _needs_gpu(session)
@@ -300,4 +317,13 @@ def gpu(session: nox.Session) -> None:
     session.run(
         "python", "benchmarks/bench_gpu.py",
         "--out", "benchmarks/results/gpu.json", "--markdown", "docs/performance-gpu.md",
+    )
+    # The end-to-end models on the GPU (JAX stays on the CPU there: no CUDA jaxlib here).
+    session.run(
+        "python", "benchmarks/models.py", "--device", "cuda", "--no-jax",
+        "--out", "benchmarks/results/models-gpu.json",
+    )
+    session.run(
+        "python", "benchmarks/page.py", "--models", "benchmarks/results/models-gpu.json",
+        "--models-only", "--out", "docs/performance-gpu-models.md",
     )

@@ -252,7 +252,7 @@ def normalize(
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
     if compute is not None:
-        if not blocked or torch.broadcast_shapes(x.shape, inv.shape, shift.shape) != x.shape:
+        if not blocked or not (_broadcasts_into(inv, x) and _broadcasts_into(shift, x)):
             return NotImplemented
         inv, shift = inv.to(compute), shift.to(compute)
         y = torch.empty_like(x)
@@ -261,9 +261,17 @@ def normalize(
         return y
     y = x * inv.to(x.dtype)
     shift = shift.to(x.dtype)
-    if torch.broadcast_shapes(y.shape, shift.shape) != y.shape:
+    if not _broadcasts_into(shift, y):
         return y + shift
     return y.add_(shift)
+
+
+def _broadcasts_into(parameter: Tensor, x: Tensor) -> bool:
+    """Whether ``parameter`` broadcasts to x's shape without growing it (in Python:
+    ``torch.broadcast_shapes`` cost more than the arithmetic on an MLP's batch)."""
+    if parameter.ndim > x.ndim:
+        return False
+    return all(p in (1, d) for p, d in zip(reversed(parameter.shape), reversed(x.shape)))
 
 
 def _rows_of(parameter: Tensor, rows: slice, x: Tensor) -> Tensor:
