@@ -6,9 +6,12 @@ statistics' two passes, the normalization, their broadcasts), each with its own
 input-sized temporaries: a ResNet-18 training step with the non-fused module
 cost 1.2–1.3× the native one, against 1.05× with the fused kernel, whose
 backward is one node. Here the forward runs without recording and the backward
-is the layer's analytic gradient (``_tf._gradients.layer_backward``, what
-``batch_norm_vjp`` computes, checked against TensorFlow's gradients by the
-conformance suite), in the blocked backward kernels.
+is the layer's analytic gradient: on the Keras layer's plain path (no renorm,
+weights or replicas) that of batch norm with the batch's statistics, which
+PyTorch's own backward kernel computes, as for the fused kernel; on the
+others ``_tf._gradients.layer_backward`` (what ``batch_norm_vjp`` computes,
+checked against TensorFlow's gradients by the conformance suite), in the
+blocked backward kernels.
 
 Second derivatives: when the backward itself is recorded (``create_graph=True``),
 the step is recomputed with autograd recording and differentiated as before, so
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 
 from ._lib._typing import Namespace
+from ._native._torch import batch_norm_backward
 from ._tf._gradients import layer_backward
 from ._tf._options import LayerOptions
 from ._tf._plan import LayerPlan
@@ -83,11 +87,32 @@ class _LayerStep(torch.autograd.Function):
         step: _Step = ctx.step
         if torch.is_grad_enabled():  # create_graph: recompute, recorded, and differentiate that
             return _recorded_gradients(ctx, dy, x, gamma, beta)
+        needs = ctx.needs_input_grad
+        if _plain_batch_statistics(step, x):
+            # The Keras layer without renorm, weights or replicas: the gradient of batch
+            # norm with the batch's statistics, which PyTorch's backward kernel computes.
+            used = ctx.used
+            inverse_std = torch.reciprocal(torch.sqrt(used.variance + step.options.epsilon))
+            mask = [bool(needs[0]), bool(needs[1]), bool(needs[2])]
+            dx, dgamma, dbeta = batch_norm_backward(
+                dy, x, gamma, used.mean, inverse_std, step.plan.channel, step.options.epsilon, mask
+            )
+            return dx, dgamma, dbeta, None
         dx, dgamma, dbeta = layer_backward(
             dy, x, step.batch_weights, ctx.used, step.options, step.plan, step.xp
         )
-        needs = ctx.needs_input_grad
         return (dx if needs[0] else None, dgamma if needs[1] else None, dbeta if needs[2] else None, None)
+
+
+def _plain_batch_statistics(step: _Step, x: torch.Tensor) -> bool:
+    """The Keras layer's plain training step, in a layout and dtypes PyTorch's kernel takes."""
+    options, plan = step.options, step.plan
+    if plan.path != "keras_layer" or options.renorm or options.cross_replica_sum is not None:
+        return False
+    if step.batch_weights is not None or plan.channel not in (1, x.ndim - 1) or x.ndim < 2:
+        return False
+    state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.device.type in ("cpu", "cuda") and plan.state_dtype == state_dtype
 
 
 def _recorded_gradients(ctx: Any, dy: torch.Tensor, x: Any, gamma: Any, beta: Any) -> Any:

@@ -200,20 +200,32 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> Any:
         x, scale, mean, inverse_std = ctx.saved_tensors
         mask = [bool(flag) for flag in ctx.needs_input_grad[:3]]
-        # Under create_graph (grad mode on here), autograd differentiates this
-        # backward op by op in its inputs' dtype: half inputs would make the
-        # second-order gradient half-precision arithmetic. In float32 it is
-        # float32 arithmetic, and only dx is rounded to x's dtype. First-order
-        # gradients keep the half kernel (float32 inside, the same result).
-        widen = torch.is_grad_enabled() and x.dtype != torch.float32
-        dx, dscale, doffset = torch.ops.aten.native_batch_norm_backward(
-            _channels_second(dy.float() if widen else dy, ctx.channel),
-            _channels_second(x.float() if widen else x, ctx.channel),
-            scale, None, None, mean, inverse_std, True, ctx.epsilon, mask,
-        )
-        if dx is not None:
-            dx = _channels_back(dx.to(x.dtype) if widen else dx, ctx.channel)
+        dx, dscale, doffset = batch_norm_backward(dy, x, scale, mean, inverse_std, ctx.channel, ctx.epsilon, mask)
         return dx, dscale, doffset, None, None, None, None
+
+
+def batch_norm_backward(
+    dy: Tensor, x: Tensor, scale: Tensor | None, mean: Tensor, inverse_std: Tensor, channel: int,
+    epsilon: float, mask: list[bool],
+) -> tuple[Any, Any, Any]:
+    """``(dx, dscale, doffset)`` of batch norm with batch statistics: PyTorch's own
+    ``native_batch_norm_backward`` (NHWC as channels-last views), ``mask`` saying which.
+
+    Under create_graph (grad mode on here), autograd differentiates this
+    backward op by op in its inputs' dtype: half inputs would make the
+    second-order gradient half-precision arithmetic. In float32 it is float32
+    arithmetic, and only dx is rounded to x's dtype. First-order gradients keep
+    the half kernel (float32 inside, the same result).
+    """
+    widen = torch.is_grad_enabled() and x.dtype not in (torch.float32, torch.float64)
+    dx, dscale, doffset = torch.ops.aten.native_batch_norm_backward(
+        _channels_second(dy.float() if widen else dy, channel),
+        _channels_second(x.float() if widen else x, channel),
+        scale, None, None, mean, inverse_std, True, epsilon, mask,
+    )
+    if dx is not None:
+        dx = _channels_back(dx.to(x.dtype) if widen else dx, channel)
+    return dx, dscale, doffset
 
 
 def fused_inference(
