@@ -144,11 +144,11 @@ def _legacy_step(
     """tf-slim's own composite: (weighted) moments and zero-debias, input-dtype variables."""
     if options.is_training:
         # tf.nn.(weighted_)moments: float16 in float32, bfloat16 in bfloat16, rounded back.
-        x_moments = astype(x, compute_dtype(xp, x.dtype, ComputeRule.MOMENTS), xp)
+        compute = compute_dtype(xp, x.dtype, ComputeRule.MOMENTS)
         weights = None
         if batch_weights is not None:
             weights = xp.reshape(batch_weights, (-1,) + (1,) * (x.ndim - 1))
-        mean, variance = _batch_statistics(x_moments, plan, options, xp, weights)
+        mean, variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
         mean, variance = astype(mean, x.dtype, xp), astype(variance, x.dtype, xp)
         new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
             moving_variance=moving_average(
