@@ -1,0 +1,194 @@
+"""What every benchmark harness shares: the machine's description and the timing loop.
+
+``time_case`` interleaves the implementations of one case round by round, so
+that load from other processes slows them alike; its summary is the median
+over rounds. ``peak_extra_memory`` is the peak of Python-visible allocations
+(NumPy's included) during one call, over the input's bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib
+import importlib.metadata
+import math
+import os
+import platform
+import random
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def optional(module: str) -> tuple[Any, str | None]:
+    try:
+        return importlib.import_module(module), None
+    except Exception as error:  # ImportError, or a broken install
+        return None, f"not installed ({type(error).__name__})"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _bn_portable_threads() -> int:
+    from bn_portable._native import _threads
+
+    return _threads.thread_count()
+
+
+def machine_info(torch: Any) -> dict[str, Any]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": cores,
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "bn_portable_threads": _bn_portable_threads(),
+        "openblas_env": {
+            name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+        },
+        "versions": {
+            name: _version(name)
+            for name in (
+                "bn_portable",
+                "numpy",
+                "torch",
+                "jax",
+                "jaxlib",
+                "tensorflow",
+                "tensorflow-cpu",
+            )
+        },
+        "load_average_start": load_average(),
+    }
+
+
+def time_case(
+    impls: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int,
+    rng: random.Random,
+    after_round: Callable[[], None],
+    settle: float = 0.0,
+    inner: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds; each round times every implementation, in a shuffled order.
+
+    A round's sample of one implementation is the quickest of ``inner``
+    back-to-back calls (a transient hiccup inside one call, another process
+    taking the second core for a time slice, is dropped); the summary is the
+    median over rounds.
+
+    Each timed call is preceded by one untimed call of the same implementation:
+    on a machine with few cores, the worker threads of the previous library
+    (OpenBLAS, OpenMP, XLA) keep spinning for a while after its call and would
+    otherwise be charged to whichever implementation comes next. ``settle``
+    seconds of sleep before that untimed call let them go idle altogether
+    (OpenBLAS's workers keep polling for about 0.1 s after each call), but
+    on a virtual machine the idle cores then sleep too and every parallel
+    region of a multi-threaded kernel pays to wake them (PyTorch's two-thread
+    inference measured 3–4× slower that way), so it is off by default.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in impls}
+    errors: dict[str, str] = {}
+    for name, call in impls.items():
+        try:
+            for _ in range(warmup):
+                call()
+        except Exception as error:  # an implementation that fails is recorded, not fatal
+            errors[name] = f"{type(error).__name__}: {error}"[:300]
+    live = [name for name in impls if name not in errors]
+    for _ in range(rounds):
+        rng.shuffle(live)
+        for name in live:
+            if settle:
+                time.sleep(settle)
+            impls[name]()
+            best = math.inf
+            for _ in range(inner):
+                start = time.perf_counter()
+                impls[name]()
+                best = min(best, time.perf_counter() - start)
+            samples[name].append(best)
+        after_round()
+    results: dict[str, dict[str, Any]] = {}
+    for name in live:
+        values = sorted(samples[name])
+        quartiles = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+        results[name] = {
+            "median_ms": statistics.median(values) * 1e3,
+            "q1_ms": quartiles[0] * 1e3,
+            "q3_ms": quartiles[2] * 1e3,
+            "min_ms": values[0] * 1e3,
+            "rounds": len(values),
+        }
+    for name, message in errors.items():
+        results[name] = {"error": message}
+    return results
+
+
+def peak_extra_memory(call: Callable[[], Any], input_bytes: int) -> float:
+    """Peak bytes allocated during one call (output included), over the input's bytes."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = call()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    del result
+    return peak / input_bytes
+
+
+#: A case is flagged when its ratio grew by more than this factor since the previous run.
+REGRESSION = 1.25
+
+
+def regressions(previous: dict[str, Any] | None, payload: dict[str, Any]) -> list[str]:
+    """Each implementation whose ratio to the case's reference grew by more than 25 %.
+
+    Ratios, not times: the machines are shared and absolute times move by tens of
+    percent from run to run, while a ratio from interleaved rounds moves far less.
+    Both payloads list ``cases`` with a ``key`` and ``results[name]["ratio"]``.
+    """
+    if not previous:
+        return []
+    before = {case["key"]: case["results"] for case in previous.get("cases", []) if "key" in case}
+    flagged = []
+    for case in payload["cases"]:
+        for name, result in case["results"].items():
+            old = before.get(case["key"], {}).get(name, {}).get("ratio")
+            new = result.get("ratio")
+            if old and new and new > old * REGRESSION:
+                flagged.append(f"{case['key']} {name}: {new:.2f}× (previous run {old:.2f}×)")
+    return flagged

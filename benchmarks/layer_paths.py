@@ -1,0 +1,259 @@
+"""Every path of ``batch_norm`` users take, timed against PyTorch's native kernel.
+
+Usage::
+
+    python benchmarks/layer_paths.py [--quick | --tiny] [--out FILE]
+
+``batch_norm`` runs one of TensorFlow's implementations per call (docs/architecture.md):
+the fused kernel (``fused=True``), the Keras layer without it (the default,
+``fused=False``; ``renorm=True`` too) and tf-slim's composite (``batch_weights``,
+``zero_debias_moving_mean=True``). Each case is one backend, shape, layout, dtype
+and mode; its variants run interleaved in the same rounds (``_timing``) against
+``torch.nn.functional.batch_norm`` on the same data in the same memory layout
+(channels-last for NHWC) and dtype. Modes: ``train`` and ``infer`` forwards of
+``batch_norm``, ``step`` (forward and backward with autograd, torch, float32).
+
+``step`` runs ``bn_portable.torch.BatchNorm`` (``from_state``), as PyTorch users
+train. ``floor …`` rows (torch, float32) are the fewest PyTorch operations that compute
+the path's formula within the accuracy contract (conformance/README.md): they
+bound what any implementation written in Python on top of PyTorch can reach.
+``infer``: the fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (three passes: no
+fold of μ into the offset) and the non-fused ``x·inv + (β − μ·inv)`` (two passes:
+no fused multiply-add, which would lose TensorFlow's exact cancellation where
+x = μ); ``train`` adds the two-pass statistics (PyTorch's own kernel for
+contiguous NCHW, ``torch.sum`` twice otherwise).
+
+NumPy cases record each path's peak memory over the input's bytes (output
+included). ``--tiny`` runs everything on tiny sizes with two rounds (the test
+suite runs it). Any ratio more than 25 % above the previous saved run's is
+listed under ``regressions``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import bn_portable as bn
+from _timing import load_average, machine_info, peak_extra_memory, regressions, time_case
+from bn_portable.torch import BatchNorm
+
+HERE = Path(__file__).resolve().parent
+EPSILON = 1e-3
+#: The layer's paths: ``batch_norm`` keywords (``weighted`` adds batch_weights).
+PATHS: dict[str, dict[str, Any]] = {
+    "fused": {"fused": True},
+    "non-fused": {"fused": False},
+    "renorm": {"fused": False, "renorm": True},
+    "weighted": {"fused": False, "weighted": True},
+    "zero-debias": {"fused": False, "zero_debias_moving_mean": True},
+}
+#: Inference of renorm and weighted layers is the non-fused and zero-debias one.
+INFERENCE_PATHS = ("fused", "non-fused", "zero-debias")
+STEP_PATHS = ("fused", "non-fused")
+#: name → NCHW shape (rank 2: an MLP batch, N×C).
+SHAPES = {
+    "full": {"32x64x56x56": (32, 64, 56, 56), "8x32x16x16": (8, 32, 16, 16), "256x512": (256, 512), "64x64": (64, 64)},
+    "tiny": {"2x8x4x4": (2, 8, 4, 4), "8x16": (8, 16)},
+}
+TORCH_DTYPES = ("float32", "float16", "bfloat16")
+NUMPY_DTYPES = ("float32", "float16")
+
+
+class Data:
+    """One input and the layer state every variant of a case shares."""
+
+    def __init__(self, shape: tuple[int, ...], layout: str, dtype: str) -> None:
+        rng = np.random.default_rng(0)
+        channels = shape[1]
+        self.layout = layout if len(shape) > 2 else "NHWC"  # rank 2: channels last either way
+        nchw = rng.normal(0.5, 1.5, size=shape).astype(np.float32)
+        self.native = torch.from_numpy(nchw).to(getattr(torch, dtype))
+        if layout == "NHWC" and len(shape) == 4:
+            self.native = self.native.contiguous(memory_format=torch.channels_last)
+        #: what bn_portable is given: NHWC as TensorFlow lays it out (a view of the native tensor)
+        self.torch = self.native.permute(0, 2, 3, 1) if layout == "NHWC" and len(shape) == 4 else self.native
+        self.numpy = np.ascontiguousarray(self.torch.float().numpy()).astype(dtype) if dtype != "bfloat16" else None
+        self.vectors = {
+            "gamma": rng.uniform(0.5, 1.5, channels).astype(np.float32),
+            "beta": rng.normal(0.0, 1.0, channels).astype(np.float32),
+            "moving_mean": rng.normal(0.0, 0.5, channels).astype(np.float32),
+            "moving_variance": rng.uniform(0.5, 2.0, channels).astype(np.float32),
+        }
+        self.weights = rng.uniform(0.5, 1.5, shape[0]).astype(np.float32)
+
+
+def _state(data: Data, path: str, backend: str) -> Any:
+    """An initial state for ``path``, as a call without one would create, with the case's values."""
+    x = data.torch if backend == "torch" else data.numpy
+    options = _options(data, path)
+    weights = _weights(data, path, backend)
+    _, state = bn.batch_norm(x, None, batch_weights=weights, **options)
+    as_array = torch.from_numpy if backend == "torch" else np.asarray
+    dtype = state.moving_mean.dtype
+    values = {k: as_array(v).to(dtype) if backend == "torch" else v.astype(dtype) for k, v in data.vectors.items()}
+    return state._replace(**values)
+
+
+def _options(data: Data, path: str) -> dict[str, Any]:
+    options = {k: v for k, v in PATHS[path].items() if k != "weighted"}
+    return {"scale": True, "epsilon": EPSILON, "data_format": data.layout, **options}
+
+
+def _weights(data: Data, path: str, backend: str) -> Any:
+    if not PATHS[path].get("weighted"):
+        return None
+    return torch.from_numpy(data.weights) if backend == "torch" else data.weights
+
+
+def portable_call(data: Data, path: str, backend: str, mode: str) -> Callable[[], Any]:
+    x = data.torch if backend == "torch" else data.numpy
+    state, options, weights = _state(data, path, backend), _options(data, path), _weights(data, path, backend)
+    if mode != "step":
+        training = mode == "train"
+        return lambda: bn.batch_norm(x, state, batch_weights=weights, is_training=training, **options)
+    # A training step as PyTorch users run it: the module (its parameters, its buffers updated).
+    module = BatchNorm.from_state(state, **options)
+    x = x.detach().requires_grad_()
+    dy = torch.ones_like(x)
+
+    def step() -> Any:
+        y = module(x, weights)
+        return torch.autograd.grad(y, (x, module.gamma, module.beta), dy)
+
+    return step
+
+
+def native_call(data: Data, mode: str) -> Callable[[], Any]:
+    x = data.native
+    v = {k: torch.from_numpy(a) for k, a in data.vectors.items()}
+    if x.dtype != torch.float32:  # PyTorch's CPU kernel takes half input with float32 parameters
+        v = {k: a.to(torch.float32) for k, a in v.items()}
+    training = mode != "infer"
+    if mode != "step":
+        return lambda: F.batch_norm(
+            x, v["moving_mean"].clone(), v["moving_variance"].clone(), v["gamma"], v["beta"], training, 0.001, EPSILON
+        )
+    x = x.detach().requires_grad_()
+    gamma, beta = v["gamma"].requires_grad_(), v["beta"].requires_grad_()
+    dy = torch.ones_like(x)
+
+    def step() -> Any:
+        y = F.batch_norm(x, v["moving_mean"].clone(), v["moving_variance"].clone(), gamma, beta, True, 0.001, EPSILON)
+        return torch.autograd.grad(y, (x, gamma, beta), dy)
+
+    return step
+
+
+def floor_calls(data: Data, mode: str) -> dict[str, Callable[[], Any]]:
+    """The fewest PyTorch operations within the accuracy contract (see the module doc)."""
+    x = data.torch
+    channel = 1 if data.layout == "NCHW" else x.ndim - 1
+    view = [1] * x.ndim
+    view[channel] = -1
+    v = {k: torch.from_numpy(a) for k, a in data.vectors.items()}
+    gamma, beta = v["gamma"].view(view), v["beta"].view(view)
+
+    def statistics() -> tuple[Any, Any]:
+        if mode == "infer":
+            return v["moving_mean"].view(view), v["moving_variance"].view(view)
+        if channel == 1 and x.ndim > 2:
+            mean, var = torch.batch_norm_update_stats(x, None, None, 1.0)
+            return mean.view(view), var.view(view)
+        rows = x.reshape(-1, x.shape[-1])
+        mean = torch.sum(rows, 0) * (1.0 / rows.shape[0])
+        return mean.view(view), (torch.sum(torch.sub(rows, mean).square_(), 0) * (1.0 / rows.shape[0])).view(view)
+
+    def fused() -> Any:
+        mean, var = statistics()
+        return torch.sub(x, mean).mul_(torch.rsqrt(var + EPSILON) * gamma).add_(beta)
+
+    def non_fused() -> Any:
+        mean, var = statistics()
+        inv = torch.rsqrt(var + EPSILON) * gamma
+        return torch.mul(x, inv).add_(beta - mean * inv)
+
+    return {"floor fused": fused, "floor non-fused": non_fused}
+
+
+def case_list(size: str) -> list[tuple[str, str, str, str, str]]:
+    """``(backend, shape name, layout, dtype, mode)``: the large shape every way, the small ones float32."""
+    shapes = list(SHAPES[size])
+    large, small = shapes[0], shapes[1:]
+    cases = []
+    for backend, dtypes in (("torch", TORCH_DTYPES), ("numpy", NUMPY_DTYPES)):
+        for dtype in dtypes:
+            for layout in ("NCHW", "NHWC"):
+                for mode in ("train", "infer"):
+                    cases.append((backend, large, layout, dtype, mode))
+    cases += [("torch", large, layout, "float32", "step") for layout in ("NCHW", "NHWC")]
+    for name in small:
+        layout = "NCHW" if len(SHAPES[size][name]) > 2 else "NHWC"
+        cases += [("torch", name, layout, "float32", mode) for mode in ("train", "infer", "step")]
+    return cases
+
+
+def run_case(size: str, backend: str, shape: str, layout: str, dtype: str, mode: str, rounds: int, rng: random.Random) -> dict[str, Any]:
+    data = Data(SHAPES[size][shape], layout, dtype)
+    paths = {"train": tuple(PATHS), "infer": INFERENCE_PATHS, "step": STEP_PATHS}[mode]
+    calls: dict[str, Callable[[], Any]] = {"native": native_call(data, mode)}
+    calls |= {path: portable_call(data, path, backend, mode) for path in paths}
+    if backend == "torch" and dtype == "float32" and mode != "step":
+        calls |= floor_calls(data, mode)
+    results = time_case(calls, rounds, 2, rng, lambda: None)
+    reference = results["native"].get("median_ms")
+    for result in results.values():
+        if reference and "median_ms" in result:
+            result["ratio"] = result["median_ms"] / reference
+    record = {
+        "key": f"{backend}/{shape}/{layout}/{dtype}/{mode}", "backend": backend, "shape": shape,
+        "layout": layout, "dtype": dtype, "mode": mode, "reference": "native", "results": results,
+    }
+    if backend == "numpy" and mode != "step":
+        record["peak_memory_vs_input"] = {path: peak_extra_memory(calls[path], data.numpy.nbytes) for path in paths}
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "layer_paths.json")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes, two rounds: the harness works")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args(argv)
+    size = "tiny" if args.tiny else "full"
+    rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 9)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else None
+    rng = random.Random(0)
+    info = machine_info(torch)
+    cases = []
+    for spec in case_list(size):
+        print("/".join(spec), file=sys.stderr, flush=True)
+        cases.append(run_case(size, *spec, rounds, rng))
+    payload = {
+        "schema": 1, "size": size, "rounds": rounds, "epsilon": EPSILON,
+        "machine": {**info, "load_average_end": load_average()}, "cases": cases,
+    }
+    payload["regressions"] = regressions(previous, payload) if previous and not args.tiny else []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    for case in cases:
+        ratios = ", ".join(f"{n} {r['ratio']:.2f}×" for n, r in case["results"].items() if "ratio" in r and n != "native")
+        print(f"{case['key']}: {ratios}")
+    for line in payload["regressions"]:
+        print(f"slower than the previous run: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
