@@ -36,10 +36,11 @@ from .._lib.array_api_compat import *  # noqa: F403
 '''
 
 #: Tests of the repository rather than of the library (its README, docs, src/
-#: layout, and docstring examples that import the installed ``bn_portable``):
-#: they do not apply to a vendored copy.
+#: layout, benchmark harnesses, and docstring examples that import the installed
+#: ``bn_portable``): they do not apply to a vendored copy.
 REPOSITORY_TESTS = {
     "test_readme.py", "test_docs.py", "test_doctests.py", "test_vendoring.py", "vendor_copy.py",
+    "test_benchmarks.py",
 }
 
 _NAMES = re.compile(r"(?<![\w.])(bn_portable|array_api_compat)(?=[.\s,\"]|$)", re.MULTILINE)
