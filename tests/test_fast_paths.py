@@ -702,7 +702,9 @@ def test_torch_normalize_widened_is_bit_identical(torch_fast, monkeypatch, layou
     )
     arguments = (_to_torch(x, dtype), mean, variance, offset, scale, EPSILON)
     fast = torch_fast.normalize(*arguments, xp=xp, compute=torch.float32)
-    assert fast is not NotImplemented
+    if not block_elements:  # one block: the generic whole-tensor expression serves it
+        assert fast is NotImplemented
+        return
     generic = _normalize.normalize.generic(*arguments, xp=xp, compute=torch.float32)
     assert fast.dtype == generic.dtype == getattr(torch, dtype)
     assert torch.equal(fast, generic)

@@ -153,7 +153,7 @@ def _affine(x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset:
     factor_b = _per_channel(inverse_std * scale, x, channel)
     offset_b = _per_channel(offset, x, channel)
     if _needs_autograd([x, mean, inverse_std, scale, offset]) or (
-        x.dtype != torch.float32 and (x.device.type != "cpu" or torch.compiler.is_compiling())
+        x.dtype != torch.float32 and not _blocked_on_cpu(x)
     ):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)
@@ -255,7 +255,7 @@ def normalize(
     if torch._C._are_functorch_transforms_active():
         return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
     parameters = [t for t in (mean, variance, offset, scale) if t is not None]
-    blocked = compute is not None and x.device.type == "cpu" and not torch.compiler.is_compiling()
+    blocked = compute is not None and _blocked_on_cpu(x)
     if blocked and _needs_autograd([x, *parameters]):
         return NotImplemented
     # The generic kernel's own (half-aware) rsqrt.
@@ -344,6 +344,12 @@ def gradient_input(
         if not wide:
             out.copy_(product)  # one rounding to x's dtype
     return dx
+
+
+def _blocked_on_cpu(x: Tensor) -> bool:
+    """Whether half input is widened block by block: more than one block, on CPU, eagerly
+    (a smaller batch takes the whole-tensor expression, fewer operations per call)."""
+    return x.device.type == "cpu" and x.numel() > _BLOCK_ELEMENTS and not torch.compiler.is_compiling()
 
 
 def _outer_blocks(x: Tensor) -> Any:

@@ -1,0 +1,116 @@
+"""An earlier revision of bn_portable against the working tree, side by side in one process.
+
+Usage::
+
+    python benchmarks/compare_versions.py REVISION [--backend torch|numpy]
+        [--dtypes float32,float16] [--layouts NCHW,NHWC,CL] [--shape 32,64,56,56]
+
+The package at ``REVISION`` (``git archive``) is imported as ``bn_old`` beside
+the installed ``bn_portable`` (the package imports itself relatively, so a
+renamed copy works), and ``batch_norm`` is timed on both, fused and not, in
+training and inference, alternating: the quickest of three alternating repeats
+of the best of five calls each. ``CL`` is NCHW in channels-last memory (a PyTorch model's
+channels-last tensors). Prints new/old per case: a change is judged on these
+ratios, which a shared machine disturbs far less than separate runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import bn_portable as bn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _old_package(revision: str, folder: Path) -> Any:
+    archive = subprocess.run(
+        ["git", "archive", revision, "src/bn_portable"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    (folder / "src" / "bn_portable").rename(folder / "bn_old")
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("bn_old")
+
+
+def _best(call: Any, calls: int = 5) -> float:
+    call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def _input(shape: tuple[int, ...], dtype: str, layout: str, backend: str) -> tuple[Any, str]:
+    import torch
+
+    x = (torch.randn(*shape) * 3 + 1).to(getattr(torch, dtype))
+    if layout == "NHWC":
+        x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    elif layout == "CL":
+        x = x.contiguous(memory_format=torch.channels_last)
+    data_format = "NHWC" if layout == "NHWC" else "NCHW"
+    if backend == "numpy":
+        return np.ascontiguousarray(x.float().numpy()).astype(dtype), data_format
+    return x, data_format
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("revision")
+    parser.add_argument("--backend", default="torch", choices=["torch", "numpy"])
+    parser.add_argument("--dtypes", default="float32,float16")
+    parser.add_argument("--layouts", default="NCHW,NHWC")
+    parser.add_argument("--shape", default="32,64,56,56")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.manual_seed(0)
+    shape = tuple(int(n) for n in args.shape.split(","))
+    channels = shape[1]
+    with tempfile.TemporaryDirectory() as folder:
+        old = _old_package(args.revision, Path(folder))
+        for dtype in args.dtypes.split(","):
+            for layout in args.layouts.split(","):
+                x, data_format = _input(shape, dtype, layout, args.backend)
+                vectors = [torch.rand(channels) + 0.5, torch.randn(channels), torch.randn(channels), torch.rand(channels) + 0.5]
+                if args.backend == "numpy":
+                    vectors = [v.numpy() for v in vectors]
+                for training in (True, False):
+                    for fused in (True, False):
+                        calls = []
+                        for library in (old, bn):
+                            state = library.BatchNormState(
+                                gamma=vectors[0], beta=vectors[1], moving_mean=vectors[2], moving_variance=vectors[3]
+                            )
+                            options = {"is_training": training, "fused": fused, "data_format": data_format}
+                            calls.append(
+                                lambda lib=library, s=state, x=x, o=options: lib.batch_norm(x, s, scale=True, **o)
+                            )
+                        before, after = float("inf"), float("inf")
+                        for _ in range(3):  # alternating, so that load slows both alike
+                            before = min(before, _best(calls[0]))
+                            after = min(after, _best(calls[1]))
+                        mode = "train" if training else "infer"
+                        path = "fused" if fused else "non-fused"
+                        print(
+                            f"{args.backend} {dtype:8s} {layout:4s} {mode} {path:9s} "
+                            f"old {before:7.2f} ms  new {after:7.2f} ms  new/old {after / before:.2f}",
+                            flush=True,
+                        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
