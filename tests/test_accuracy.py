@@ -60,6 +60,28 @@ def test_issue_reproduction_weighted_moments(backend: Backend) -> None:
     assert _relative(backend.to_numpy(variance), _reference_variance(x, weights=weights)) < TF_RELATIVE_ERROR
 
 
+@pytest.mark.parametrize(
+    "weight_shape",
+    [(31, 1, 1, 1), (31, 16, 1, 1), (1, 16, 16, 1), (31, 1, 1, 8), (16, 1, 8), (31, 16, 16, 8)],
+    ids=lambda shape: "x".join(map(str, shape)),
+)
+def test_weighted_moments_whatever_the_weights_vary_along(backend: Backend, weight_shape) -> None:
+    """Weighted sums are taken over the axes where the weights are constant first: mean and
+    variance of the ill-conditioned batch as accurate for every way the weights broadcast,
+    constant or varying along reduced and kept axes."""
+    x = _issue_batch()
+    weights = np.random.default_rng(2).uniform(0.05, 2.0, weight_shape).astype(np.float32)
+    mean, variance = backend.call(
+        lambda a, w: bn.weighted_moments(a, [0, 1, 2], w),
+        backend.asarray(x, "float32"),
+        backend.asarray(weights, "float32"),
+    )
+    w = np.broadcast_to(weights.astype(np.float64), x.shape)
+    expected_mean = (w * x.astype(np.float64)).sum(axis=(0, 1, 2)) / w.sum(axis=(0, 1, 2))
+    assert _relative(backend.to_numpy(mean), expected_mean) < 1e-6
+    assert _relative(backend.to_numpy(variance), _reference_variance(x, weights=weights)) < TF_RELATIVE_ERROR
+
+
 def test_issue_reproduction_fused_batch_norm(backend: Backend) -> None:
     x = _issue_batch()
     ones, zeros = np.ones(8, np.float32), np.zeros(8, np.float32)

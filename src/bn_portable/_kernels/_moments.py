@@ -96,14 +96,21 @@ def _two_passes(
     rounding: Rounding,
     empty: EmptyStatistics,
 ) -> Moments:
-    """``two_pass_moments``' arithmetic, every case (the fast path's generic definition too)."""
+    """``two_pass_moments``' arithmetic, every case (the fast path's generic definition too).
+
+    Weighted sums ``Σ w·v`` are taken over the axes along which the weights are
+    constant first, then weighted over the rest (per-sample weights: each
+    sample's sum times its weight): the same sum, with the products formed on
+    partial sums (fewer roundings, no input-sized product).
+    """
     count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
+    weighted_sum = None
     if weights is not None:
-        weights = xp.broadcast_to(astype(weights, x.dtype, xp), x.shape)
-        count = accurate_sum(weights, axes, xp, keepdims=True)
+        weighted_sum = _weighted_sum(x, weights, axes, xp)
+        count = weighted_sum(None)
     elif reducer is not None or count != count:  # NaN: a Dask array with unknown chunk sizes
         count = _count_array(x, axes, count, xp)
-    total = accurate_sum(x if weights is None else weights * x, axes, xp, keepdims=True)
+    total = accurate_sum(x, axes, xp, keepdims=True) if weighted_sum is None else weighted_sum(x)
     if reducer is not None:
         # One stacked array: a half-precision total travels in its count's float32 and
         # comes back to x's dtype, as the local total is rounded.
@@ -112,10 +119,42 @@ def _two_passes(
     mean = per_count(total, count, rounding=rounding, empty=empty, xp=xp)
     centered = x - mean
     squares = centered * centered
-    m2 = accurate_sum(squares if weights is None else weights * squares, axes, xp, keepdims=True)
+    m2 = accurate_sum(squares, axes, xp, keepdims=True) if weighted_sum is None else weighted_sum(squares)
     if reducer is not None:
         (m2,) = sum_across(reducer, [m2], xp=xp)
     return Moments(count, mean, m2)
+
+
+def _weighted_sum(x: Any, weights: Any, axes: tuple[int, ...], xp: Namespace) -> Any:
+    """``v -> Σ w·v`` over ``axes`` (keepdims) for arrays shaped like x; ``None -> Σ w``.
+
+    Sums first over the reduced axes along which the weights are constant, then
+    multiplies by the weights and sums over the rest.
+    """
+    weights = astype(weights, x.dtype, xp)
+    shape = (1,) * (x.ndim - weights.ndim) + tuple(weights.shape)
+    weights = xp.reshape(weights, shape)
+    constant = tuple(axis for axis in axes if shape[axis] == 1)
+    varying = tuple(axis for axis in axes if shape[axis] != 1)
+    # The weights as each partial sum sees them: full length along every axis but
+    # the constant reduced ones.
+    partial_shape = tuple(1 if axis in constant else n for axis, n in enumerate(x.shape))
+    partial_weights = xp.broadcast_to(weights, partial_shape)
+
+    per_constant = math.prod([x.shape[axis] for axis in constant])  # a list: traceable
+
+    def weighted(values: Any) -> Any:
+        if values is None:  # the total weight
+            if per_constant != per_constant:  # unknown lengths (Dask): the broadcast weights summed
+                return accurate_sum(xp.broadcast_to(weights, x.shape), axes, xp, keepdims=True)
+            # Not a sum over the broadcast weights: PyTorch adds along a broadcast
+            # (stride-0) axis as one running sum, 1.6e-6 off for 7936 float32 weights.
+            total = accurate_sum(partial_weights, varying, xp, keepdims=True) if varying else partial_weights
+            return total * float(per_constant)
+        partial = accurate_sum(values, constant, xp, keepdims=True) if constant else values
+        return accurate_sum(partial_weights * partial, varying, xp, keepdims=True)
+
+    return weighted
 
 
 def per_count(
