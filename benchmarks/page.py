@@ -134,7 +134,7 @@ def advice(models: Run, paths: Run) -> list[str]:
         "- **Half precision.** float16 and bfloat16 input is normalized in float32 and rounded once,"
         " as TensorFlow does, block by block (no float32 copy of the whole input); the NCHW training"
         f" forward costs {r(half, 'fused')} (fused) and {r(half, 'non-fused')} (non-fused) of PyTorch's"
-        f" native float16 kernel, {r(bf16, 'fused')} and {r(bf16, 'non-fused')} in bfloat16. The"
+        f" native float16 kernel, {r(bf16, 'fused')} and {r(bf16, 'non-fused')} in bfloat16."
         " PyTorch's own half kernel keeps its float32 values in registers; each PyTorch operation"
         " here writes a float32 block to memory and reads it back.",
         f"- **NumPy.** Training costs {r(n_nchw, 'fused')} (fused) and {r(n_nchw, 'non-fused')}"
@@ -146,7 +146,7 @@ def advice(models: Run, paths: Run) -> list[str]:
         " take the generic kernels), zero-debias"
         f" {r(t_nchw, 'zero-debias')} and {r(n_nchw, 'zero-debias')}; renorm {r(t_nchw, 'renorm')}"
         f" and {r(n_nchw, 'renorm')}.",
-        "- **Small batches.** A call issues a dozen small operations from Python whatever the size"
+        "- **Small batches.** A call issues about twenty small operations from Python whatever the size"
         f" (checks and plans are remembered per shape): at 64×64, where the native kernel takes"
         f" {'–' if small_native is None else f'{small_native * 1e3:.0f} µs'}, the fused training"
         f" forward costs {r(small, 'fused')}. Under `torch.compile` or `jax.jit` that work becomes"
