@@ -12,6 +12,7 @@ import datetime
 import gc
 import importlib
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -192,3 +193,31 @@ def regressions(previous: dict[str, Any] | None, payload: dict[str, Any]) -> lis
             if old and new and new > old * REGRESSION:
                 flagged.append(f"{case['key']} {name}: {new:.2f}× (previous run {old:.2f}×)")
     return flagged
+
+
+def add_ratios(results: dict[str, dict[str, Any]], reference: str) -> dict[str, dict[str, Any]]:
+    """Each result's ``ratio``: its median over the reference's, from the same rounds."""
+    base = results.get(reference, {}).get("median_ms")
+    for result in results.values():
+        if base and "median_ms" in result:
+            result["ratio"] = result["median_ms"] / base
+    return results
+
+
+def save_run(out: Path, payload: dict[str, Any], *, compare: bool) -> None:
+    """Write a run's JSON, its ``regressions`` against the run saved there before (unless
+    ``compare`` is false), and print every case's ratios."""
+    previous = json.loads(out.read_text()) if compare and out.exists() else None
+    payload["regressions"] = regressions(previous, payload)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {out}")
+    for case in payload["cases"]:
+        ratios = ", ".join(
+            f"{name} {result['ratio']:.2f}×"
+            for name, result in case["results"].items()
+            if "ratio" in result and name != case["reference"]
+        )
+        print(f"{case['key']}: {ratios}")
+    for line in payload["regressions"]:
+        print(f"slower than the previous run: {line}")

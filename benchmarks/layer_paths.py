@@ -34,7 +34,6 @@ listed under ``regressions``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Callable
@@ -46,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 import bn_portable as bn
-from _timing import load_average, machine_info, peak_extra_memory, regressions, time_case
+from _timing import add_ratios, load_average, machine_info, peak_extra_memory, save_run, time_case
 from bn_portable.torch import BatchNorm
 
 HERE = Path(__file__).resolve().parent
@@ -212,11 +211,7 @@ def run_case(size: str, backend: str, shape: str, layout: str, dtype: str, mode:
     calls |= {path: portable_call(data, path, backend, mode) for path in paths}
     if backend == "torch" and dtype == "float32" and mode != "step":
         calls |= floor_calls(data, mode)
-    results = time_case(calls, rounds, 2, rng, lambda: None)
-    reference = results["native"].get("median_ms")
-    for result in results.values():
-        if reference and "median_ms" in result:
-            result["ratio"] = result["median_ms"] / reference
+    results = add_ratios(time_case(calls, rounds, 2, rng, lambda: None), "native")
     record = {
         "key": f"{backend}/{shape}/{layout}/{dtype}/{mode}", "backend": backend, "shape": shape,
         "layout": layout, "dtype": dtype, "mode": mode, "reference": "native", "results": results,
@@ -235,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = "tiny" if args.tiny else "full"
     rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 9)
-    previous = json.loads(args.out.read_text()) if args.out.exists() else None
     rng = random.Random(0)
     info = machine_info(torch)
     cases = []
@@ -246,15 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema": 1, "size": size, "rounds": rounds, "epsilon": EPSILON,
         "machine": {**info, "load_average_end": load_average()}, "cases": cases,
     }
-    payload["regressions"] = regressions(previous, payload) if previous and not args.tiny else []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    for case in cases:
-        ratios = ", ".join(f"{n} {r['ratio']:.2f}×" for n, r in case["results"].items() if "ratio" in r and n != "native")
-        print(f"{case['key']}: {ratios}")
-    for line in payload["regressions"]:
-        print(f"slower than the previous run: {line}")
+    save_run(args.out, payload, compare=not args.tiny)
     return 0
 
 

@@ -31,7 +31,6 @@ than 25 % above the previous saved run's is listed under ``regressions``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Callable
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from _models import ResNet18, mlp, with_batch_norm
-from _timing import load_average, machine_info, optional, regressions, time_case
+from _timing import add_ratios, load_average, machine_info, optional, save_run, time_case
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("native", "fused", "non-fused")
@@ -122,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = "tiny" if args.tiny else "full"
     rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 11)
-    previous = json.loads(args.out.read_text()) if args.out.exists() else None
     info = machine_info(torch)
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
@@ -156,27 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         "absent": {"jax": jax_reason} if jax_reason else {},
         "cases": cases,
     }
-    payload["regressions"] = regressions(previous, payload) if previous and not args.tiny else []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    for case in cases:
-        ratios = ", ".join(
-            f"{name} {result['ratio']:.2f}×" for name, result in case["results"].items() if "ratio" in result
-        )
-        print(f"{case['key']}: {ratios}")
-    for line in payload["regressions"]:
-        print(f"slower than the previous run: {line}")
+    save_run(args.out, payload, compare=not args.tiny)
     return 0
 
 
 def _record(key: str, reference: str, results: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """One case: each variant's timings and its ratio to ``reference`` from the same rounds."""
-    base = results.get(reference, {}).get("median_ms")
-    for result in results.values():
-        if base and "median_ms" in result:
-            result["ratio"] = result["median_ms"] / base
-    return {"key": key, "reference": reference, **fields, "results": results}
+    return {"key": key, "reference": reference, **fields, "results": add_ratios(results, reference)}
 
 
 if __name__ == "__main__":
