@@ -106,8 +106,7 @@ def _two_passes(
     count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
     weighted_sum = None
     if weights is not None:
-        weighted_sum = _weighted_sum(x, weights, axes, xp)
-        count = weighted_sum(None)
+        count, weighted_sum = _weighted_sums(x, weights, axes, xp)
     elif reducer is not None or count != count:  # NaN: a Dask array with unknown chunk sizes
         count = _count_array(x, axes, count, xp)
     total = accurate_sum(x, axes, xp, keepdims=True) if weighted_sum is None else weighted_sum(x)
@@ -125,8 +124,8 @@ def _two_passes(
     return Moments(count, mean, m2)
 
 
-def _weighted_sum(x: Any, weights: Any, axes: tuple[int, ...], xp: Namespace) -> Any:
-    """``v -> Σ w·v`` over ``axes`` (keepdims) for arrays shaped like x; ``None -> Σ w``.
+def _weighted_sums(x: Any, weights: Any, axes: tuple[int, ...], xp: Namespace) -> tuple[Any, Any]:
+    """The total weight ``Σ w`` and ``v -> Σ w·v``, over ``axes`` (keepdims), for arrays like x.
 
     Sums first over the reduced axes along which the weights are constant, then
     multiplies by the weights and sums over the rest.
@@ -140,21 +139,20 @@ def _weighted_sum(x: Any, weights: Any, axes: tuple[int, ...], xp: Namespace) ->
     # the constant reduced ones.
     partial_shape = tuple(1 if axis in constant else n for axis, n in enumerate(x.shape))
     partial_weights = xp.broadcast_to(weights, partial_shape)
-
     per_constant = math.prod([x.shape[axis] for axis in constant])  # a list: traceable
+    if per_constant != per_constant:  # unknown lengths (Dask): the broadcast weights summed
+        count = accurate_sum(xp.broadcast_to(weights, x.shape), axes, xp, keepdims=True)
+    else:
+        # Not a sum over the broadcast weights: PyTorch adds along a broadcast
+        # (stride-0) axis as one running sum, 1.6e-6 off for 7936 float32 weights.
+        total = accurate_sum(partial_weights, varying, xp, keepdims=True) if varying else partial_weights
+        count = total * float(per_constant)
 
     def weighted(values: Any) -> Any:
-        if values is None:  # the total weight
-            if per_constant != per_constant:  # unknown lengths (Dask): the broadcast weights summed
-                return accurate_sum(xp.broadcast_to(weights, x.shape), axes, xp, keepdims=True)
-            # Not a sum over the broadcast weights: PyTorch adds along a broadcast
-            # (stride-0) axis as one running sum, 1.6e-6 off for 7936 float32 weights.
-            total = accurate_sum(partial_weights, varying, xp, keepdims=True) if varying else partial_weights
-            return total * float(per_constant)
         partial = accurate_sum(values, constant, xp, keepdims=True) if constant else values
         return accurate_sum(partial_weights * partial, varying, xp, keepdims=True)
 
-    return weighted
+    return count, weighted
 
 
 def per_count(
