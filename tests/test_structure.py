@@ -141,7 +141,7 @@ _LAYER = (
     "(x, state=None, *, decay=0.999, center=True, scale=False, epsilon=0.001, activation_fn=None, "
     "param_initializers=None, is_training=True, batch_weights=None, fused=False, data_format='NHWC', "
     "zero_debias_moving_mean=False, renorm=False, renorm_clipping=None, renorm_decay=0.99, "
-    "cross_replica_sum=None, skip_nonfinite=False)"
+    "cross_replica_sum=None, skip_nonfinite=False, execution='graph')"
 )
 PUBLIC_SIGNATURES["batch_norm"] = PUBLIC_SIGNATURES["batch_norm_vjp"] = _LAYER
 

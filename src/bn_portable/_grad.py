@@ -107,6 +107,7 @@ def batch_norm_vjp(
     renorm_decay: float = 0.99,
     cross_replica_sum: CrossReplicaSum | None = None,
     skip_nonfinite: bool = False,
+    execution: str = "graph",
 ) -> tuple[ArrayT, BatchNormState, VJP[ArrayT]]:
     """``batch_norm`` and its vector-Jacobian product; returns ``(y, new_state, vjp)``.
 
@@ -163,7 +164,7 @@ def batch_norm_vjp(
         param_initializers=param_initializers, is_training=is_training, fused=fused,
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite,
+        cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite, execution=execution,
     )
     if options.activation_fn is not None:
         raise ValueError(

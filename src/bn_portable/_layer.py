@@ -37,6 +37,7 @@ def batch_norm(
     renorm_decay: float = 0.99,
     cross_replica_sum: CrossReplicaSum | None = None,
     skip_nonfinite: bool = False,
+    execution: str = "graph",
 ) -> tuple[ArrayT, BatchNormState]:
     """One call of ``tf.contrib.layers.batch_norm``; returns ``(y, new_state)``.
 
@@ -56,6 +57,13 @@ def batch_norm(
     ``skip_nonfinite=True`` (not in TensorFlow, which lets one bad batch turn
     the moving statistics NaN for good) keeps the state of a training step whose
     batch statistics are not finite, counting it in ``state.skipped_steps``.
+
+    ``execution`` says how the TensorFlow program ran, which changes the last
+    bits of the Keras layer's fused moving averages only: ``"graph"`` (TF1 graph
+    mode, tf-slim, and these goldens) and ``"xla"`` (Keras with
+    ``jit_compile=True``) move them with the weight ``1 − float32(decay)``;
+    ``"eager"`` (Keras 2 in eager calls, ``tf.function`` and ``fit``) lets the
+    fused kernel move them with ``float32(1 − decay)``.
 
     See the user guide for every argument; other names and defaults are TensorFlow's.
 
@@ -84,7 +92,7 @@ def batch_norm(
         param_initializers=param_initializers, is_training=is_training, fused=fused,
         data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite,
+        cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite, execution=execution,
     )
     xp, plan, state = prepare(x, state, batch_weights, options)
     y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp)

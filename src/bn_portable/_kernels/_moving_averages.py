@@ -7,7 +7,11 @@ at the last bit, and TensorFlow has two conventions:
   float32 tensor and cast to the variable's dtype (``assign_moving_average``, the
   Keras layer's non-fused updates);
 - ``"float32"``: ``decay`` is first made a float32 tensor and ``1 − decay`` is
-  computed in float32 (the Keras layer's fused updates).
+  computed in float32 (the Keras layer's fused updates in graph mode and XLA).
+
+Keras 2 outside graph mode and XLA (eager calls, ``tf.function``, ``fit``) lets
+the fused kernel move the averages itself, with another formula:
+``kernel_average``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,31 @@ def moving_average(
     else:  # half-precision variables, or being compiled: a 0-d array of their dtype
         weight = update_weight(decay, rounding, variable.dtype, xp, device(variable))
     return variable - (variable - astype(value, variable.dtype, xp)) * weight
+
+
+def kernel_average(
+    variable: Any, value: Any, decay: float, *, value_factor: Any = 1.0, xp: Namespace
+) -> Any:
+    """The fused kernel's own update, ``(1 − f)·variable + (f·value_factor)·value``, a new array.
+
+    ``f = float32(1 − decay)`` is the kernel's ``exponential_avg_factor`` (Keras
+    passes ``1 − momentum`` computed in double), ``1 − f`` is computed in
+    float32, and ``f·value_factor`` (the Bessel factor, for the variance) is
+    rounded to float32 before it multiplies ``value``, as in TensorFlow's CPU
+    kernel. The variables are float32 on this path.
+    """
+    factor = round_to_float32(1.0 - decay)
+    keep = round_to_float32(1.0 - factor)
+    if isinstance(value_factor, float):
+        weight: Any = round_to_float32(factor * value_factor)
+    else:  # a float32 array: a count summed over replicas, or traced by the compiler
+        weight = value_factor * factor
+    if compiling(xp):  # 0-d arrays of the variable's dtype, as moving_average uses
+        dev = device(variable)
+        keep = scalar(xp, keep, variable.dtype, dev)
+        if isinstance(weight, float):
+            weight = scalar(xp, weight, variable.dtype, dev)
+    return keep * variable + weight * astype(value, variable.dtype, xp)
 
 
 def zero_debiased_average(

@@ -39,8 +39,16 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "renorm_decay": 0.99,
         "cross_replica_sum": None,
         "skip_nonfinite": False,
+        "execution": "graph",
     }
 )
+
+#: How the TensorFlow program that trained a model ran (``execution``): only the
+#: Keras layer's fused path differs. "graph" (TF1 graph mode, tf-slim) and "xla"
+#: (Keras with ``jit_compile=True``) move the averages in graph ops; "eager"
+#: (Keras 2 in eager calls, ``tf.function`` and ``fit``) lets the fused kernel
+#: move them (``_kernels._moving_averages.kernel_average``).
+EXECUTIONS = ("graph", "xla", "eager")
 
 #: The keys of ``renorm_clipping``.
 RENORM_CLIPPING_KEYS = ("rmin", "rmax", "dmax")
@@ -69,6 +77,8 @@ class LayerOptions:
     #: Sum over replicas of one small array (synchronized batch norm), or None.
     cross_replica_sum: CrossReplicaSum | None
     skip_nonfinite: bool
+    #: One of ``EXECUTIONS``.
+    execution: str
 
     @property
     def signature(self) -> Hashable | None:
@@ -149,6 +159,7 @@ def _validate(weighted: bool, arguments: Mapping[str, Any]) -> LayerOptions:
     _checks.check_callable("activation_fn", valid["activation_fn"])
     _checks.check_callable("cross_replica_sum", valid["cross_replica_sum"])
     _checks.check_choice("data_format", valid["data_format"], LAYER_DATA_FORMATS)
+    _checks.check_choice("execution", valid["execution"], EXECUTIONS)
     valid["param_initializers"] = _checks.check_options_dict(
         "param_initializers", valid["param_initializers"], INITIALIZED_FIELDS
     )

@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._kernels._moments import biased_variance, two_pass_moments
-from .._kernels._moving_averages import WeightRounding, moving_average, zero_debiased_average
+from .._kernels._moving_averages import (
+    WeightRounding,
+    kernel_average,
+    moving_average,
+    zero_debiased_average,
+)
 from .._kernels._normalize import fused_inference, fused_training, normalize
 from .._lib import _layout
 from .._lib._backends import stop_gradient
@@ -90,6 +95,15 @@ def _fused_step(
     y, batch_mean, biased, bessel = fused_training(
         x, gamma, beta, options.epsilon, plan.channel, xp=xp, reducer=options.cross_replica_sum
     )
+    if plan.path == "keras_fused" and options.execution == "eager":
+        # Keras 2 outside graphs and XLA: the kernel moves the averages itself.
+        new_state = state._replace(
+            moving_mean=kernel_average(state.moving_mean, batch_mean, options.decay, xp=xp),
+            moving_variance=kernel_average(
+                state.moving_variance, biased, options.decay, value_factor=bessel, xp=xp
+            ),
+        )
+        return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
     # tf-slim's fused path rounds 1 - decay in double precision; the Keras
     # layer's fused path makes decay a float32 tensor first.
     rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
