@@ -43,7 +43,7 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 #: therefore has every CPU array library and the optional integrations.
 BACKEND_PACKAGES = {
     # bench: the benchmark harnesses' tiny run (tests/test_benchmarks.py), Flax included.
-    "numpy": [".[jax,dask,array-api-strict,progress,bench]"],
+    "numpy": [".[jax,flax,dask,array-api-strict,progress,bench]"],
     "array-api-strict": [".[array-api-strict]"],
     "torch": [],
     "jax": [".[jax]"],
@@ -182,18 +182,20 @@ def golden(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def golden_check(session: nox.Session) -> None:
     """Regenerate the goldens into a temporary folder; fail unless identical (the porting
-    test files of ``checkpoints`` too, array for array)."""
+    test files of ``checkpoints`` and its whole models too, array for array)."""
     env = _tensorflow(session)
     session.run("python", "-m", "conformance.generate", "--check", env=env)
     session.run("python", "-m", "conformance.checkpoints", "--check", env=env)
+    session.run("python", "-m", "conformance.keras_models", "--check", env=env)
 
 
 @nox.session(python=PYTHON)
 def checkpoints(session: nox.Session) -> None:
-    """Rewrite tests/data/porting: checkpoints and Keras files TensorFlow trains and saves
-    (``-- --check`` compares instead)."""
+    """Rewrite tests/data/porting: checkpoints and Keras files TensorFlow trains and saves,
+    a whole MobileNetV2 and each way Keras 2 runs (``-- --check`` compares instead)."""
     env = _tensorflow(session)  # tensorflow brings h5py
     session.run("python", "-m", "conformance.checkpoints", *session.posargs, env=env)
+    session.run("python", "-m", "conformance.keras_models", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)
