@@ -19,6 +19,7 @@ from conformance.compare import error_in_epsilons, tolerance
 
 import bn_portable as bn
 from bn_portable.porting import load_keras_batch_norm, state_from_tf_variables
+from porting_replay import arrays, assert_matches_tensorflow, section
 
 DATA = Path(__file__).parent / "data" / "porting"
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
@@ -26,40 +27,19 @@ SLIM_LAYERS = MANIFEST["slim_layers"]
 KERAS_LAYERS = MANIFEST["keras_layers"]
 
 
-def _arrays(name: str) -> dict[str, np.ndarray]:
-    with np.load(DATA / name) as file:
-        return {key: file[key] for key in file.files}
+SLIM = arrays(DATA / "slim.npz")
+KERAS = arrays(DATA / "keras.npz")
 
 
-def _section(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {k.split("|", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + "|")}
-
-
-SLIM = _arrays("slim.npz")
-KERAS = _arrays("keras.npz")
+def _section(recorded: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return section(recorded, prefix)
 
 
 def _h5py():
     return pytest.importorskip("h5py", reason="reading Keras files needs h5py (the h5py extra)")
 
 
-def _assert_matches_tensorflow(backend, state, options, x, expected_infer, expected_train, after):
-    """Inference, one training step and its variables, on ``backend``, against TensorFlow."""
-    channel_axis = 1 if options.get("data_format", "NHWC") == "NCHW" else x.ndim - 1
-    on_backend = state._replace(
-        **{f: backend.asarray(getattr(state, f), "float32") for f in state._fields if getattr(state, f) is not None}
-    )
-    xb = backend.asarray(x, "float32")
-    y_infer, _ = backend.call(lambda x_, s_: bn.batch_norm(x_, s_, is_training=False, **options), xb, on_backend)
-    y_train, new = backend.call(lambda x_, s_: bn.batch_norm(x_, s_, **options), xb, on_backend)
-    results = {"infer": (backend.to_numpy(y_infer), expected_infer), "train": (backend.to_numpy(y_train), expected_train)}
-    for field in state._fields:
-        if getattr(state, field) is not None:
-            results[field] = (backend.to_numpy(getattr(new, field)), getattr(after, field))
-    for name, (actual, expected) in results.items():
-        source = x if name in ("infer", "train") else None
-        error = error_in_epsilons(actual, expected, "float32", source=source, channel_axis=channel_axis)
-        assert error <= tolerance("float32", "y", None), f"{name}: {error:.1f} float32 epsilons from TensorFlow"
+_assert_matches_tensorflow = assert_matches_tensorflow
 
 
 @pytest.mark.parametrize("scope", sorted(SLIM_LAYERS))
@@ -96,12 +76,17 @@ def test_keras_file_round_trip(backend, layer, file):
     )
 
 
-def test_keras_input_rank_from_the_keras_archive():
+def test_keras_input_rank_from_either_file():
     _h5py()
-    _, options = load_keras_batch_norm(DATA / "keras_model.keras", "bn_nchw")
-    assert options["fused"] and options["data_format"] == "NCHW"
+    # The .keras archive records the rank; in the .h5 it is followed through the graph.
+    for file in ("keras_model.keras", "keras_model.h5"):
+        _, options = load_keras_batch_norm(DATA / file, "bn_nchw")
+        assert options["fused"] and options["data_format"] == "NCHW"
+        _, options = load_keras_batch_norm(DATA / file, "bn_dense")
+        assert not options["fused"] and options["data_format"] == "NCHW"
+    # Nothing to follow: a weights-only file and a layer config with axis=[1].
     with pytest.raises(ValueError, match="pass input_rank"):
-        load_keras_batch_norm(DATA / "keras_model.h5", "bn_nchw")
+        load_keras_batch_norm(DATA / "keras_weights.h5", "bn_nchw", config={"axis": [1]})
 
 
 def test_keras_weights_only_file_needs_the_config():
