@@ -3,7 +3,7 @@
 Each block is self-contained: it runs alone, in a fresh namespace, so a reader
 can paste any one of them. A block whose first line says ``(not run here)``
 is not run: TensorFlow's side of a comparison (the golden suite checks what it
-computes) or a file of another package. Blocks that import a library this
+computes) or a file of the reader's. Blocks that import a library this
 environment lacks are skipped, with the library named.
 """
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: being listed here, once its blocks run alone).
 PAGES = [
     ROOT / "README.md",
-    *(ROOT / "docs" / name for name in ("index.md", "getting-started.md", "vendoring.md")),
+    *(ROOT / "docs" / name for name in ("index.md", "getting-started.md", "vendoring.md", "porting.md")),
     *sorted((ROOT / "docs" / "migration").glob("*.md")),
     *sorted((ROOT / "docs" / "traps").glob("*.md")),
 ]
@@ -49,7 +49,7 @@ def test_the_readme_has_runnable_blocks():
 @pytest.mark.parametrize("code", BLOCKS)
 def test_block_runs(code):
     for module in _IMPORT.findall(code):
-        if module in ("torch", "jax", "dask", "cupy", "array_api_strict"):
+        if module in ("torch", "jax", "flax", "dask", "cupy", "array_api_strict", "h5py"):
             pytest.importorskip(module)
     namespace: dict[str, object] = {"__name__": "__readme__"}
     exec(compile(code, "<block>", "exec"), namespace)
