@@ -92,7 +92,7 @@ class BatchNorm(nnx.Module):  # type: ignore[misc, unused-ignore]  # nnx is Any 
     >>> import jax.numpy as jnp
     >>> from bn_portable.flax import BatchNorm
     >>> layer = BatchNorm(2, decay=0.9)                   # training mode, as nnx.BatchNorm
-    >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]], dtype=jnp.float32)
     >>> print(layer(x))
     [[-0.9995004 -0.999995 ]
      [ 0.9995005  0.999995 ]]
@@ -292,7 +292,7 @@ class BatchNorm(nnx.Module):  # type: ignore[misc, unused-ignore]  # nnx is Any 
         >>> state = bn.BatchNormState(moving_mean=np.zeros(2, np.float32),
         ...                           moving_variance=np.full(2, 4.0, np.float32))
         >>> layer = BatchNorm.from_state(state, center=False, use_running_average=True)
-        >>> print(layer(jnp.array([[2.0, -2.0]])))      # (x - 0) / sqrt(4 + 0.001)
+        >>> print(layer(jnp.array([[2.0, -2.0]], jnp.float32)))  # (x - 0) / sqrt(4 + 0.001)
         [[ 0.99987507 -0.99987507]]
         """
         if not isinstance(state, BatchNormState) or state.moving_mean is None:
