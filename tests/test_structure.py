@@ -64,7 +64,7 @@ def test_layer_signatures_spell_out_the_one_options_list(function) -> None:
     keywords = {
         name: parameter.default
         for name, parameter in inspect.signature(function).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "batch_weights"
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("batch_weights", "mask")
     }
     assert list(keywords) == list(_options.DEFAULTS)
     assert keywords == dict(_options.DEFAULTS)
@@ -122,7 +122,7 @@ def test_only_libraries_with_a_fast_path_module_are_dispatched() -> None:
 #: change of the public API and must be deliberate.
 PUBLIC_SIGNATURES = {
     "batch_normalization": "(x, mean, variance, offset, scale, variance_epsilon)",
-    "moments": "(x, axes, *, shift=None, keepdims=False, cross_replica_sum=None)",
+    "moments": "(x, axes, *, shift=None, keepdims=False, cross_replica_sum=None, mask=None)",
     "weighted_moments": "(x, axes, frequency_weights, *, keepdims=False, cross_replica_sum=None)",
     "fused_batch_norm": (
         "(x, scale, offset, mean=None, variance=None, *, epsilon=0.001, data_format='NHWC', "
@@ -131,7 +131,7 @@ PUBLIC_SIGNATURES = {
     "fused_batch_norm_grad": (
         "(dy, x, scale, mean, variance, *, epsilon=0.001, data_format='NHWC', is_training=True)"
     ),
-    "partial_moments": "(x, axes, *, frequency_weights=None)",
+    "partial_moments": "(x, axes, *, frequency_weights=None, mask=None)",
     "merge_moments": "(*parts)",
     "recalibrate": "(batches, state, *, cross_replica_sum=None, progress=False, **options)",
     "fast_paths": "(enabled)",
@@ -139,7 +139,8 @@ PUBLIC_SIGNATURES = {
 }
 _LAYER = (
     "(x, state=None, *, decay=0.999, center=True, scale=False, epsilon=0.001, activation_fn=None, "
-    "param_initializers=None, is_training=True, batch_weights=None, fused=False, data_format='NHWC', "
+    "param_initializers=None, is_training=True, batch_weights=None, mask=None, fused=False, "
+    "data_format='NHWC', "
     "zero_debias_moving_mean=False, renorm=False, renorm_clipping=None, renorm_decay=0.99, "
     "cross_replica_sum=None, skip_nonfinite=False, execution='graph')"
 )

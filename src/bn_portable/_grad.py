@@ -99,6 +99,7 @@ def batch_norm_vjp(
     param_initializers: Mapping[str, Any] | None = None,
     is_training: bool = True,
     batch_weights: Any = None,
+    mask: Any = None,
     fused: bool = False,
     data_format: str = "NHWC",
     zero_debias_moving_mean: bool = False,
@@ -127,6 +128,9 @@ def batch_norm_vjp(
       element's share of them is ``s = w/W``, W the total weight over the
       reduced axes, and 0 where W is 0):
       ``dx = γ·inv·[dy − s·Σdy − x̂·s·Σdy·x̂]``;
+    - with ``mask`` m (see ``batch_norm``), the same with ``s = m/Σm`` (0 where
+      Σm is 0): a masked-out element gets ``dx = γ·inv·dy``, the statistics
+      not depending on it;
     - with renorm (r and d are constants, as TensorFlow stops their gradient),
       γ becomes ``r·γ`` in dx and ``dγ = Σ dy·(x̂·r + d)``;
     - inference (moving statistics, r = 1, d = 0): ``dx = dy·γ·inv``;
@@ -134,14 +138,14 @@ def batch_norm_vjp(
 
     With ``cross_replica_sum`` (synchronized batch norm, as in ``batch_norm``)
     the forward uses the global batch's statistics, and ``vjp`` sums ``Σdy``
-    and ``Σdy·(x − μ)`` (and the count or total weight) over the replicas, so
+    and ``Σdy·(x − μ)`` (and the count, total weight or ``Σm``) over the replicas, so
     ``dx`` is this shard's part of the global batch's gradient. ``dgamma`` and
     ``dbeta`` are this replica's contributions, as autograd through the
     forward gives them: their sum over the replicas (DDP's gradient
     all-reduce) is the global batch's.
     ``skip_nonfinite`` is ``batch_norm``'s: it changes only ``new_state``.
 
-    The gradients of ``batch_weights`` and of the state are not computed
+    The gradients of ``batch_weights``, ``mask`` and the state are not computed
     (TensorFlow's state updates carry none). ``activation_fn`` must be None:
     the gradient of an arbitrary callable is the caller's (apply it to ``y``
     and chain its vjp before this one). Nothing is mutated; ``vjp`` may be
@@ -172,13 +176,13 @@ def batch_norm_vjp(
             "callable is the caller's; call batch_norm_vjp without it, apply the activation "
             "to y and chain its gradient before calling vjp"
         )
-    xp, plan, state = prepare(x, state, batch_weights, options)
-    y, new_state, used = layer_step(x, state, batch_weights, options, plan, xp)
+    xp, plan, state = prepare(x, state, batch_weights, options, mask)
+    y, new_state, used = layer_step(x, state, batch_weights, options, plan, xp, mask)
 
     def vjp(dy: ArrayT) -> tuple[ArrayT, ArrayT | None, ArrayT | None]:
         """``(dx, dgamma, dbeta)`` for the cotangent ``dy`` of ``y``."""
         _check_cotangent(dy, x)
-        return layer_backward(dy, x, batch_weights, used, options, plan, xp)
+        return layer_backward(dy, x, batch_weights, used, options, plan, xp, mask)
 
     return y, new_state, vjp
 

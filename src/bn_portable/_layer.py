@@ -29,6 +29,7 @@ def batch_norm(
     param_initializers: Mapping[str, Any] | None = None,
     is_training: bool = True,
     batch_weights: Any = None,
+    mask: Any = None,
     fused: bool = False,
     data_format: str = "NHWC",
     zero_debias_moving_mean: bool = False,
@@ -53,6 +54,19 @@ def batch_norm(
     replica (``bn_portable.distributed`` has them for torch.distributed and
     JAX). Training statistics, batch weights included, are then the global
     batch's, and the moving statistics are identical on every replica.
+
+    ``mask`` (Keras 3's and tf-keras's meaning; not a tf-slim argument): an
+    array of x's shape without the channel axis (``x.shape[:-1]`` for NHWC),
+    bool, integer or real floating. In training the batch statistics count
+    only the elements where it is nonzero (``Σm·x / Σm``, other values count
+    as frequency weights, as ``tf.nn.weighted_moments`` counts them), the same
+    in every channel; every element is normalized with them, and the moving
+    statistics move toward them (toward 0 where the mask is all zeros, as
+    Keras does). In inference it is checked and unused. It runs the Keras
+    layer's composite path: combined with ``batch_weights``,
+    ``zero_debias_moving_mean`` or TensorFlow's fused kernel it is a
+    ``ValueError``. With ``cross_replica_sum`` the masked counts and sums are
+    summed over the replicas.
 
     ``skip_nonfinite=True`` (not in TensorFlow, which lets one bad batch turn
     the moving statistics NaN for good) keeps the state of a training step whose
@@ -94,8 +108,8 @@ def batch_norm(
         renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
         cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite, execution=execution,
     )
-    xp, plan, state = prepare(x, state, batch_weights, options)
-    y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp)
+    xp, plan, state = prepare(x, state, batch_weights, options, mask)
+    y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp, mask)
     if options.activation_fn is not None:
         y = options.activation_fn(y)
     return y, new_state

@@ -4,6 +4,9 @@ Both are the one two-pass kernel (``_kernels._moments``): mean first, then the
 mean squared deviation from it. float16 is computed in float32 and rounded
 once at the end, as ``tf.nn.moments`` does; bfloat16 is computed in bfloat16,
 as TensorFlow does too (``ComputeRule.MOMENTS``), with or without a reducer.
+``moments``' Keras ``mask`` is computed as the Keras layers compute it: half
+precision in float32 (``ComputeRule.HALF_IN_FLOAT32``), where a count of
+more than 256 elements stays exact.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from ._kernels._moments import biased_variance, two_pass_moments
 from ._lib import _checks
+from ._lib._compat import device
 from ._lib._dtypes import ComputeRule, astype, compute_dtype
 from ._lib._typing import ArrayT, Axes, CrossReplicaSum, EmptyStatistics, Namespace
 
@@ -23,8 +27,9 @@ def moments(
     shift: Any = None,
     keepdims: bool = False,
     cross_replica_sum: CrossReplicaSum | None = None,
+    mask: Any = None,
 ) -> tuple[ArrayT, ArrayT]:
-    """Mean and biased variance of ``x`` over ``axes`` (``tf.nn.moments``).
+    """Mean and biased variance of ``x`` over ``axes`` (``tf.nn.moments``), optionally masked.
 
     Parameters
     ----------
@@ -42,6 +47,17 @@ def moments(
         reduced axes; ``cross_replica_sum(a)`` returns the sum of ``a`` over
         every replica (see ``bn_portable.distributed``). The statistics are
         then the global batch's (two-pass, any shard sizes, empty ones too).
+    mask : array or None
+        Keras 3's meaning: elements where ``mask`` is 0 (False) do not count
+        in the statistics. It broadcasts to ``x`` (NumPy's rule, aligned on
+        the last axis: a Keras mask of shape ``x.shape[:-1]`` is passed as
+        ``mask[..., None]``) and has a bool, integer or real floating dtype,
+        cast to the compute dtype; other values count as frequency weights:
+        ``mean = Σm·x / Σm``, ``variance = Σm·(x − mean)² / Σm``. Where
+        ``Σm`` is 0 both are 0, not NaN (tf-keras's ``tf.nn.weighted_moments``
+        and Keras 3 give 0 too). Half precision is then computed in float32.
+        With ``cross_replica_sum`` the masked sums and counts are summed over
+        the replicas.
 
     Returns
     -------
@@ -56,14 +72,26 @@ def moments(
     >>> mean, variance = bn.moments(x, axes=[0])
     >>> print(mean, variance)
     [3. 4.] [2.6666667 2.6666667]
+    >>> mean, variance = bn.moments(x, axes=[0], mask=np.array([[True], [True], [False]]))
+    >>> print(mean, variance)  # the last row does not count
+    [2. 3.] [1. 1.]
     """
-    xp = _checks.namespace(x=x, shift=shift)
+    xp = _checks.namespace(x=x, shift=shift, mask=mask)
     _checks.check_floating("x", x, xp)
     _checks.check_bool("keepdims", keepdims)
     _checks.check_callable("cross_replica_sum", cross_replica_sum)
     if shift is not None:
         _checks.check_broadcasts_to("shift", shift, tuple(x.shape))
+    if mask is not None:
+        _checks.check_known_shape("x", x)
+        _checks.check_device("mask", mask, device(x))
+        _checks.check_real_dtype("mask", mask, xp)
+        _checks.check_broadcasts_to("mask", mask, tuple(x.shape))
     normalized = _checks.normalize_axes("axes", axes, x.ndim, none_means_all=True)
+    if mask is not None:
+        return _statistics(
+            x, normalized, mask, cross_replica_sum, keepdims, "zero", xp, ComputeRule.HALF_IN_FLOAT32
+        )
     return _statistics(x, normalized, None, cross_replica_sum, keepdims, "nan", xp)
 
 
@@ -116,9 +144,10 @@ def _statistics(
     keepdims: bool,
     empty: EmptyStatistics,
     xp: Namespace,
+    rule: ComputeRule = ComputeRule.MOMENTS,
 ) -> tuple[Any, Any]:
-    """Mean and biased variance in x's dtype, computed under ``tf.nn.moments``' dtype rule."""
-    x_compute = astype(x, compute_dtype(xp, x.dtype, ComputeRule.MOMENTS), xp)
+    """Mean and biased variance in x's dtype, computed under ``rule`` (``tf.nn.moments``')."""
+    x_compute = astype(x, compute_dtype(xp, x.dtype, rule), xp)
     summary = two_pass_moments(x_compute, axes, xp=xp, weights=weights, reducer=reducer, empty=empty)
     mean, variance = summary.mean, biased_variance(summary, empty=empty, xp=xp)
     if not keepdims:

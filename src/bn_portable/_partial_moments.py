@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from ._kernels._moments import Moments, merge_two, two_pass_moments
 from ._lib import _checks
+from ._lib._compat import device
 from ._lib._dtypes import ComputeRule, astype, compute_dtype, dtype_name
 from ._lib._numerics import divide_no_nan
 from ._lib._typing import Axes, Namespace
@@ -59,7 +60,9 @@ class PartialMoments(NamedTuple):
         return self.mean, self.m2 / xp.maximum(self.count - one, one)
 
 
-def partial_moments(x: Any, axes: Axes | None, *, frequency_weights: Any = None) -> PartialMoments:
+def partial_moments(
+    x: Any, axes: Axes | None, *, frequency_weights: Any = None, mask: Any = None
+) -> PartialMoments:
     """The mergeable summary of ``x`` over ``axes``.
 
     Parameters
@@ -72,6 +75,12 @@ def partial_moments(x: Any, axes: Axes | None, *, frequency_weights: Any = None)
         Broadcasts to ``x``; ``count`` is then the total weight and ``mean`` and
         ``m2`` are weighted (``Σw·x / Σw`` and ``Σw·(x − mean)²``), as in
         ``tf.nn.weighted_moments``.
+    mask : array or None
+        Keras 3's meaning, as in ``moments``: broadcasts to ``x``, bool, integer
+        or real floating; elements where it is 0 do not count (``count`` is
+        ``Σm``, so summaries of shards with uneven masks merge exactly). The
+        same arithmetic as ``frequency_weights``, of which it takes the place:
+        the two together are refused.
 
     Examples
     --------
@@ -82,14 +91,21 @@ def partial_moments(x: Any, axes: Axes | None, *, frequency_weights: Any = None)
     >>> print(part.count, part.mean, part.m2)
     [3. 3.] [ 3. 20.] [  8. 200.]
     """
-    xp = _checks.namespace(x=x, frequency_weights=frequency_weights)
+    xp = _checks.namespace(x=x, frequency_weights=frequency_weights, mask=mask)
     _checks.check_floating("x", x, xp)
     _checks.check_known_shape("x", x)
-    if frequency_weights is not None:
-        _checks.check_real_dtype("frequency_weights", frequency_weights, xp)
-        _checks.check_broadcasts_to("frequency_weights", frequency_weights, tuple(x.shape))
+    if frequency_weights is not None and mask is not None:
+        raise ValueError(
+            "frequency_weights and mask cannot both be given (a mask is frequency weights "
+            "of 0 and 1): pass their product as frequency_weights"
+        )
+    weights, name = (mask, "mask") if mask is not None else (frequency_weights, "frequency_weights")
+    if weights is not None:
+        _checks.check_device(name, weights, device(x))
+        _checks.check_real_dtype(name, weights, xp)
+        _checks.check_broadcasts_to(name, weights, tuple(x.shape))
     normalized = _checks.normalize_axes("axes", axes, x.ndim, none_means_all=True)
-    return summarize(x, normalized, frequency_weights, xp)
+    return summarize(x, normalized, weights, xp)
 
 
 def summarize(x: Any, axes: tuple[int, ...], weights: Any, xp: Namespace) -> PartialMoments:

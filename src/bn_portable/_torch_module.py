@@ -21,6 +21,7 @@ from ._tf._fields import FIELDS, PARAMETERS, required_fields
 from ._tf._options import DEFAULTS, LayerOptions, layer_options
 from ._tf._plan import prepare
 from ._tf._state import BatchNormState, initial_state
+from ._tf._steps import layer_step
 from ._torch_step import torch_step
 
 DataFormat = Literal["NCHW", "NHWC"]
@@ -32,6 +33,7 @@ _OPTION_NAMES = tuple(name for name in DEFAULTS if name not in ("is_training", "
 _NOT_OPTIONS = {
     "is_training": "it follows the module's mode: call .train() or .eval()",
     "batch_weights": "it is data: pass it to forward(x, batch_weights)",
+    "mask": "it is data: pass it to forward(x, mask=mask)",
     "state": "the module holds the state: use load_batch_norm_state() or BatchNorm.from_state()",
 }
 
@@ -56,7 +58,7 @@ class BatchNorm(nn.Module):
         TensorFlow gives the variables for the input (see docs/torch.md).
     **options:
         Any keyword of ``bn_portable.batch_norm`` but ``is_training`` (the
-        module's mode), ``batch_weights`` (an argument of ``forward``) and
+        module's mode), ``batch_weights`` and ``mask`` (arguments of ``forward``) and
         ``data_format``, with TensorFlow's defaults (``decay=0.999``,
         ``scale=False``, ``epsilon=0.001``...). Validated once, here.
 
@@ -155,8 +157,14 @@ class BatchNorm(nn.Module):
         # replaces gamma by a property computing it.
         return BatchNormState(**{field: getattr(self, field) for field in self.fields})
 
-    def forward(self, x: torch.Tensor, batch_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalize ``x``; in training mode the buffers take the updated statistics."""
+    def forward(
+        self, x: torch.Tensor, batch_weights: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Normalize ``x``; in training mode the buffers take the updated statistics.
+
+        ``batch_weights`` and ``mask`` (Keras' mask: x's shape without the channel
+        axis) are ``bn_portable.batch_norm``'s.
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         options = self._training_options if self.training else self._inference_options
@@ -172,8 +180,13 @@ class BatchNorm(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             # prepare checks x and the state against the options and picks
             # TensorFlow's implementation; eagerly it remembers both per metadata.
-            xp, plan, state = prepare(x, self.state, batch_weights, options)
-            y, new_state = torch_step(x, state, batch_weights, options, plan, xp)
+            xp, plan, state = prepare(x, self.state, batch_weights, options, mask)
+            if mask is None:
+                y, new_state = torch_step(x, state, batch_weights, options, plan, xp)
+            else:
+                # The one-node training step (_torch_step) takes no mask: recorded op
+                # by op, autograd differentiates the same masked composite instead.
+                y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp, mask)
             if options.activation_fn is not None:
                 y = options.activation_fn(y)
         if self.training:

@@ -2,7 +2,8 @@
 
 Every statistic of the package comes from ``two_pass_moments``: ``moments``,
 ``weighted_moments``, ``partial_moments``, the fused kernel's statistics, the
-layer paths' statistics, and their synchronized forms (a reducer summing over
+layer paths' statistics (Keras' masked ones through ``masked_moments``), and
+their synchronized forms (a reducer summing over
 replicas). Two passes: the (weighted) count and sum first, and the mean from
 them; then the (weighted) sum of squared deviations from that mean, ``m2``.
 Never the one-pass ``E[x²] − E[x]²``, which loses the variance when the mean is
@@ -74,6 +75,33 @@ def two_pass_moments(
         return Moments(count, mean, m2)
     wide = x if compute is None else astype(x, compute, xp)
     return _two_passes(wide, axes, xp, weights, reducer, rounding, empty)
+
+
+def masked_moments(
+    x: Any,
+    mask: Any,
+    channel: int,
+    *,
+    xp: Namespace,
+    reducer: CrossReplicaSum | None = None,
+    compute: Any = None,
+) -> Moments:
+    """Keras' masked statistics per channel: every axis but ``channel`` reduced (keepdims).
+
+    ``mask`` has x's shape without the channel axis (Keras' mask) and any real
+    or bool dtype; it is cast to the compute dtype and counts alike in every
+    channel: ``count = Σm``, ``mean = Σm·x / Σm``, ``m2 = Σm·(x − mean)²``.
+    A zero total gives mean and m2 0 (``biased_variance(..., empty="zero")``
+    then 0 too), as ``tf.nn.weighted_moments``, which tf-keras calls with the
+    mask, gives. With ``reducer`` the counts and sums are summed over replicas.
+    """
+    axes = tuple(axis for axis in range(x.ndim) if axis != channel)
+    # A mask is frequency weights that are the same in every channel: length 1
+    # along the channel axis, broadcast there by the weighted two passes.
+    weights = xp.expand_dims(mask, axis=channel)
+    return two_pass_moments(
+        x, axes, xp=xp, weights=weights, reducer=reducer, empty="zero", compute=compute
+    )
 
 
 @overridable(Kernel.LOCAL_MOMENTS)

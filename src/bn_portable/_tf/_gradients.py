@@ -1,8 +1,8 @@
 """The layer's gradient: what ``batch_norm_vjp``'s ``vjp`` computes from a forward step.
 
 Training differentiates through the batch statistics: each element's share of
-them is ``1/n``, or ``w/W`` with batch weights (W the total weight), or, across
-replicas, the global count's or weight's. Renorm's r and d are constants.
+them is ``1/n``, or ``w/W`` with batch weights or a Keras mask (W the total
+weight, Σm for a mask), or, across replicas, the global count's or weight's. Renorm's r and d are constants.
 The arithmetic is the backward kernel's (``_kernels._backward``).
 """
 
@@ -32,14 +32,18 @@ def layer_backward(
     options: LayerOptions,
     plan: LayerPlan,
     xp: Namespace,
+    mask: Any = None,
 ) -> tuple[Any, Any, Any]:
-    """The layer's ``(dx, dgamma, dbeta)`` from what its forward normalized with."""
+    """The layer's ``(dx, dgamma, dbeta)`` from what its forward normalized with.
+
+    ``batch_weights`` and ``mask`` are the forward's (the plan allows one of them at most).
+    """
     training = options.is_training
     share = synchronize = None
     if training and options.cross_replica_sum is not None:
-        synchronize = _synchronizer(batch_weights, x, plan, options.cross_replica_sum, xp)
-    elif training and batch_weights is not None:
-        share = _weight_share(batch_weights, x, plan, xp)
+        synchronize = _synchronizer(batch_weights, mask, x, plan, options.cross_replica_sum, xp)
+    elif training and (batch_weights is not None or mask is not None):
+        share = _weight_share(batch_weights, mask, x, plan, xp)
     renorm_r = used.r if training else None
     renorm_d = used.d if training else None
     dx, dgamma, dbeta = backward(
@@ -53,21 +57,23 @@ def layer_backward(
 
 
 def _synchronizer(
-    batch_weights: Any, x: Any, plan: LayerPlan, cross_replica_sum: CrossReplicaSum, xp: Namespace
+    batch_weights: Any, mask: Any, x: Any, plan: LayerPlan, cross_replica_sum: CrossReplicaSum,
+    xp: Namespace,
 ) -> Synchronize:
     """``(S₀, S₁) -> (global S₀, global S₁, 1/n or None, w/W or None)`` across replicas."""
     dtype = compute_dtype(xp, x.dtype, ComputeRule.HALF_IN_FLOAT32)
-    if batch_weights is None:
+    weighted = batch_weights is not None or mask is not None
+    if not weighted:
         local_total = scalar(xp, float(_layout.elements_per_channel(x, plan.channel)), dtype, device(x))
     else:
-        weights, local_total = _sample_weights(batch_weights, x, plan, xp)
+        weights, local_total = _element_weights(batch_weights, mask, x, plan, xp)
 
     def synchronize(sum_dy: Any, sum_dy_centered: Any) -> tuple[Any, Any, Any, Any]:
         local = xp.broadcast_to(astype(local_total, sum_dy.dtype, xp), sum_dy.shape)
         total, total_dy, total_dy_centered = sum_across(
             cross_replica_sum, [local, sum_dy, sum_dy_centered], xp=xp
         )
-        if batch_weights is None:
+        if not weighted:
             return total_dy, total_dy_centered, divide_no_nan(xp.ones_like(total), total, xp), None
         # Every channel sees the same total weight; W is a 0-d array.
         return total_dy, total_dy_centered, None, divide_no_nan(weights, total[0], xp)
@@ -75,20 +81,29 @@ def _synchronizer(
     return synchronize
 
 
-def _weight_share(batch_weights: Any, x: Any, plan: LayerPlan, xp: Namespace) -> Any:
-    """``w/W`` per sample, shaped ``[N, 1, …]``: each element's share of the weighted statistics.
+def _weight_share(batch_weights: Any, mask: Any, x: Any, plan: LayerPlan, xp: Namespace) -> Any:
+    """``w/W`` broadcastable to x: each element's share of the weighted statistics.
 
     ``W = Σ w`` over the reduced axes of the weights broadcast to x (every
     channel sees the same total); 0 where ``W`` is 0, as ``div_no_nan`` gives
     TensorFlow's weighted moments no gradient there.
     """
-    weights, total = _sample_weights(batch_weights, x, plan, xp)
+    weights, total = _element_weights(batch_weights, mask, x, plan, xp)
     return divide_no_nan(weights, total, xp)
 
 
-def _sample_weights(batch_weights: Any, x: Any, plan: LayerPlan, xp: Namespace) -> tuple[Any, Any]:
-    """Per-sample weights shaped ``[N, 1, …]`` in the compute dtype, and ``W`` (0-d)."""
+def _element_weights(
+    batch_weights: Any, mask: Any, x: Any, plan: LayerPlan, xp: Namespace
+) -> tuple[Any, Any]:
+    """The weights broadcastable to x in the compute dtype, and ``W`` (0-d).
+
+    Per-sample weights shaped ``[N, 1, …]``, or a Keras mask with a channel
+    axis of length 1 (it is the same in every channel, so W is its sum).
+    """
     dtype = compute_dtype(xp, x.dtype, ComputeRule.HALF_IN_FLOAT32)
+    if mask is not None:
+        weights = xp.expand_dims(astype(mask, dtype, xp), axis=plan.channel)
+        return weights, accurate_sum(weights, tuple(range(weights.ndim)), xp)
     weights = xp.reshape(astype(batch_weights, dtype, xp), (-1,) + (1,) * (x.ndim - 1))
     per_sample = math.prod([x.shape[axis] for axis in plan.axes if axis != 0])  # a list: traceable
     total = accurate_sum(weights, tuple(range(weights.ndim)), xp) * scalar(

@@ -55,7 +55,7 @@ class LayerPlan:
 
 
 def prepare(
-    x: Any, state: BatchNormState | None, batch_weights: Any, options: LayerOptions
+    x: Any, state: BatchNormState | None, batch_weights: Any, options: LayerOptions, mask: Any = None
 ) -> tuple[Namespace, LayerPlan, BatchNormState]:
     """Namespace, plan and (initial or checked) state for one call.
 
@@ -64,21 +64,21 @@ def prepare(
     metadata key, which is read afresh on every call.
     """
     if state is None or type(state) is not BatchNormState or options.param_initializers:
-        return _prepare(x, state, batch_weights, options)
-    arrays = metadata(x, batch_weights, *state)
+        return _prepare(x, state, batch_weights, options, mask)
+    arrays = metadata(x, batch_weights, mask, *state)
     option_key = options.signature
     if arrays is None or option_key is None:  # no complete key: check in full
-        return _prepare(x, state, batch_weights, options)
+        return _prepare(x, state, batch_weights, options, mask)
     xp, plan = _call_cache.remember(
-        ("batch_norm", option_key, arrays), lambda: _prepare(x, state, batch_weights, options)[:2]
+        ("batch_norm", option_key, arrays), lambda: _prepare(x, state, batch_weights, options, mask)[:2]
     )
     return xp, plan, state
 
 
 def _prepare(
-    x: Any, state: BatchNormState | None, batch_weights: Any, options: LayerOptions
+    x: Any, state: BatchNormState | None, batch_weights: Any, options: LayerOptions, mask: Any
 ) -> tuple[Namespace, LayerPlan, BatchNormState]:
-    xp = _checks.namespace(x=x, batch_weights=batch_weights)
+    xp = _checks.namespace(x=x, batch_weights=batch_weights, mask=mask)
     _checks.check_floating("x", x, xp)
     rank = _checks.check_rank("x", x, (2, 3, 4, 5))
     _checks.check_known_shape("x", x)
@@ -87,6 +87,8 @@ def _prepare(
         _checks.check_real_dtype("batch_weights", batch_weights, xp)
         _checks.check_shape("batch_weights", batch_weights, (x.shape[0],), "one weight per sample of x")
     plan = plan_layer(options, rank, x, batch_weights is not None, xp)
+    if mask is not None:
+        _check_mask(mask, x, batch_weights, options, plan, xp)
     if options.renorm and dtype_name(plan.state_dtype) == "float64":
         raise TypeError(
             "renorm=True does not run on float64 in TensorFlow (tf-keras compares a "
@@ -105,6 +107,41 @@ def _prepare(
             )
         check_state(state, plan.fields, plan.channels, plan.state_dtype, xp, device(x), options.describe())
     return xp, plan, state
+
+
+def _check_mask(
+    mask: Any, x: Any, batch_weights: Any, options: LayerOptions, plan: LayerPlan, xp: Namespace
+) -> None:
+    """A Keras mask: x's shape without the channel axis, on the Keras layer's composite path.
+
+    tf-keras, whose layer is the only TensorFlow one with a mask, computes
+    masked statistics on its composite path only (its fused kernel ignores the
+    mask, with a warning); tf-slim's paths (batch weights, zero-debias) have
+    none. Refused there rather than ignored or invented.
+    """
+    _checks.check_device("mask", mask, device(x))
+    _checks.check_real_dtype("mask", mask, xp)
+    expected = tuple(n for axis, n in enumerate(x.shape) if axis != plan.channel)
+    _checks.check_shape(
+        "mask", mask, expected,
+        f"x's shape without its channel axis {plan.channel} ({options.data_format}), as Keras' mask",
+    )
+    if batch_weights is not None:
+        raise ValueError(
+            "mask and batch_weights cannot be combined (no TensorFlow or Keras layer takes "
+            "both); fold the weights into the mask: mask * batch_weights[:, None, ...]"
+        )
+    if options.zero_debias_moving_mean:
+        raise ValueError(
+            "mask cannot be combined with zero_debias_moving_mean=True: zero-debiasing is "
+            "tf-slim's, whose layer has no mask, so there is nothing to reproduce"
+        )
+    if plan.fused_kernel:
+        raise ValueError(
+            "mask cannot be used where TensorFlow's fused kernel runs (fused=True with this "
+            "input): the kernel has no mask (tf-keras ignores it there, with a warning; Keras 3 "
+            "has no fused kernel); pass fused=False for the Keras layer's masked statistics"
+        )
 
 
 def plan_layer(options: LayerOptions, rank: int, x: Any, weighted: bool, xp: Namespace) -> LayerPlan:

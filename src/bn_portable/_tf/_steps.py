@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._kernels._moments import biased_variance, two_pass_moments
+from .._kernels._moments import biased_variance, masked_moments, two_pass_moments
 from .._kernels._moving_averages import (
     WeightRounding,
     kernel_average,
@@ -55,12 +55,17 @@ def layer_step(
     options: LayerOptions,
     plan: LayerPlan,
     xp: Namespace,
+    mask: Any = None,
 ) -> tuple[Any, BatchNormState, Normalization]:
-    """``(y before activation, new_state, Normalization)`` for one call."""
+    """``(y before activation, new_state, Normalization)`` for one call.
+
+    ``mask`` (Keras', checked by ``_plan.prepare``) reaches the Keras layer's
+    composite path only: the plan refuses it everywhere else.
+    """
     if plan.fused_kernel:
         y, new_state, used = _fused_step(x, state, options, plan, xp)
     elif plan.path == "keras_layer":
-        y, new_state, used = _keras_step(x, state, options, plan, xp)
+        y, new_state, used = _keras_step(x, state, options, plan, xp, mask)
     else:
         y, new_state, used = _legacy_step(x, state, batch_weights, options, plan, xp)
     if options.skip_nonfinite and options.is_training:
@@ -116,15 +121,21 @@ def _fused_step(
 
 
 def _keras_step(
-    x: Any, state: BatchNormState, options: LayerOptions, plan: LayerPlan, xp: Namespace
+    x: Any, state: BatchNormState, options: LayerOptions, plan: LayerPlan, xp: Namespace, mask: Any
 ) -> tuple[Any, BatchNormState, Normalization]:
-    """The Keras layer without the fused kernel, renorm included."""
+    """The Keras layer without the fused kernel, renorm and masks included.
+
+    With a mask the batch statistics are the masked ones (tf-keras's
+    ``tf.nn.weighted_moments`` with the mask as weights); every element is
+    normalized with them, and the moving statistics move toward them, toward
+    0 where the mask is all zeros, as in tf-keras and Keras 3.
+    """
     gamma, beta = state.gamma, state.beta
     # The layer casts half inputs to float32 (its compute dtype), normalizes
     # there and rounds y once; other dtypes are their own compute dtype.
     compute = plan.state_dtype
     if options.is_training:
-        mean, variance = _batch_statistics(x, plan, options, xp, compute=compute)
+        mean, variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = renorm_step(mean, variance, new_state, state, options, xp)
@@ -177,16 +188,21 @@ def _legacy_step(
 
 def _batch_statistics(
     x: Any, plan: LayerPlan, options: LayerOptions, xp: Namespace, weights: Any = None,
-    compute: Any = None,
+    compute: Any = None, mask: Any = None,
 ) -> tuple[Any, Any]:
     """``[C]`` mean and biased variance of the (global) batch, in ``compute`` where it is
-    wider than x; 0 for zero total weight."""
-    summary = two_pass_moments(
-        x, plan.axes, xp=xp, weights=weights, reducer=options.cross_replica_sum,
-        empty="nan" if weights is None else "zero",
-        compute=None if compute is None or compute == x.dtype else compute,
-    )
-    variance = biased_variance(summary, empty="nan" if weights is None else "zero", xp=xp)
+    wider than x; 0 for zero total weight (or an all-zero mask)."""
+    compute = None if compute is None or compute == x.dtype else compute
+    reducer = options.cross_replica_sum
+    if mask is not None:
+        summary = masked_moments(x, mask, plan.channel, xp=xp, reducer=reducer, compute=compute)
+    else:
+        summary = two_pass_moments(
+            x, plan.axes, xp=xp, weights=weights, reducer=reducer,
+            empty="nan" if weights is None else "zero", compute=compute,
+        )
+    weighted = weights is not None or mask is not None
+    variance = biased_variance(summary, empty="zero" if weighted else "nan", xp=xp)
     return xp.reshape(summary.mean, (-1,)), xp.reshape(variance, (-1,))
 
 
