@@ -21,6 +21,7 @@ from torch import nn
 # their own (_torch_convert builds BatchNorm modules, and this module re-exports
 # both, which one module importing the other would make a cycle).
 from ._torch_convert import ConversionReport, ConvertedBatchNorm, convert_batch_norms
+from ._torch_fold import KeptBatchNorm, fold_batch_norms, fold_into
 from ._torch_module import BatchNorm
 
 
@@ -37,6 +38,6 @@ def to_torch(module: BatchNorm, kind: type[nn.Module] = nn.BatchNorm2d) -> nn.Mo
 
 
 __all__ = [
-    "BatchNorm", "ConversionReport", "ConvertedBatchNorm", "convert_batch_norms", "from_torch",
-    "to_torch",
+    "BatchNorm", "ConversionReport", "ConvertedBatchNorm", "KeptBatchNorm", "convert_batch_norms",
+    "fold_batch_norms", "fold_into", "from_torch", "to_torch",
 ]
