@@ -144,7 +144,10 @@ def _input_sensitivity(source, expected, finite, channel_axis):
 
 
 def channel_axis(case) -> int | None:
-    """Where a case's channels are, when its keywords say (layer and fused ops)."""
+    """Where a case's channels are, when the case or its keywords say (layer and fused ops,
+    other frameworks' conventions)."""
+    if "channel_axis" in case:
+        return case["channel_axis"]  # type: ignore[no-any-return]
     data_format = case["kwargs"].get("data_format")
     if data_format is None:
         return None

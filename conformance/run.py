@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from . import catalogue
+from . import catalogue, conventions
 from .backends import BACKENDS, by_name
 from .report import render_markdown
 from .runner import Goldens, reproduction, run_case
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    cases = catalogue.cases()
+    cases = all_cases()
     if args.case:
         cases = [c for c in cases if c["id"] == args.case]
     if args.only:
@@ -132,11 +132,16 @@ def _run_backends(backends, ids, verbose, jobs):
             yield futures[future], future.result()
 
 
+def all_cases() -> list[dict]:
+    """TensorFlow's cases, then every other framework's convention with goldens."""
+    return catalogue.cases() + conventions.cases()
+
+
 def run_backend(name: str, ids: list[str], verbose: bool) -> tuple[list, str]:
     """Every case in ``ids`` on one backend: the outcomes and the lines to print."""
     backend = by_name(name)
     wanted = set(ids)
-    cases = [c for c in catalogue.cases() if c["id"] in wanted]
+    cases = [c for c in all_cases() if c["id"] in wanted]
     goldens = Goldens()
     log = io.StringIO()
     wall, cpu = time.perf_counter(), time.process_time()

@@ -20,6 +20,7 @@ import numpy as np
 
 import bn_portable as bn
 
+from . import conventions
 from .backends import Backend
 from .compare import channel_axis, error_in_epsilons, source_name, tolerance
 
@@ -50,6 +51,7 @@ class Goldens:
         self.folder = folder
         self._files: dict[str, Any] = {}
         self._cases: dict[str, Any] | None = None
+        self._conventions: dict[str, Any] = {}
 
     def arrays(self, case: Mapping[str, Any]) -> dict[str, np.ndarray]:
         op = case["op"]
@@ -64,6 +66,11 @@ class Goldens:
 
     def meta(self, case: Mapping[str, Any]) -> dict[str, Any]:
         """The manifest's record of a case: TensorFlow's path, each array's logical dtype."""
+        if case["op"].startswith(conventions.OP_PREFIX):  # each framework has its own manifest
+            if case["op"] not in self._conventions:
+                path = self.folder / f"{case['op']}.json"
+                self._conventions[case["op"]] = json.loads(path.read_text())["cases"]
+            return self._conventions[case["op"]][case["id"]]  # type: ignore[no-any-return]
         if self._cases is None:
             self._cases = self.manifest()["cases"]
         return self._cases[case["id"]]
@@ -95,7 +102,7 @@ def run_case(
             return _expect_error(case, inputs, backend, outcome)
         # NaN and Inf cases make NumPy warn; the comparison is what counts.
         with np.errstate(all="ignore"):
-            produced = _RUNNERS[case["op"]](case, inputs, backend)
+            produced = _runner(case["op"])(case, inputs, backend)
     except Exception as error:  # a crash is a failure of this case, reported with its traceback
         outcome.status = "fail"
         outcome.worst = float("inf")
@@ -156,7 +163,7 @@ class _Inputs:
 
 def _expect_error(case, inputs, backend, outcome):
     try:
-        _RUNNERS[case["op"]](case, inputs, backend)
+        _runner(case["op"])(case, inputs, backend)
     except (ValueError, TypeError) as error:
         outcome.checks.append(f"raises {type(error).__name__}")
         return outcome
@@ -272,7 +279,9 @@ def _run_batch_norm(case, inputs, backend):
     return {n: a for n, a in _numpy_outputs(backend, produced).items() if n in inputs.arrays}
 
 
-_INPUT_LEAVES = ("x", "dy", "mean", "variance", "offset", "scale", "frequency_weights", "batch_weights")
+_INPUT_LEAVES = (
+    "x", "dy", "mean", "variance", "offset", "scale", "frequency_weights", "batch_weights", "mask",
+)
 
 
 def required_outputs(arrays: Mapping[str, np.ndarray], backend: Backend) -> list[str]:
@@ -421,6 +430,13 @@ def _describe_mismatch(name, actual, expected, ratio) -> str:
         f"  {name}: {ratio:.3g}× tolerance; worst at flat index {worst}: "
         f"got {actual.ravel()[worst]!r}, TensorFlow {expected.ravel()[worst]!r}\n"
     )
+
+
+def _runner(op: str) -> Callable[..., dict[str, np.ndarray]]:
+    """TensorFlow's ops here; other frameworks' conventions in ``conformance.conventions``."""
+    if op.startswith(conventions.OP_PREFIX):
+        return conventions.runner(op)
+    return _RUNNERS[op]
 
 
 def reproduction(case: Mapping[str, Any], backend: Backend) -> str:
