@@ -11,8 +11,8 @@ from pathlib import Path
 import nox
 
 nox.options.sessions = [
-    "conformance", "golden_check", "tests", "gpu_tests", "vendoring", "numpy1", "lint",
-    "doctests", "docs", "package", "scaleout",
+    "conformance", "golden_check", "convention_check", "tests", "gpu_tests", "vendoring", "numpy1",
+    "lint", "doctests", "docs", "package", "scaleout",
 ]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
@@ -187,6 +187,44 @@ def golden_check(session: nox.Session) -> None:
     session.run("python", "-m", "conformance.generate", "--check", env=env)
     session.run("python", "-m", "conformance.checkpoints", "--check", env=env)
     session.run("python", "-m", "conformance.keras_models", "--check", env=env)
+
+
+#: Each other framework's golden environment: the framework that computes its own
+#: convention's goldens (conformance/conventions), pinned so that ``--check`` compares
+#: like with like.
+CONVENTION_FRAMEWORKS = {
+    "pytorch": [TORCH, "numpy==2.4.6", "ml_dtypes==0.7.0"],
+    "keras": ["keras==3.15.1", "jax==0.10.2", "jaxlib==0.10.2", "numpy==2.4.6"],
+    "flax": ["flax==0.12.8", "jax==0.10.2", "jaxlib==0.10.2", "numpy==2.4.6"],
+    "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0", "numpy==2.4.6"],
+}
+
+#: Keras 3 runs on JAX here (its NumPy backend does not train).
+CONVENTION_ENV = {"keras": {"KERAS_BACKEND": "jax"}}
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("framework", list(CONVENTION_FRAMEWORKS))
+def convention_goldens(session: nox.Session, framework: str) -> None:
+    """Regenerate one framework's convention goldens with the framework itself
+    (``-- --check`` compares instead; ``convention_check`` runs that in CI)."""
+    _install(session, *CONVENTION_FRAMEWORKS[framework])
+    session.run(
+        "python", "-m", "conformance.conventions.generate", framework, *session.posargs,
+        env=CONVENTION_ENV.get(framework, {}),
+    )
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("framework", list(CONVENTION_FRAMEWORKS))
+def convention_check(session: nox.Session, framework: str) -> None:
+    """Regenerate one framework's convention goldens into a temporary folder; fail unless
+    identical."""
+    _install(session, *CONVENTION_FRAMEWORKS[framework])
+    session.run(
+        "python", "-m", "conformance.conventions.generate", framework, "--check",
+        env=CONVENTION_ENV.get(framework, {}),
+    )
 
 
 @nox.session(python=PYTHON)

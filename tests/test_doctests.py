@@ -3,7 +3,7 @@
 Collected from ``bn_portable.__all__`` rather than by importing every module,
 so that modules for optional libraries are not imported where those are
 absent; ``nox -s doctests`` runs this file on NumPy alone. The public modules
-beside it (``porting``, ``torch``, ``flax``) are collected from their own
+beside it (``porting``, ``torch``, ``flax``, ``conventions``, ``folding``) are collected from their own
 ``__all__`` where their library is installed (the NumPy test session has all).
 """
 
@@ -36,7 +36,9 @@ def test_docstring_examples_run(public, capsys):
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Public modules beside the package's namespace, and the library each needs.
-MODULES = {"porting": "h5py", "torch": "torch", "flax": "flax"}
+MODULES = {
+    "porting": "h5py", "torch": "torch", "flax": "flax", "conventions": "numpy", "folding": "numpy",
+}
 
 
 def _run_examples(public, name: str) -> tuple[int, int]:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: being listed here, once its blocks run alone).
 PAGES = [
     ROOT / "README.md",
-    *(ROOT / "docs" / name for name in ("index.md", "getting-started.md", "vendoring.md", "porting.md")),
+    *(ROOT / "docs" / name for name in ("index.md", "getting-started.md", "vendoring.md", "porting.md", "conventions.md")),
     *sorted((ROOT / "docs" / "migration").glob("*.md")),
     *sorted((ROOT / "docs" / "traps").glob("*.md")),
 ]

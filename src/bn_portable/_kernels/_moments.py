@@ -86,9 +86,10 @@ def masked_moments(
     reducer: CrossReplicaSum | None = None,
     compute: Any = None,
 ) -> Moments:
-    """Keras' masked statistics per channel: every axis but ``channel`` reduced (keepdims).
+    """Masked statistics per channel: every axis but ``channel`` reduced (keepdims).
 
-    ``mask`` has x's shape without the channel axis (Keras' mask) and any real
+    ``mask`` has x's shape without the channel axis (for channels-last input
+    exactly Keras' mask, which Keras broadcasts over the last axis) and any real
     or bool dtype; it is cast to the compute dtype and counts alike in every
     channel: ``count = Σm``, ``mean = Σm·x / Σm``, ``m2 = Σm·(x − mean)²``.
     A zero total gives mean and m2 0 (``biased_variance(..., empty="zero")``

@@ -124,7 +124,7 @@ def _check_mask(
     expected = tuple(n for axis, n in enumerate(x.shape) if axis != plan.channel)
     _checks.check_shape(
         "mask", mask, expected,
-        f"x's shape without its channel axis {plan.channel} ({options.data_format}), as Keras' mask",
+        f"x's shape without its channel axis {plan.channel} ({options.data_format}; Keras' mask for channels-last input)",
     )
     if batch_weights is not None:
         raise ValueError(
