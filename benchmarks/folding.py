@@ -116,6 +116,7 @@ def variants(model: nn.Sequential, dtype: torch.dtype) -> dict[str, nn.Module]:
         "torch fold (float32) → cast": torch_fused(model).to(dtype),
         "torch cast → fold": torch_fused(copy.deepcopy(model).to(dtype)),
         "bn_portable, at-risk kept": fold_batch_norms(model, dtype=dtype, on_risk="keep")[0],
+        "bn_portable, at-risk widened": fold_batch_norms(model, dtype=dtype, on_risk="widen")[0],
         "bn_portable, all folded": fold_batch_norms(model, dtype=dtype, on_risk="fold")[0],
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from fractions import Fraction
 
 import numpy as np
@@ -136,7 +137,13 @@ def test_fold_state_refuses_other_objects() -> None:
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-from bn_portable.torch import BatchNorm, KeptBatchNorm, fold_batch_norms, fold_into  # noqa: E402
+from bn_portable.torch import (  # noqa: E402
+    BatchNorm,
+    KeptBatchNorm,
+    WidenedChannels,
+    fold_batch_norms,
+    fold_into,
+)
 
 
 def _batch_norm(kind, channels, mean_scale=1.0):
@@ -213,6 +220,106 @@ def test_on_risk_keep_and_fold() -> None:
     with torch.no_grad():
         torch.testing.assert_close(kept(x), norm(layer(x)), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(forced(x), norm(layer(x)), rtol=1e-5, atol=1e-3)
+
+
+AT_RISK = [2, 5]
+
+
+def _offset_pair(name: str):
+    """A layer and its batch norm (float64) whose channels 2 and 5 sit ~200σ from zero, and an input.
+
+    The offset comes through the weights from a constant input (a conv bias would cancel
+    exactly in the float64 fold): the first input channel of each risky channel's group
+    carries +K; the risky channels weigh it positively, the others with weights summing to
+    zero. The statistics are measured on the layer's output for that input.
+    """
+    torch.manual_seed(0)
+    layer, kind, shape = LAYERS[name]()
+    layer, norm = layer.double(), _batch_norm(kind, 8)
+    x = torch.randn(shape, dtype=torch.float64)
+    groups = getattr(layer, "groups", 1)
+    per_in, per_out = layer.weight.shape[1], 8 // groups
+    carriers = sorted({(c // per_out) * per_in for c in AT_RISK})
+    with torch.no_grad():
+        for output in range(8):
+            if (output // per_out) * per_in not in carriers:
+                continue
+            taps = layer.weight[output, 0]
+            taps.copy_(taps.abs() if output in AT_RISK else taps - taps.mean())
+        noise = layer(x).transpose(0, -1 if name == "linear" else 1).reshape(8, -1).std(dim=1)
+        sums = layer.weight[:, 0].reshape(8, -1).sum(dim=1)
+        x[:, carriers] += 200 * float((noise[AT_RISK] / sums[AT_RISK]).max())
+        out = layer(x).transpose(0, -1 if name == "linear" else 1).reshape(8, -1)
+        norm.running_mean.copy_(out.mean(dim=1))
+        norm.running_var.copy_(out.var(dim=1))
+    return layer, norm, x
+
+
+def _ulp_bfloat16(value: torch.Tensor) -> torch.Tensor:
+    exponent = torch.floor(torch.log2(value.abs().clamp_min(2.0**-126)))
+    return 2.0 ** (exponent - 7)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_widen_computes_at_risk_channels_in_float32(name: str) -> None:
+    layer, norm, x = _offset_pair(name)
+    before = {k: v.clone() for k, v in {**layer.state_dict(), **norm.state_dict()}.items()}
+    widened, report = fold_into(layer, norm, dtype=torch.bfloat16, on_risk="widen")
+    plain, _ = fold_into(layer, norm, dtype=torch.bfloat16, on_risk="fold")
+    assert list(report.channels()) == AT_RISK and isinstance(widened, WidenedChannels)
+    assert widened.weight.dtype == torch.float32 and widened.layer.weight.dtype == torch.bfloat16
+    axis = -1 if name == "linear" else 1
+    risky, safe = torch.tensor(AT_RISK), torch.tensor([c for c in range(8) if c not in AT_RISK])
+    xb = x.to(torch.bfloat16)
+    with torch.no_grad():
+        reference = norm(layer(xb.double())).index_select(axis, risky)  # the same rounded input
+        got = widened(xb).double()
+        folded = plain(xb).double()
+        # The same module with its folded part in float64: the widened channels' float32
+        # arithmetic, before any rounding to bfloat16.
+        wide = copy.deepcopy(widened).double()
+        assert wide.weight.dtype == torch.float32  # converting the model keeps the wide copy
+        in_float32 = wide(xb.double()).index_select(axis, risky)
+    reach = reference.abs().max() + layer(xb.double()).index_select(axis, risky).abs().max() * (
+        norm.weight[risky].abs() / norm.running_var[risky].sqrt()
+    ).max()
+    # float32 level: a few float32 ulps of the 200σ intermediate x·scale.
+    assert (in_float32 - reference).abs().max() <= 64 * 2.0**-24 * reach
+    # After the final rounding: within one bfloat16 ulp of the exact output ...
+    error = (got.index_select(axis, risky) - reference).abs()
+    assert bool((error <= _ulp_bfloat16(reference)).all())
+    # ... where the bfloat16 fold loses far more (the test could fail: it is the point).
+    assert (folded.index_select(axis, risky) - reference).abs().max() > 16 * error.max()
+    # The safe channels are the plain fold's, bit for bit.
+    assert torch.equal(widened.layer.weight.index_select(0, safe), plain.weight.index_select(0, safe))
+    assert torch.equal(got.index_select(axis, safe), folded.index_select(axis, safe))
+    after = {**layer.state_dict(), **norm.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing mutated
+
+
+def test_widened_module_compiles_and_survives_conversions() -> None:
+    layer, norm, x = _offset_pair("depthwise")
+    widened, _ = fold_into(layer, norm, dtype=torch.bfloat16, on_risk="widen")
+    xb = x.to(torch.bfloat16)
+    compiled = torch.compile(widened, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(xb), widened(xb), rtol=0, atol=0)
+    halved = copy.deepcopy(widened).half()
+    assert halved.layer.weight.dtype == torch.float16 and halved.weight.dtype == torch.float32
+    assert torch.equal(halved.weight, widened.weight)  # not rounded through float16 and back
+    restored = copy.deepcopy(widened)
+    restored.load_state_dict(widened.state_dict())
+    assert "channels=[2, 5]" in repr(widened)
+
+
+def test_fold_batch_norms_widens_and_keeps_float32_copies() -> None:
+    layer, norm, x = _offset_pair("conv2d")
+    model = nn.Sequential(layer, norm, nn.ReLU()).float()
+    copied, reports = fold_batch_norms(model, dtype=torch.bfloat16, on_risk="widen")
+    assert isinstance(copied[0], WidenedChannels) and isinstance(model[1], nn.BatchNorm2d)
+    assert copied[0].weight.dtype == torch.float32 and copied[0].layer.weight.dtype == torch.bfloat16
+    assert list(reports["1"].channels()) == AT_RISK
+    assert copied(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
 def test_bn_portable_module_folds_with_its_epsilon() -> None:

@@ -21,6 +21,8 @@ def test_folding_harness_measures_every_variant(tmp_path: Path) -> None:
     payload = json.loads(out.read_text())
     assert [case["dtype"] for case in payload["cases"]] == ["float32", "float16", "bfloat16"]
     for case in payload["cases"]:
-        assert len(case["results"]) == 5
+        assert len(case["results"]) == 6
         assert all({"max_abs", "relative"} <= set(result) for result in case["results"].values())
-    assert "| float16 | bn_portable, at-risk kept |" in out.with_suffix(".md").read_text()
+    table = out.with_suffix(".md").read_text()
+    assert "| float16 | bn_portable, at-risk kept |" in table
+    assert "| bfloat16 | bn_portable, at-risk widened |" in table

@@ -23,6 +23,7 @@ from torch import nn
 from ._torch_convert import ConversionReport, ConvertedBatchNorm, convert_batch_norms
 from ._torch_fold import KeptBatchNorm, fold_batch_norms, fold_into
 from ._torch_module import BatchNorm
+from ._torch_widen import WidenedChannels
 
 
 def from_torch(module: nn.Module) -> BatchNorm:
@@ -38,6 +39,6 @@ def to_torch(module: BatchNorm, kind: type[nn.Module] = nn.BatchNorm2d) -> nn.Mo
 
 
 __all__ = [
-    "BatchNorm", "ConversionReport", "ConvertedBatchNorm", "KeptBatchNorm", "convert_batch_norms",
-    "fold_batch_norms", "fold_into", "from_torch", "to_torch",
+    "BatchNorm", "ConversionReport", "ConvertedBatchNorm", "KeptBatchNorm", "WidenedChannels",
+    "convert_batch_norms", "fold_batch_norms", "fold_into", "from_torch", "to_torch",
 ]
