@@ -284,8 +284,14 @@ def _stored_arrays(path: str) -> dict[str, np.ndarray]:
 
 def check(out: str) -> None:
     """Regenerate into a temporary folder; fail unless every stored array is identical."""
+    check_regenerated(out, lambda fresh: main(["--out", fresh]))
+
+
+def check_regenerated(out: str, regenerate) -> None:
+    """``regenerate(folder)`` into a temporary folder; fail unless every array that ``out``'s
+    files store is identical (``.npz``, ``.h5`` and ``.keras`` alike)."""
     with tempfile.TemporaryDirectory() as fresh:
-        main(["--out", fresh])
+        regenerate(fresh)
         differences = []
         for name in sorted(f for f in os.listdir(fresh) if f != "manifest.json"):
             old, new = _stored_arrays(os.path.join(out, name)), _stored_arrays(os.path.join(fresh, name))

@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from conformance.checkpoints import _data, _read_checkpoint, _stored_arrays, _weights
+from conformance.checkpoints import _data, _read_checkpoint, _weights, check_regenerated
 
 DEFAULT_OUT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "porting", "models"
@@ -272,18 +272,7 @@ def manifest(out: str) -> dict:
 
 
 def check(out: str) -> None:
-    with tempfile.TemporaryDirectory() as fresh:
-        main(["--out", fresh])
-        differences = []
-        for name in sorted(f for f in os.listdir(fresh) if f != "manifest.json"):
-            old, new = _stored_arrays(os.path.join(out, name)), _stored_arrays(os.path.join(fresh, name))
-            if sorted(old) != sorted(new):
-                differences.append(f"{name}: other arrays")
-                continue
-            differences += [f"{name}: {k}" for k in sorted(old) if not np.array_equal(old[k], new[k])]
-    if differences:
-        sys.exit("regenerated files differ:\n  " + "\n  ".join(differences))
-    print(f"regenerated files match {out} array for array")
+    check_regenerated(out, lambda fresh: main(["--out", fresh]))
 
 
 def main(argv: list[str] | None = None) -> None:

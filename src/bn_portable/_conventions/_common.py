@@ -156,3 +156,13 @@ def moving_average(
         old_weight = 1 - new_weight
     wide = astype(old, compute, xp) * old_weight + astype(new, compute, xp) * new_weight
     return astype(wide, old.dtype, xp)
+
+
+def channel_axis(axis: Any, rank: int, *, one_axis: str) -> int:
+    """``axis`` (one int, negative from the end) as a non-negative index; ``one_axis`` says
+    why a single int is required, for the message."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"axis must be an int ({one_axis}), got {axis!r}")
+    if not -rank <= axis < rank:
+        raise ValueError(f"axis must be in [-{rank}, {rank}) for x of rank {rank}; got {axis}")
+    return axis % rank

@@ -90,7 +90,7 @@ def flax_batch_norm(
     dtype('float32')
     """
     xp = _common.check_input("x", x, min_rank=1)
-    channel = _channel_axis(axis, x.ndim)
+    channel = _common.channel_axis(axis, x.ndim, one_axis="one feature axis; tuples are not supported")
     _checks.check_bool("use_running_average", use_running_average)
     _checks.check_bool("use_fast_variance", use_fast_variance)
     momentum = _checks.check_real("momentum", momentum)
@@ -124,14 +124,6 @@ def flax_batch_norm(
     )
     y = _normalize(x_p, batch_mean, batch_var, scale_p, bias_p, epsilon, channel, statistics, xp)
     return y, _moved(mean, batch_mean, momentum, xp), _moved(var, batch_var, momentum, xp)
-
-
-def _channel_axis(axis: Any, rank: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int (one feature axis; tuples are not supported), got {axis!r}")
-    if not -rank <= axis < rank:
-        raise ValueError(f"axis must be in [-{rank}, {rank}) for x of rank {rank}; got {axis}")
-    return axis % rank
 
 
 def _check_mask(mask: Any, x: Any, xp: Namespace) -> None:

@@ -95,7 +95,7 @@ def keras_batch_norm(
     (array([0.0398, 0.398 ], dtype=float32), array([0.9967, 2.6401], dtype=float32))
     """
     xp = _common.check_input("x", x, min_rank=1)
-    channel = _channel_axis(axis, x.ndim)
+    channel = _common.channel_axis(axis, x.ndim, one_axis="Keras normalizes along one axis")
     _checks.check_bool("training", training)
     momentum = _checks.check_real("momentum", momentum)
     epsilon = _checks.check_real("epsilon", epsilon, low=0.0)
@@ -137,15 +137,6 @@ def keras_batch_norm(
         moving_variance, variance, new_weight=take, old_weight=keep, compute=compute, xp=xp
     )
     return y, new_mean, new_variance
-
-
-def _channel_axis(axis: Any, rank: int) -> int:
-    """``axis`` as a non-negative index (Keras takes one int)."""
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int (Keras normalizes along one axis), got {axis!r}")
-    if not -rank <= axis < rank:
-        raise ValueError(f"axis must be in [-{rank}, {rank}) for x of rank {rank}; got {axis}")
-    return axis % rank
 
 
 def _check_mask(mask: Any, x: Any, xp: Namespace) -> None:
