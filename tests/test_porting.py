@@ -175,3 +175,25 @@ def test_importing_imports_neither_torch_nor_h5py():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_find_tf_batch_norms_finds_every_layer_of_both_checkpoints():
+    from bn_portable.porting import find_tf_batch_norms
+
+    # TF1: tf-slim names, a zero-debiased layer and a renorm layer among them.
+    slim = find_tf_batch_norms(
+        _section(SLIM, "checkpoint"),
+        layer_options={scope: layer["options"] for scope, layer in SLIM_LAYERS.items()},
+    )
+    assert sorted(slim) == sorted(SLIM_LAYERS)
+    assert slim["slim_legacy"][1]["zero_debias_moving_mean"] and slim["slim_renorm"][1]["renorm"]
+    for scope, (state, options) in slim.items():
+        single, single_options = state_from_tf_variables(
+            _section(SLIM, "checkpoint"), scope, **SLIM_LAYERS[scope]["options"]
+        )
+        assert options == single_options
+        for field in state._fields:
+            np.testing.assert_array_equal(getattr(state, field), getattr(single, field))
+    # TF2 object checkpoint: Keras names under /.ATTRIBUTES/VARIABLE_VALUE, nested layers too.
+    keras = find_tf_batch_norms(_section(KERAS, "checkpoint"))
+    assert sorted(keras) == sorted(layer["checkpoint_scope"] for layer in KERAS_LAYERS.values())
