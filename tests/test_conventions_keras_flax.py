@@ -3,13 +3,11 @@ uneven masks, gradients of the masked statistics, tracing, bad input, the exampl
 
 from __future__ import annotations
 
-import doctest
 import threading
 
 import numpy as np
 import pytest
 
-from bn_portable._conventions import _flax, _keras
 from bn_portable.conventions import flax_batch_norm, keras_batch_norm
 
 
@@ -198,9 +196,3 @@ def test_bad_parameters_name_the_argument(function):
         function(x, mean[:2], variance, gamma, beta)
     with pytest.raises(TypeError, match="x"):
         function(x.astype(np.int32), mean, variance, gamma, beta)
-
-
-@pytest.mark.parametrize("module", [_keras, _flax])
-def test_docstring_examples_run(module):
-    failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert attempted and not failed

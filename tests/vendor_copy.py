@@ -40,7 +40,7 @@ from .._lib.array_api_compat import *  # noqa: F403
 #: ``bn_portable``): they do not apply to a vendored copy.
 REPOSITORY_TESTS = {
     "test_readme.py", "test_docs.py", "test_doctests.py", "test_vendoring.py", "vendor_copy.py",
-    "test_benchmarks.py",
+    "test_benchmarks.py", "test_folding_benchmark.py",
 }
 
 _NAMES = re.compile(r"(?<![\w.])(bn_portable|array_api_compat)(?=[.\s,\"]|$)", re.MULTILINE)
@@ -65,7 +65,7 @@ def build(dest: Path, array_api_compat: Path, *, hook: bool) -> None:
         shutil.copytree(array_api_compat, vendor / "array_api_compat", ignore=ignore)
         compat = f"{VENDOR}.array_api_compat"
     targets = {"bn_portable": f"{VENDOR}.bn_portable", "array_api_compat": compat}
-    for folder in ("tests", "conformance"):
+    for folder in ("tests", "conformance", "conformance/conventions"):
         (dest / folder).mkdir()
         for source in (ROOT / folder).glob("*.py"):
             if source.name in REPOSITORY_TESTS:
