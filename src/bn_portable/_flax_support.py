@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from typing import Any
 
 import jax
@@ -28,7 +28,7 @@ OPTION_NAMES = tuple(
 )
 
 #: Why some of batch_norm's arguments are not module options.
-_NOT_OPTIONS = {
+NOT_OPTIONS = {
     "is_training": "it follows the module's mode: call .train() or .eval(), or pass "
     "use_running_average",
     "cross_replica_sum": "pass axis_name, the mapped axis to synchronize the statistics over",
@@ -181,18 +181,6 @@ def module_options(validated: LayerOptions, axis_name: Any) -> ModuleOptions:
     # signature (an unhashable activation_fn) the holder equals itself only.
     key = (signature, axis_name) if signature is not None else object()
     return ModuleOptions(training, dataclasses.replace(training, is_training=False), key)
-
-
-def check_option_names(options: Mapping[str, Any]) -> None:
-    """Module options only: ``layer_options`` would name batch_norm's arguments instead."""
-    for name in options:
-        if name in _NOT_OPTIONS:
-            raise TypeError(f"{name} is not a BatchNorm option: {_NOT_OPTIONS[name]}")
-        if name not in OPTION_NAMES:
-            raise TypeError(
-                f"BatchNorm got an unknown option {name!r}; expected some of "
-                f"{', '.join(sorted(OPTION_NAMES))}"
-            )
 
 
 def check_mode(value: Any, name: str, *, none: bool) -> None:

@@ -18,9 +18,9 @@ from torch import nn
 
 from ._lib._compat import array_namespace
 from ._tf._fields import FIELDS, PARAMETERS, required_fields
-from ._tf._options import DEFAULTS, LayerOptions, layer_options
+from ._tf._options import DEFAULTS, LayerOptions, check_module_options, layer_options
 from ._tf._plan import prepare
-from ._tf._state import BatchNormState, initial_state
+from ._tf._state import BatchNormState, check_module_state, initial_state
 from ._tf._steps import layer_step
 from ._torch_step import torch_step
 
@@ -110,7 +110,7 @@ class BatchNorm(nn.Module):
             raise ValueError(f"num_features must be at least 1, got {num_features}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
-        _check_option_names(options)
+        check_module_options(options, _OPTION_NAMES, _NOT_OPTIONS)
         validated = layer_options(weighted=False, is_training=True, data_format=data_format, **options)
         self.num_features = num_features
         self.data_format = cast(DataFormat, validated.data_format)
@@ -204,14 +204,7 @@ class BatchNorm(nn.Module):
         all are checked before anything is copied. (``load_state_dict`` loads
         a ``state_dict``, PyTorch's own format.)
         """
-        if not isinstance(state, BatchNormState):
-            raise TypeError(f"state must be a BatchNormState, got {type(state).__name__}")
-        present = tuple(field for field in FIELDS if getattr(state, field) is not None)
-        if present != self.fields:
-            raise ValueError(
-                f"state has the fields {', '.join(present) or 'none'}, but this module "
-                f"({self.extra_repr()}) has {', '.join(self.fields)}"
-            )
+        check_module_state(state, self.fields, f"this module ({self.extra_repr()})")
         values = {}
         for field in self.fields:
             expected = tuple(getattr(self, field).shape)
@@ -361,18 +354,6 @@ class BatchNorm(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-
-def _check_option_names(options: Mapping[str, Any]) -> None:
-    """Module options only: ``layer_options`` would name batch_norm's arguments instead."""
-    for name in options:
-        if name in _NOT_OPTIONS:
-            raise TypeError(f"{name} is not a BatchNorm option: {_NOT_OPTIONS[name]}")
-        if name not in _OPTION_NAMES:
-            raise TypeError(
-                f"BatchNorm got an unknown option {name!r}; expected some of "
-                f"{', '.join(sorted(_OPTION_NAMES))}"
-            )
 
 
 def _copy_tensors(target: nn.Module, values: Mapping[str, Any]) -> None:

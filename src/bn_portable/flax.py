@@ -24,11 +24,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ._flax_support import (
+    NOT_OPTIONS,
     OPTION_NAMES,
     ModuleOptions,
     check_axis_name,
     check_mode,
-    check_option_names,
     flax_arguments,
     flax_module,
     module_options,
@@ -36,9 +36,9 @@ from ._flax_support import (
 )
 from ._lib._compat import array_namespace, device
 from ._tf._fields import FIELDS, PARAMETERS, required_fields
-from ._tf._options import layer_options
+from ._tf._options import check_module_options, layer_options
 from ._tf._plan import prepare
-from ._tf._state import BatchNormState, initial_state
+from ._tf._state import BatchNormState, check_module_state, initial_state
 from ._tf._steps import layer_step
 from .distributed import jax_cross_replica_sum
 
@@ -142,7 +142,7 @@ class BatchNorm(nnx.Module):  # type: ignore[misc, unused-ignore]  # nnx is Any 
         check_mode(use_running_average, "use_running_average", none=True)
         check_axis_name(axis_name)
         chosen_dtype = variable_dtype(dtype)
-        check_option_names(options)
+        check_module_options(options, OPTION_NAMES, NOT_OPTIONS)
         reducer = None if axis_name is None else jax_cross_replica_sum(axis_name)
         validated = layer_options(
             weighted=False, is_training=True, data_format=data_format,
@@ -248,14 +248,7 @@ class BatchNorm(nnx.Module):  # type: ignore[misc, unused-ignore]  # nnx is Any 
         must have exactly this module's fields, each of its shape; all are
         checked before anything is set.
         """
-        if not isinstance(state, BatchNormState):
-            raise TypeError(f"state must be a BatchNormState, got {type(state).__name__}")
-        present = tuple(field for field in FIELDS if getattr(state, field) is not None)
-        if present != self.fields:
-            raise ValueError(
-                f"state has the fields {', '.join(present) or 'none'}, but this module "
-                f"has {', '.join(self.fields)}"
-            )
+        check_module_state(state, self.fields, "this module")
         values = {}
         for field in self.fields:
             current = getattr(self, field)[...]

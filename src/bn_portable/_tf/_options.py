@@ -118,6 +118,20 @@ def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     )
 
 
+def check_module_options(
+    options: Mapping[str, Any], allowed: tuple[str, ...], not_options: Mapping[str, str]
+) -> None:
+    """A layer module's options (PyTorch's, Flax's): ``allowed`` names only; each name in
+    ``not_options`` refused with the reason it maps to."""
+    for name in options:
+        if name in not_options:
+            raise TypeError(f"{name} is not a BatchNorm option: {not_options[name]}")
+        if name not in allowed:
+            raise TypeError(
+                f"BatchNorm got an unknown option {name!r}; expected some of {', '.join(sorted(allowed))}"
+            )
+
+
 def _complete(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """Every option, in ``DEFAULTS``' order; an unknown name is a ``TypeError``."""
     unknown = sorted(set(arguments) - set(DEFAULTS))

@@ -167,3 +167,16 @@ def _initial_value(
         )
     array = xp.astype(xp.asarray(value, device=device, copy=True), dtype)
     return xp.asarray(xp.broadcast_to(array, shape), copy=True) if array.ndim == 0 else array
+
+
+def check_module_state(state: Any, fields: tuple[str, ...], module: str) -> None:
+    """A state a layer module loads (PyTorch's, Flax's): a ``BatchNormState`` with exactly the
+    module's ``fields``; ``module`` describes the module in the message."""
+    if not isinstance(state, BatchNormState):
+        raise TypeError(f"state must be a BatchNormState, got {type(state).__name__}")
+    present = tuple(field for field in FIELDS if getattr(state, field) is not None)
+    if present != fields:
+        raise ValueError(
+            f"state has the fields {', '.join(present) or 'none'}, but {module} "
+            f"has {', '.join(fields)}"
+        )
