@@ -37,7 +37,7 @@ from .._kernels._moments import biased_variance, per_count, two_pass_moments
 from .._kernels._replicas import sum_across
 from .._lib import _checks, _layout
 from .._lib._compat import device
-from .._lib._dtypes import astype, dtype_name, round_to_float32
+from .._lib._dtypes import astype, dtype_name, float32_value
 from .._lib._sums import accurate_sum
 from .._lib._typing import ArrayT, CrossReplicaSum, Namespace
 from . import _common
@@ -240,8 +240,7 @@ def _moved(stored: Any, batch: Any, momentum: float, xp: Namespace) -> Any:
     target = _dtype(xp, _promote([dtype_name(stored.dtype), dtype_name(batch.dtype)]), stored, batch)
     keep, take = momentum, 1.0 - momentum
     if dtype_name(target) == "float32":
-        # The uncached function: PyTorch's compiler refuses to trace through lru_cache.
-        keep, take = round_to_float32.__wrapped__(keep), round_to_float32.__wrapped__(take)
+        keep, take = float32_value(keep), float32_value(take)
     return _common.moving_average(
         astype(stored, target, xp), batch, new_weight=take, old_weight=keep, compute=target, xp=xp
     )

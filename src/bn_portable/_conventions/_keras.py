@@ -39,7 +39,7 @@ from .._kernels._moments import Moments, biased_variance, two_pass_moments
 from .._kernels._normalize import normalize as folded_normalize
 from .._lib import _checks, _layout
 from .._lib._compat import device
-from .._lib._dtypes import astype, round_to_float32
+from .._lib._dtypes import astype, float32_value
 from .._lib._typing import ArrayT, CrossReplicaSum, Namespace
 from . import _common
 
@@ -129,7 +129,7 @@ def keras_batch_norm(
     y = _normalize(
         x, mean, variance, as_compute(gamma), as_compute(beta), epsilon, channel, compute, xp
     )
-    keep, take = _weight(momentum), _weight(1.0 - momentum)
+    keep, take = float32_value(momentum), float32_value(1.0 - momentum)
     new_mean = _common.moving_average(
         moving_mean, mean, new_weight=take, old_weight=keep, compute=compute, xp=xp
     )
@@ -155,14 +155,6 @@ def _check_mask(mask: Any, x: Any, xp: Namespace) -> None:
             f"mask must broadcast to x's shape without its last axis {tuple(x.shape[:-1])} "
             f"(Keras expands it on the last axis); got shape {tuple(mask.shape)}"
         )
-
-
-def _weight(value: float) -> float:
-    """A Python float weight as float32 rounds it (exact in double arithmetic too).
-
-    The uncached function: PyTorch's compiler refuses to trace through ``lru_cache``.
-    """
-    return round_to_float32.__wrapped__(value)
 
 
 def _batch_statistics(
@@ -212,6 +204,6 @@ def _normalize(
     )
     widen = None if compute == x.dtype else compute
     y: Any = folded_normalize(
-        x, mean_b, variance_b, beta_b, gamma_b, _weight(epsilon), xp=xp, compute=widen
+        x, mean_b, variance_b, beta_b, gamma_b, float32_value(epsilon), xp=xp, compute=widen
     )
     return y

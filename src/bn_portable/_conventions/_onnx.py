@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._lib import _checks
-from .._lib._dtypes import astype, round_to_float32
+from .._lib._dtypes import astype, float32_value
 from .._lib._typing import ArrayT, Namespace
 from . import _common
 
@@ -73,8 +73,8 @@ def onnx_batch_norm(
     _checks.check_bool("training_mode", training_mode)
     # ONNX attributes of type FLOAT are float32: 1e-5 is 9.99999974737875e-06 and 0.9 is
     # 0.8999999761581421 to ONNX Runtime, in float64 arithmetic too.
-    epsilon = _float32(_checks.check_real("epsilon", epsilon, low=0.0))
-    momentum = _float32(_checks.check_real("momentum", momentum))
+    epsilon = float32_value(_checks.check_real("epsilon", epsilon, low=0.0))
+    momentum = float32_value(_checks.check_real("momentum", momentum))
     for name, value in (("scale", scale), ("b", b), ("input_mean", input_mean), ("input_var", input_var)):
         if value is None:
             raise TypeError(f"{name} must be an array (ONNX's BatchNormalization requires it), got None")
@@ -100,13 +100,6 @@ def onnx_batch_norm(
         input_var, variance, old_weight=momentum, new_weight=1 - momentum, compute=compute, xp=xp
     )
     return y, running_mean, running_var
-
-
-def _float32(value: float) -> float:
-    """``value`` rounded to float32, uncached: the remembered ``round_to_float32`` is never
-    called where ``torch.compile`` may trace (Dynamo warns on an lru_cache'd call)."""
-    rounded: float = round_to_float32.__wrapped__(value)
-    return rounded
 
 
 def _compute_dtype(x: Any, scale: Any, statistic: Any, xp: Namespace) -> Any:

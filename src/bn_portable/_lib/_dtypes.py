@@ -100,6 +100,12 @@ def tf_constant(xp: Namespace, value: float, dtype: Any, device: Device) -> Any:
     return xp.astype(as_float32, dtype) if dtype != xp.float32 else as_float32
 
 
+def float32_value(value: float) -> float:
+    """``value`` rounded to the nearest float32, uncached: what ``round_to_float32``
+    remembers, for code that PyTorch's compiler may trace (it refuses ``lru_cache``)."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
 @functools.lru_cache(maxsize=1024)
 def round_to_float32(value: float) -> float:
     """``value`` rounded to the nearest float32 (as a Python float, exactly that float32).
@@ -111,4 +117,4 @@ def round_to_float32(value: float) -> float:
     training loop asks for the same few constants on every step; it is never
     called while PyTorch's compiler traces, where those constants are 0-d arrays.
     """
-    return float(struct.unpack("f", struct.pack("f", value))[0])
+    return float32_value(value)
