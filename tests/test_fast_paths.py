@@ -478,11 +478,10 @@ def _np(tensor):
 
 def _small_torch_blocks(monkeypatch, torch_fast, block_elements):
     """Cut even the small test inputs into several blocks (the blocked code of large CPU batches)."""
-    from bn_portable._native import _torch_moments
+    from bn_portable._native import _torch_blocks
 
     if block_elements:
-        monkeypatch.setattr(torch_fast, "_BLOCK_ELEMENTS", block_elements)
-        monkeypatch.setattr(_torch_moments, "BLOCK_ELEMENTS", block_elements)
+        monkeypatch.setattr(_torch_blocks, "BLOCK_ELEMENTS", block_elements)
 
 
 # The channels-last training path: small batches run PyTorch's kernel as it is,
@@ -682,6 +681,31 @@ def test_torch_normalize_is_bit_identical(torch_fast, dtype):
     assert fast.dtype == generic.dtype
     np.testing.assert_array_equal(_np(fast), _np(generic))
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC", "rows"])
+def test_torch_normalize_keeps_tensorflows_cancellation_where_x_is_the_mean(torch_fast, layout):
+    """One value per channel (x = mean, variance 0) and |mean·inv| ≫ |offset|: TensorFlow's
+    ``round(x·inv) + round(offset − round(mean·inv))`` cancels exactly; a fused
+    multiply-add (PyTorch's own inference kernel) keeps mean·inv's rounding error
+    instead, up to three times the conformance tolerance on the golden cases."""
+    torch = pytest.importorskip("torch")
+    xp = _torch_xp()
+    channels = 64
+    shape = {"NCHW": (1, channels, 1, 1), "NHWC": (1, 1, 1, channels), "rows": (1, channels)}[layout]
+    rng = np.random.default_rng(11)
+    mean = rng.normal(0.0, 300.0, channels).astype(np.float32)
+    offset = rng.normal(0.0, 0.1, channels).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    inv = (np.float32(1) / np.sqrt(np.float32(EPSILON))).astype(np.float32) * scale
+    expected = (mean * inv) + (offset - mean * inv)  # float32 throughout, TensorFlow's order
+    as_param = lambda v: torch.from_numpy(v).reshape(shape)  # noqa: E731
+    fast = torch_fast.normalize(
+        as_param(mean), as_param(mean), torch.zeros(shape), as_param(offset), as_param(scale), EPSILON,
+        xp=xp,
+    )
+    np.testing.assert_array_equal(_np(fast).reshape(-1), expected)
+    assert not np.array_equal(np.float32(mean.astype(np.float64) * inv + (offset - mean * inv)), expected)
+
+
 
 @pytest.mark.parametrize("block_elements", [None, 64], ids=["whole", "blocks"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -689,8 +713,7 @@ def test_torch_normalize_is_bit_identical(torch_fast, dtype):
 def test_torch_normalize_widened_is_bit_identical(torch_fast, monkeypatch, layout, dtype, block_elements):
     """Half x in float32 (the Keras layer), block by block into the output: the generic kernel's bits."""
     torch = pytest.importorskip("torch")
-    if block_elements:
-        monkeypatch.setattr(torch_fast, "_BLOCK_ELEMENTS", block_elements)
+    _small_torch_blocks(monkeypatch, torch_fast, block_elements)
     xp = _torch_xp()
     channel = 1 if layout == "NCHW" else 3
     x, _, _ = _data((6, 4, 5, 3) if layout == "NCHW" else (6, 5, 3, 4), channel, "float32")
@@ -717,7 +740,7 @@ def test_torch_normalize_widened_is_bit_identical(torch_fast, monkeypatch, layou
 def test_torch_gradient_input_is_bit_identical(
     torch_fast, monkeypatch, shape, channel, dtype, weighted, is_training
 ):
-    monkeypatch.setattr(torch_fast, "_BLOCK_ELEMENTS", 64)  # several blocks on small inputs
+    _small_torch_blocks(monkeypatch, torch_fast, 64)  # several blocks on small inputs
     xp = _torch_xp()
     compute = "float64" if dtype == "float64" else "float32"
     x = _to_torch(RNG.normal(1.0, 2.0, shape), dtype)
@@ -743,7 +766,7 @@ def test_torch_gradient_input_is_bit_identical(
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
 def test_torch_gradient_sums_are_accurate(torch_fast, monkeypatch, shape, channel, dtype):
-    monkeypatch.setattr(torch_fast, "_BLOCK_ELEMENTS", 64)
+    _small_torch_blocks(monkeypatch, torch_fast, 64)
     import torch
 
     xp = _torch_xp()
@@ -875,10 +898,7 @@ def test_torch_local_moments_blocked_and_widened(torch_fast, monkeypatch, layout
     """Every dense layout, half input widened (compute=float32), whole or in cache-sized
     blocks: within a few ulps of the extended-precision moments of the widened values."""
     torch = pytest.importorskip("torch")
-    from bn_portable._native import _torch_moments
-
-    if block_elements:
-        monkeypatch.setattr(_torch_moments, "BLOCK_ELEMENTS", block_elements)
+    _small_torch_blocks(monkeypatch, torch_fast, block_elements)
     xp = _torch_xp()
     shape, channel = {"NHWC": ((16, 12, 12, 32), 3), "rows": ((4096, 24), 1)}.get(layout, ((16, 32, 12, 12), 1))
     axes = tuple(axis for axis in range(len(shape)) if axis != channel)

@@ -55,9 +55,10 @@ same terms in another order (float64 totals of block sums).
 
 ``local_moments`` (``_torch_moments``) sums over a channel-grouped view of the
 batch, the generic kernel's two passes (``torch.var_mean`` is not faster, and many
-times slower for a channels-last reduction on CPU). ``normalize`` computes exactly the generic
-expression but adds the shift in place into the product instead of allocating
-a second full-size result: bit-identical, one allocation and one pass fewer.
+times slower for a channels-last reduction on CPU). ``normalize``
+(``_torch_normalize``) is PyTorch's one-pass inference kernel where its formula is
+TensorFlow's. ``_torch_blocks`` cuts a CPU batch into the cache-sized blocks
+these passes share.
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ import torch
 from torch import Tensor
 
 from .._lib import _layout
-from .._lib._numerics import rsqrt
 from .._lib._typing import Namespace
 from ._registry import Kernel
 from ._switch import fast_paths_enabled
-from ._torch_moments import BLOCK_ELEMENTS, grouped, local_moments, two_pass_sums
+from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
+from ._torch_moments import grouped, local_moments, two_pass_sums
+from ._torch_normalize import normalize
 
 
 # torch.compiler's decorators are not annotated; enabled stays () -> bool.
@@ -84,9 +86,6 @@ def enabled() -> bool:
     the compiler calls it once while tracing and keeps the answer in the graph.
     """
     return fast_paths_enabled()
-
-#: Values per block of the blocked passes (y, backward): the statistics' block size.
-_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -105,7 +104,7 @@ def fused_training_core(
         batch_mean, biased = _summed_statistics(x, channel, count)
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
         inverse_std = torch.reciprocal(torch.sqrt(biased + epsilon))
-    if _needs_autograd([x, scale, offset]):
+    if needs_autograd([x, scale, offset]):
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
             x, scale, offset, batch_mean, inverse_std, channel, epsilon
@@ -152,8 +151,8 @@ def _affine(x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset:
     mean_b = _per_channel(mean, x, channel)
     factor_b = _per_channel(inverse_std * scale, x, channel)
     offset_b = _per_channel(offset, x, channel)
-    if _needs_autograd([x, mean, inverse_std, scale, offset]) or (
-        x.dtype != torch.float32 and not _blocked_on_cpu(x)
+    if needs_autograd([x, mean, inverse_std, scale, offset]) or (
+        x.dtype != torch.float32 and not blocked_on_cpu(x)
     ):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)
@@ -162,7 +161,7 @@ def _affine(x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset:
         # into the output while it is in cache. Whole-tensor float32 temporaries
         # (twice the input's bytes, fresh memory every call) made this 7-10x slower.
         y = torch.empty_like(x)
-        for rows in _outer_blocks(x):
+        for rows in outer_blocks(x):
             y[rows].copy_(x[rows].to(torch.float32).sub_(mean_b).mul_(factor_b).add_(offset_b))
         return y
     # Centred into a new tensor, then scaled and shifted in place: as fast as the
@@ -241,57 +240,6 @@ def fused_inference(
     return _affine(x, mean, inverse_std, scale, offset, channel)
 
 
-def normalize(
-    x: Tensor, mean: Tensor, variance: Tensor, offset: Tensor | None, scale: Tensor | None,
-    variance_epsilon: float, *, xp: Namespace, compute: torch.dtype | None = None,
-) -> Any:
-    """The generic ``x·inv + shift``, with the shift added in place (bit-identical).
-
-    With a wider ``compute`` dtype (half input on the Keras path), on CPU and
-    without autograd, block by block: each block is widened, normalized and
-    rounded into the output while it is in cache (the generic kernel's
-    operations in its order), never the whole widened input at once.
-    """
-    if torch._C._are_functorch_transforms_active():
-        return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
-    parameters = [t for t in (mean, variance, offset, scale) if t is not None]
-    blocked = compute is not None and _blocked_on_cpu(x)
-    if blocked and _needs_autograd([x, *parameters]):
-        return NotImplemented
-    # The generic kernel's own (half-aware) rsqrt.
-    inv = rsqrt(variance + variance_epsilon, xp)
-    if scale is not None:
-        inv = inv * scale
-    shift = -mean * inv if offset is None else offset - mean * inv
-    if compute is not None:
-        if not blocked or not (_broadcasts_into(inv, x) and _broadcasts_into(shift, x)):
-            return NotImplemented
-        inv, shift = inv.to(compute), shift.to(compute)
-        y = torch.empty_like(x)
-        for rows in _outer_blocks(x):
-            y[rows].copy_(x[rows].to(compute).mul_(_rows_of(inv, rows, x)).add_(_rows_of(shift, rows, x)))
-        return y
-    y = x * inv.to(x.dtype)
-    shift = shift.to(x.dtype)
-    if not _broadcasts_into(shift, y):
-        return y + shift
-    return y.add_(shift)
-
-
-def _broadcasts_into(parameter: Tensor, x: Tensor) -> bool:
-    """Whether ``parameter`` broadcasts to x's shape without growing it (in Python:
-    ``torch.broadcast_shapes`` cost more than the arithmetic on an MLP's batch)."""
-    if parameter.ndim > x.ndim:
-        return False
-    return all(p in (1, d) for p, d in zip(reversed(parameter.shape), reversed(x.shape)))
-
-
-def _rows_of(parameter: Tensor, rows: slice, x: Tensor) -> Tensor:
-    """A parameter broadcast to x, restricted to a block of x's first axis
-    (all of it where it does not vary along that axis)."""
-    return parameter if parameter.ndim < x.ndim or parameter.shape[0] == 1 else parameter[rows]
-
-
 def gradient_sums(dy: Tensor, x: Tensor, mean: Tensor, channel: int, *, xp: Namespace) -> Any:
     """``(Σ dy, Σ dy·(x − mean))`` per channel, the product summed block by block.
 
@@ -300,14 +248,14 @@ def gradient_sums(dy: Tensor, x: Tensor, mean: Tensor, channel: int, *, xp: Name
     input-sized one), and the block sums added in float64 and rounded once:
     the same terms, added in another order, at least as accurately.
     """
-    if torch._C._are_functorch_transforms_active() or _needs_autograd([dy, x, mean]):
+    if torch._C._are_functorch_transforms_active() or needs_autograd([dy, x, mean]):
         return NotImplemented
     axes = _layout.reduction_axes(x.ndim, channel)
     compute = mean.dtype
     mean_b = _layout.per_channel(mean, x.ndim, channel, xp)
     partials = [
         torch.sum(torch.sub(x[rows].to(compute), mean_b).mul_(dy[rows].to(compute)), axes)
-        for rows in _outer_blocks(x)
+        for rows in outer_blocks(x)
     ]
     sum_dy_centred = torch.stack(partials).double().sum(0).to(compute)
     return torch.sum(dy.to(compute), axes), sum_dy_centred
@@ -326,14 +274,14 @@ def gradient_input(
     with block-sized scratch.
     """
     tensors = [t for t in (dy, x, mean, a, b, c, share) if t is not None]
-    if torch._C._are_functorch_transforms_active() or _needs_autograd(tensors):
+    if torch._C._are_functorch_transforms_active() or needs_autograd(tensors):
         return NotImplemented  # out= and in-place ops: let autograd see the generic graph
     if x.ndim == 0:
         return NotImplemented
     compute = a.dtype
     dx = torch.empty_like(x)  # x's memory layout (channels-last stays channels-last)
     wide = dx.dtype == compute
-    for rows in _outer_blocks(x):
+    for rows in outer_blocks(x):
         out = dx[rows]
         product = torch.mul(dy[rows].to(compute), a, out=out if wide else None)
         if b is not None and c is not None and mean is not None:  # training: all three
@@ -344,28 +292,6 @@ def gradient_input(
         if not wide:
             out.copy_(product)  # one rounding to x's dtype
     return dx
-
-
-def _blocked_on_cpu(x: Tensor) -> bool:
-    """Whether half input is widened block by block: more than one block, on CPU, eagerly
-    (a smaller batch takes the whole-tensor expression, fewer operations per call)."""
-    return x.device.type == "cpu" and x.numel() > _BLOCK_ELEMENTS and not torch.compiler.is_compiling()
-
-
-def _outer_blocks(x: Tensor) -> Any:
-    """Slices of the first axis of about ``_BLOCK_ELEMENTS`` values each (at least one row).
-
-    On a GPU the whole batch is one block: its caching allocator makes
-    temporaries cheap, while every block would cost kernel launches.
-    """
-    if x.device.type != "cpu":
-        return [slice(None)]
-    step = max(1, _BLOCK_ELEMENTS // max(1, x[0].numel())) if x.shape[0] else 1
-    return [slice(start, start + step) for start in range(0, max(x.shape[0], 1), step)]
-
-
-def _needs_autograd(tensors: Any) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _eligible(x: Tensor, channel: int, *parameters: Any) -> bool:

@@ -35,13 +35,11 @@ import torch
 from torch import Tensor
 
 from .._lib._typing import Namespace
+from . import _torch_blocks
 
 #: Smaller batches take the generic kernel: its sums are as quick there, and the
 #: synchronized statistics (always generic) are then the same bits.
 SMALLEST_INPUT = 1 << 16
-
-#: Values per block of the blocked passes: cache-sized.
-BLOCK_ELEMENTS = 1 << 19
 
 _DTYPES = (torch.float32, torch.float64)
 _HALF = (torch.float16, torch.bfloat16)
@@ -140,10 +138,9 @@ def _total(partials: list[Tensor], dtype: torch.dtype) -> Tensor:
 def _one_block(x: Tensor) -> Any:
     """Whether x is taken whole: small, on a GPU (kernel launches cost more than
     temporaries there) or being compiled (the compiler plans the memory)."""
-    return x.numel() <= BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
+    return x.numel() <= _torch_blocks.BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
 
 
 def _blocks(values: Tensor) -> list[Tensor]:
     """Cache-sized blocks of the first axis."""
-    block = max(1, BLOCK_ELEMENTS // max(1, values[0].numel()))
-    return [values[a0 : a0 + block] for a0 in range(0, values.shape[0], block)]
+    return [values[rows] for rows in _torch_blocks.outer_blocks(values)]

@@ -1,0 +1,76 @@
+"""PyTorch's ``normalize``: ``tf.nn.batch_normalization``, ``x·inv + (offset − mean·inv)``.
+
+The generic expression, with the shift added in place into the product
+(bit-identical, one allocation and one pass fewer); half input the Keras layer
+normalizes in float32 is widened block by block on CPU.
+
+Not PyTorch's inference kernel, although its formula is this one
+(``y = x·α + (bias − mean·α)``) and it takes one pass: it rounds like a fused
+multiply-add, and so loses TensorFlow's exact cancellation where x equals the
+mean (a batch of one value per channel, a constant channel): there TensorFlow's
+``round(x·inv) + round(offset − round(mean·inv))`` is exact to the offset's
+rounding while the kernel's result keeps ``mean·inv``'s rounding error, up to
+three times the conformance tolerance on the suite's one-value-per-channel cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._lib._numerics import rsqrt
+from .._lib._typing import Namespace
+from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
+
+
+def normalize(
+    x: Tensor, mean: Tensor, variance: Tensor, offset: Tensor | None, scale: Tensor | None,
+    variance_epsilon: float, *, xp: Namespace, compute: torch.dtype | None = None,
+) -> Any:
+    """The generic ``x·inv + shift``, with the shift added in place (bit-identical).
+
+    With a wider ``compute`` dtype (half input on the Keras path), on CPU and
+    without autograd, block by block: each block is widened, normalized and
+    rounded into the output while it is in cache (the generic kernel's
+    operations in its order), never the whole widened input at once.
+    """
+    if torch._C._are_functorch_transforms_active():
+        return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
+    parameters = [t for t in (mean, variance, offset, scale) if t is not None]
+    blocked = compute is not None and blocked_on_cpu(x)
+    if blocked and needs_autograd([x, *parameters]):
+        return NotImplemented
+    # The generic kernel's own (half-aware) rsqrt.
+    inv = rsqrt(variance + variance_epsilon, xp)
+    if scale is not None:
+        inv = inv * scale
+    shift = -mean * inv if offset is None else offset - mean * inv
+    if compute is not None:
+        if not blocked or not (_broadcasts_into(inv, x) and _broadcasts_into(shift, x)):
+            return NotImplemented
+        inv, shift = inv.to(compute), shift.to(compute)
+        y = torch.empty_like(x)
+        for rows in outer_blocks(x):
+            y[rows].copy_(x[rows].to(compute).mul_(_rows_of(inv, rows, x)).add_(_rows_of(shift, rows, x)))
+        return y
+    y = x * inv.to(x.dtype)
+    shift = shift.to(x.dtype)
+    if not _broadcasts_into(shift, y):
+        return y + shift
+    return y.add_(shift)
+
+
+def _broadcasts_into(parameter: Tensor, x: Tensor) -> bool:
+    """Whether ``parameter`` broadcasts to x's shape without growing it (in Python:
+    ``torch.broadcast_shapes`` cost more than the arithmetic on an MLP's batch)."""
+    if parameter.ndim > x.ndim:
+        return False
+    return all(p in (1, d) for p, d in zip(reversed(parameter.shape), reversed(x.shape)))
+
+
+def _rows_of(parameter: Tensor, rows: slice, x: Tensor) -> Tensor:
+    """A parameter broadcast to x, restricted to a block of x's first axis
+    (all of it where it does not vary along that axis)."""
+    return parameter if parameter.ndim < x.ndim or parameter.shape[0] == 1 else parameter[rows]
