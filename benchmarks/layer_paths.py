@@ -14,11 +14,17 @@ and mode; its variants run interleaved in the same rounds (``_timing``) against
 ``batch_norm``, ``step`` (forward and backward with autograd, torch, float32).
 
 ``step`` runs ``bn_portable.torch.BatchNorm`` (``from_state``), as PyTorch users
-train. ``floor …`` rows (torch, float32) are the fewest whole-tensor PyTorch operations
+train. ``floor …`` rows (torch) are the fewest whole-tensor PyTorch operations
 that compute the path's formula within the accuracy contract
 (conformance/README.md): what the formula costs in PyTorch's operations. Not a
 strict bound: cache blocking beats it where fresh memory costs more than the
-arithmetic.
+arithmetic. A ``step`` floor is the forward's operations, then PyTorch's own
+backward kernel with the batch's statistics (one call; what the module's
+autograd node calls), without autograd's bookkeeping. For float16 and bfloat16 input the contract asks for float32
+arithmetic (TensorFlow's fused kernel and the Keras layer widen half input):
+the sums accumulate in float32 (``torch.sum(..., dtype=float32)``, no widened
+copy), the centred values and y are float32 temporaries (type promotion
+against the float32 statistics), and y is rounded to x's dtype once.
 ``infer``: the fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (three passes: no
 fold of μ into the offset) and the non-fused ``x·inv + (β − μ·inv)`` (two passes:
 no fused multiply-add, which would lose TensorFlow's exact cancellation where
@@ -171,20 +177,35 @@ def floor_calls(data: Data, mode: str) -> dict[str, Callable[[], Any]]:
         grouped, dims = (x.reshape(x.shape[0], x.shape[1], -1), (0, 2)) if channel == 1 and x.ndim > 2 else (
             x.reshape(-1, x.shape[-1]), (0,))
         inverse_count = x.shape[channel] / x.numel()
-        mean = torch.sum(grouped, dims) * inverse_count
+        mean = torch.sum(grouped, dims, dtype=torch.float32) * inverse_count
         centred = torch.sub(grouped, mean.view(-1, 1) if dims == (0, 2) else mean)
         return mean.view(view), (torch.sum(centred.square_(), dims) * inverse_count).view(view)
 
-    def fused() -> Any:
-        mean, var = statistics()
-        return torch.sub(x, mean).mul_(torch.rsqrt(var + EPSILON) * gamma).add_(beta)
+    def fused(mean: Any, var: Any) -> Any:
+        return torch.sub(x, mean).mul_(torch.rsqrt(var + EPSILON) * gamma).add_(beta).to(x.dtype)
 
-    def non_fused() -> Any:
-        mean, var = statistics()
+    def non_fused(mean: Any, var: Any) -> Any:
         inv = torch.rsqrt(var + EPSILON) * gamma
-        return torch.mul(x, inv).add_(beta - mean * inv)
+        return torch.mul(x, inv).add_(beta - mean * inv).to(x.dtype)
 
-    return {"floor fused": fused, "floor non-fused": non_fused}
+    formulas = {"floor fused": fused, "floor non-fused": non_fused}
+    if mode != "step":
+        return {name: (lambda y=y: y(*statistics())) for name, y in formulas.items()}
+    # A training step: the forward, then PyTorch's own backward kernel with the batch's
+    # statistics (what the module's autograd node calls; channels first, as PyTorch lays it out).
+    native, dy = data.native, torch.ones_like(data.native)
+
+    def step_of(y: Callable[[Any, Any], Any]) -> Callable[[], Any]:
+        def step() -> Any:
+            mean, var = statistics()
+            inverse_std = torch.rsqrt(var + EPSILON).reshape(-1)
+            return y(mean, var), torch.ops.aten.native_batch_norm_backward(
+                dy, native, v["gamma"], None, None, mean.reshape(-1), inverse_std, True, EPSILON, [True] * 3
+            )
+
+        return step
+
+    return {name: step_of(y) for name, y in formulas.items()}
 
 
 def case_list(size: str) -> list[tuple[str, str, str, str, str]]:
@@ -209,7 +230,7 @@ def run_case(size: str, backend: str, shape: str, layout: str, dtype: str, mode:
     paths = {"train": tuple(PATHS), "infer": INFERENCE_PATHS, "step": STEP_PATHS}[mode]
     calls: dict[str, Callable[[], Any]] = {"native": native_call(data, mode)}
     calls |= {path: portable_call(data, path, backend, mode) for path in paths}
-    if backend == "torch" and dtype == "float32" and mode != "step":
+    if backend == "torch":
         calls |= floor_calls(data, mode)
     results = add_ratios(time_case(calls, rounds, 2, rng, lambda: None), "native")
     record = {

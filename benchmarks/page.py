@@ -125,7 +125,9 @@ def advice(models: Run, paths: Run) -> list[str]:
         f" {r(i_nhwc, 'non-fused')} in NHWC). PyTorch's inference kernel folds the mean into the"
         " offset (`x·α + (β − μ·α)`, one pass over x), which the accuracy contract rules out where"
         " |μ| ≫ σ: TensorFlow's fused formula centres first (three passes in PyTorch operations),"
-        " and its non-fused one keeps two rounded terms (two passes, no fused multiply-add).",
+        " and its non-fused one keeps two rounded terms (two passes, no fused multiply-add: PyTorch's"
+        " one-pass kernel rounds `x·α + β` once and so loses TensorFlow's exact cancellation where x"
+        " equals the mean, a batch of one value per channel).",
         "- **Channels last.** PyTorch's native channels-last training kernel takes its statistics"
         " in one pass with plain float32 running sums, tens of ulps off at these sizes; bn_portable"
         " takes TensorFlow's two passes with accurate sums. A channels-last ResNet-18 training step"
@@ -142,8 +144,8 @@ def advice(models: Run, paths: Run) -> list[str]:
         f" {r(n_nhwc, 'fused')} and {r(n_nhwc, 'non-fused')} in NHWC; float16 is dominated by"
         " NumPy's conversions, which are scalar code. Peak memory is in the table below.",
         "- **tf-slim's composite.** With batch weights the NCHW training forward costs"
-        f" {r(t_nchw, 'weighted')} on PyTorch and {r(n_nchw, 'weighted')} on NumPy (weighted moments"
-        " take the generic kernels), zero-debias"
+        f" {r(t_nchw, 'weighted')} on PyTorch (generic weighted moments) and {r(n_nchw, 'weighted')} on"
+        " NumPy (blocked weighted sums, no input-sized temporary), zero-debias"
         f" {r(t_nchw, 'zero-debias')} and {r(n_nchw, 'zero-debias')}; renorm {r(t_nchw, 'renorm')}"
         f" and {r(n_nchw, 'renorm')}.",
         "- **Small batches.** A call issues about twenty small operations from Python whatever the size"

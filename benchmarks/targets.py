@@ -89,8 +89,10 @@ def path_rows(paths: Run) -> list[str]:
         for layout in ("NCHW", "NHWC"):
             for mode, variants in (("train", TRAINING_PATHS), ("infer", INFERENCE_PATHS)):
                 key = path_key("torch", layout, dtype, mode)
-                worst = max((paths.ratio(key, v) or 0.0 for v in variants), default=None)
-                rows.append(_row(f"torch {layout} {mode} {dtype}, slowest path", worst or None, 2.0))
+                slowest = max(variants, key=lambda v: paths.ratio(key, v) or 0.0)
+                floor_name = "floor fused" if slowest == "fused" else "floor non-fused"
+                label = f"torch {layout} {mode} {dtype}, slowest path ({slowest})"
+                rows.append(_row(label, paths.ratio(key, slowest), 2.0, paths.ratio(key, floor_name)))
     return rows
 
 

@@ -248,6 +248,89 @@ def test_numpy_local_moments_over_every_axis(numpy_fast):
     np.testing.assert_allclose(fast[1], generic[1], rtol=SUM_ULPS * 2**-23)
 
 
+def _row_weights(shape, channel, kind):
+    """Frequency weights constant along every axis after the channel's: one per example
+    (tf-slim's batch_weights), one per value before the channel axis (a Keras mask over
+    an NHWC batch's pixels), or with zeros (examples left out)."""
+    weights = RNG.uniform(0.25, 2.0, size=shape[:channel]).astype(np.float32)
+    if kind == "per-example":
+        weights = weights[(slice(None),) + (0,) * (channel - 1)].reshape((-1,) + (1,) * (len(shape) - 1))
+    elif kind == "with-zeros":
+        weights = (weights > 1.0).astype(np.float32)
+    return weights.reshape(weights.shape + (1,) * (len(shape) - weights.ndim))
+
+
+def _weighted_reference(x, axes, weights):
+    """Count, mean and m2 in extended precision (tf.nn.weighted_moments' formulas)."""
+    x64 = np.asarray(x, dtype=np.longdouble)
+    w = np.broadcast_to(np.asarray(weights, dtype=np.longdouble), x.shape)
+    count = w.sum(axis=axes, keepdims=True)
+    mean = np.divide((w * x64).sum(axis=axes, keepdims=True), count, where=count != 0, out=np.zeros_like(count))
+    return count, mean, (w * (x64 - mean) ** 2).sum(axis=axes, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["per-example", "per-row", "with-zeros"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
+def test_numpy_weighted_moments_are_accurate(numpy_fast, shape, channel, dtype, kind):
+    """Within a few ulps of the float64 weighted moments, as the generic kernel is,
+    in the shape the generic kernel gives, without a widened copy of float16 x."""
+    x, _, _ = _data(shape, channel, dtype, mean=3.0)
+    axes = _axes(x.ndim, channel)
+    weights = _row_weights(shape, channel, kind)
+    compute = np.float32 if dtype == "float16" else None
+    fast = numpy_fast.weighted_local_moments(x, axes, weights, "zero", xp=NP, compute=compute)
+    assert fast is not NotImplemented
+    wide = x.astype(compute or x.dtype)
+    generic = _moments.weighted_local_moments.generic(wide, axes, weights, "zero", xp=NP)
+    eps = float(np.finfo(wide.dtype).eps)
+    count, mean, m2 = _weighted_reference(wide, axes, weights)
+    magnitude = (np.broadcast_to(weights, x.shape) * np.abs(wide.astype(np.longdouble))).sum(axis=axes, keepdims=True)
+    for f, g in zip(fast, generic):
+        assert f.dtype == g.dtype == wide.dtype
+        assert np.broadcast_shapes(f.shape, g.shape) == f.shape
+    np.testing.assert_allclose(fast[0], np.broadcast_to(count, fast[0].shape), rtol=2 * eps)
+    safe = np.where(count == 0, 1.0, count)
+    # float32 sums are float64 totals of short partials: within SUM_ULPS of exact. float64
+    # sums have no wider totals (a running sum over up to a thousand terms here, as the
+    # generic kernel's own error shows): 32 ulps beyond the generic kernel's error.
+    ulps = SUM_ULPS if wide.dtype == np.float32 else 32
+    for f, g, exact, unit in ((fast[1], generic[1], mean, eps * magnitude / safe), (fast[2], generic[2], m2, eps * m2)):
+        assert np.all(np.abs(f - exact) <= ulps * unit + np.abs(g - exact) + 1e-30)
+    assert np.all(np.where(count == 0, fast[1] == 0, True))
+
+
+def test_numpy_weighted_moments_decline_what_they_do_not_cover(numpy_fast):
+    x = RNG.normal(size=(4, 3, 5, 7)).astype(np.float32)
+    pixels = RNG.uniform(size=(4, 1, 5, 7)).astype(np.float32)  # a mask over NCHW pixels: varies after C
+    per_channel = RNG.uniform(size=(1, 3, 1, 1)).astype(np.float32)
+    for weights, empty in ((pixels, "zero"), (per_channel, "zero"), (np.ones((4, 1, 1, 1), np.float32), "nan")):
+        assert numpy_fast.weighted_local_moments(x, (0, 2, 3), weights, empty, xp=NP) is NotImplemented
+    assert numpy_fast.weighted_local_moments(x, (0, 2), np.ones((4, 1, 1, 1), np.float32), "zero", xp=NP) is NotImplemented
+
+
+@pytest.mark.parametrize(("shape", "channel"), [((8, 30, 30, 64), 3), ((8, 64, 30, 30), 1)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_numpy_weighted_training_peak_memory(shape, channel, dtype, monkeypatch):
+    """tf-slim's weighted training step: at most 1.25x the input, output included
+    (the generic kernel's centred and squared batch made it 2x, 6x for float16)."""
+    monkeypatch.setattr(numpy_plan, "SMALLEST_HALF_INPUT", 0)
+    x, _, _ = _data(shape, channel, dtype)
+    weights = RNG.uniform(0.5, 1.5, shape[0]).astype(np.float32)
+    options = {"scale": True, "data_format": "NHWC" if channel == 3 else "NCHW", "batch_weights": weights}
+    _, state = bn.batch_norm(x, None, **options)
+    with bn.fast_paths(True):
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            result = bn.batch_norm(x, state, **options)
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+    del result
+    assert peak <= 1.25 * x.nbytes + 64 * 1024, peak / x.nbytes
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 @pytest.mark.parametrize(("shape", "channel"), LAYOUTS)
 @pytest.mark.parametrize("with_offset", [True, False])

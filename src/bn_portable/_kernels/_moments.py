@@ -69,8 +69,10 @@ def two_pass_moments(
     block by block instead of all at once).
     """
     count = math.prod([x.shape[axis] for axis in axes])  # a list: the compiler traces it
-    if weights is None and reducer is None and count == count and count > 0 and rounding == "divide":
-        # A local batch of known size: the one case a library's fast path serves.
+    if reducer is None and count == count and count > 0 and rounding == "divide":
+        # A local batch of known size: the case a library's fast path serves.
+        if weights is not None:
+            return Moments(*weighted_local_moments(x, axes, weights, empty, xp=xp, compute=compute))
         mean, m2 = local_moments(x, axes, xp=xp, compute=compute)
         return Moments(count, mean, m2)
     wide = x if compute is None else astype(x, compute, xp)
@@ -114,6 +116,19 @@ def local_moments(
     wide = x if compute is None else astype(x, compute, xp)
     summary = _two_passes(wide, axes, xp, None, None, "divide", "nan")
     return summary.mean, summary.m2
+
+
+@overridable(Kernel.WEIGHTED_MOMENTS)
+def weighted_local_moments(
+    x: Any, axes: tuple[int, ...], weights: Any, empty: EmptyStatistics, *, xp: Namespace,
+    compute: Any = None,
+) -> tuple[Any, Any, Any]:
+    """``(Σw, Σw·x / Σw, Σw·(x − mean)²)`` keepdims, for a local batch with frequency
+    ``weights`` (broadcast to x), ``empty`` where the total weight is 0, in ``compute``
+    (x's dtype when None)."""
+    wide = x if compute is None else astype(x, compute, xp)
+    count, mean, m2 = _two_passes(wide, axes, xp, weights, None, "divide", empty)
+    return count, mean, m2
 
 
 def _two_passes(

@@ -17,6 +17,9 @@ class Kernel(enum.Enum):
     FUSED_TRAINING = "fused_training_core(x, scale, offset, epsilon, channel, *, xp)"
     FUSED_INFERENCE = "fused_inference(x, scale, offset, mean, variance, epsilon, channel, *, xp)"
     LOCAL_MOMENTS = "local_moments(x, axes, *, xp, compute=None) -> (mean, m2)"
+    WEIGHTED_MOMENTS = (
+        "weighted_local_moments(x, axes, weights, empty, *, xp, compute=None) -> (count, mean, m2)"
+    )
     NORMALIZE = "normalize(x, mean, variance, offset, scale, variance_epsilon, *, xp, compute=None)"
     GRADIENT_SUMS = "gradient_sums(dy, x, mean, channel, *, xp)"
     GRADIENT_INPUT = "gradient_input(dy, x, mean, a, b, c, share, *, xp)"

@@ -71,6 +71,7 @@ __all__ = [
     "gradient_sums",
     "local_moments",
     "normalize",
+    "weighted_local_moments",
 ]
 
 
@@ -132,6 +133,43 @@ def local_moments(x: Any, axes: tuple[int, ...], *, xp: Any, compute: Any = None
     m2 = _reductions.squared_deviation_sums(plan, data, mean).astype(compute)
     keep_shape = tuple(1 if axis in axes else x.shape[axis] for axis in range(x.ndim))
     return mean.reshape(keep_shape), m2.reshape(keep_shape)
+
+
+def weighted_local_moments(
+    x: Any, axes: tuple[int, ...], weights: Any, empty: str, *, xp: Any, compute: Any = None
+) -> Any:
+    """``(Σw, Σw·x / Σw, Σw·(x − mean)²)`` keepdims over every axis but one, in the compute
+    dtype, for frequency weights constant along every axis after the channel's.
+
+    Those weights are one per row of the plan's ``(A, C, S)`` view (``_reductions``);
+    others (a mask over an NCHW batch's pixels) take the generic kernel. A zero
+    total weight gives mean 0 (``empty="zero"``, ``tf.nn.weighted_moments``' ``div_no_nan``).
+    """
+    if empty != "zero" or not large_plain_array(x, MOMENT_DTYPES) or type(weights) is not np.ndarray:
+        return NotImplemented
+    wide = compute_dtype(x.dtype)
+    if wide != np.dtype(x.dtype if compute is None else compute):
+        return NotImplemented
+    kept = [axis for axis in range(x.ndim) if axis not in axes]
+    if len(kept) != 1 or weights.dtype.kind not in "biuf":
+        return NotImplemented
+    channel = kept[0]
+    padded = (1,) * (x.ndim - weights.ndim) + tuple(weights.shape)
+    if len(padded) != x.ndim or any(size != 1 for size in padded[channel:]):
+        return NotImplemented
+    if any(size not in (1, n) for size, n in zip(padded[:channel], x.shape[:channel])):
+        return NotImplemented
+    # One weight per row A (a copy 1/C of the input's size at most), in the compute dtype.
+    per_row = np.broadcast_to(weights.reshape(padded[:channel]), x.shape[:channel])
+    row_weights = np.ascontiguousarray(per_row.reshape(-1), dtype=wide)
+    plan = plan_for(x.shape, channel, x.dtype.itemsize, shared=True)
+    keep_shape = tuple(1 if axis in axes else x.shape[axis] for axis in range(x.ndim))
+    # Σw over the broadcast weights: each row's weight counts once per value of S.
+    count = np.full(keep_shape, np.sum(row_weights, dtype=np.float64) * plan.inner, dtype=wide)
+    total = _reductions.channel_sums(plan, x, row_weights).astype(wide).reshape(keep_shape)
+    mean = np.divide(total, count, out=np.zeros(keep_shape, dtype=wide), where=count != 0)
+    m2 = _reductions.squared_deviation_sums(plan, x, mean, row_weights).astype(wide)
+    return count, mean, m2.reshape(keep_shape)
 
 
 def normalize(
@@ -216,6 +254,7 @@ KERNELS = {
     Kernel.FUSED_TRAINING: fused_training_core,
     Kernel.FUSED_INFERENCE: fused_inference,
     Kernel.LOCAL_MOMENTS: local_moments,
+    Kernel.WEIGHTED_MOMENTS: weighted_local_moments,
     Kernel.NORMALIZE: normalize,
     Kernel.GRADIENT_SUMS: gradient_sums,
     Kernel.GRADIENT_INPUT: gradient_input,

@@ -32,6 +32,13 @@ number of threads. The partials are formed three ways:
    the slabs and its running sums of at most ``BLOCKS_PER_CHUNK`` values go
    straight into float64).
 
+Frequency weights that are constant along ``S`` (one per row ``A``: tf-slim's
+per-example weights, a Keras mask over an NHWC batch's pixels) enter as
+``tf.nn.weighted_moments`` forms them: on short runs each product ``w·v`` is
+rounded to the compute dtype and summed as in point 3; on long runs each
+stretch's partial sum is multiplied by its row's weight in float64, which
+rounds nothing of its own.
+
 So the compute-dtype error of a sum is that of one partial (at most a few
 thousand terms), not of the whole batch, and the float64 totals add nearly
 none: on 32x64x56x56 float32 (100 352 values per channel, NCHW and NHWC) the
@@ -63,31 +70,39 @@ RowTerms = Callable[[int, int, Any], Any]
 # ---------------------------------------------------------------------------
 
 
-def channel_sums(plan: Plan, x: Any) -> Any:
-    """``Σx`` per channel, float64."""
+def channel_sums(plan: Plan, x: Any, row_weights: Any = None) -> Any:
+    """``Σx`` per channel, float64; ``Σw·x`` with ``row_weights`` (one per row ``A``,
+    in the compute dtype: frequency weights constant along ``S``)."""
     if plan.long_runs:
         (x3,) = grouped(plan, x)
-        if x3.dtype != np.float16:
+        if x3.dtype != np.float16 and row_weights is None:
             return row_sums(x3, plan.segment).sum(axis=0)  # the whole input in one pass
-        return channel_block_totals(plan, partial(_widened_block_sums, x3, plan.segment))
+        block_sums = partial(_widened_block_sums, x3, plan.segment, row_weights)
+        return channel_block_totals(plan, block_sums)
     (x2,) = as_rows(plan, x)
-    if x2.dtype != np.float16:
+    if row_weights is not None:
+        terms = partial(_weighted_rows, x2, row_weights)
+        columns = chunked_column_sums(plan, terms, row_weights.dtype)
+    elif x2.dtype != np.float16:
         columns = _product_column_sums(x2, plan.rows_per_partial)
     else:
         columns = chunked_column_sums(plan, partial(_rows_as_they_are, x2), np.dtype(np.float32))
     return columns.reshape(plan.channels, plan.inner).sum(axis=1)
 
 
-def squared_deviation_sums(plan: Plan, x: Any, mean: Any) -> Any:
-    """``Σ(x − mean)²`` per channel, float64, with ``mean`` in the compute dtype."""
+def squared_deviation_sums(plan: Plan, x: Any, mean: Any, row_weights: Any = None) -> Any:
+    """``Σ(x − mean)²`` per channel, float64, with ``mean`` in the compute dtype;
+    ``Σw·(x − mean)²`` with ``row_weights`` (as in ``channel_sums``)."""
     mean = np.asarray(mean, dtype=compute_dtype(x.dtype)).reshape(-1)
     if plan.long_runs:
         (x3,) = grouped(plan, x)
-        return channel_block_totals(
-            plan, partial(_squared_deviation_block_sums, x3, mean, plan.segment)
-        )
+        block_sums = partial(_squared_deviation_block_sums, x3, mean, plan.segment, row_weights)
+        return channel_block_totals(plan, block_sums)
     (x2,) = as_rows(plan, x)
-    totals = chunked_column_sums(plan, partial(centred_squares, x2, tile(plan, mean)), mean.dtype)
+    terms = partial(centred_squares, x2, tile(plan, mean))
+    if row_weights is not None:
+        terms = partial(_weighted, terms, row_weights, plan.width)
+    totals = chunked_column_sums(plan, terms, mean.dtype)
     return totals.reshape(plan.channels, plan.inner).sum(axis=1)
 
 
@@ -131,15 +146,26 @@ def _each_block(
     return [block_sums(*block) for block in blocks]
 
 
-def _widened_block_sums(x3: Any, segment: int, a0: int, a1: int, c0: int, c1: int) -> Any:
-    return row_sums(x3[a0:a1, c0:c1].astype(np.float32), segment).sum(axis=0)
+def _widened_block_sums(
+    x3: Any, segment: int, row_weights: Any, a0: int, a1: int, c0: int, c1: int
+) -> Any:
+    block = x3[a0:a1, c0:c1].astype(compute_dtype(x3.dtype), copy=False)
+    return _over_rows(row_sums(block, segment), row_weights, a0, a1)
 
 
 def _squared_deviation_block_sums(
-    x3: Any, mean: Any, segment: int, a0: int, a1: int, c0: int, c1: int
+    x3: Any, mean: Any, segment: int, row_weights: Any, a0: int, a1: int, c0: int, c1: int
 ) -> Any:
     centred = np.subtract(x3[a0:a1, c0:c1], mean[c0:c1, None])
-    return row_dots(centred, None, segment).sum(axis=0)
+    return _over_rows(row_dots(centred, None, segment), row_weights, a0, a1)
+
+
+def _over_rows(per_row: Any, row_weights: Any, a0: int, a1: int) -> Any:
+    """float64 ``[rows, channels]`` sums added over the rows, each times its weight if weighted
+    (in float64: the weighted sum of the partial sums, with no rounding of its own)."""
+    if row_weights is None:
+        return per_row.sum(axis=0)
+    return (per_row * row_weights[a0:a1, None]).sum(axis=0)
 
 
 def _gradient_block_sums(
@@ -273,6 +299,21 @@ def _column_sums(block: Any, rows_per_partial: int) -> Any:
 
 def _rows_as_they_are(x2: Any, r0: int, r1: int, scratch: Any) -> Any:
     return x2[r0:r1].reshape(-1)
+
+
+def _weighted_rows(x2: Any, row_weights: Any, r0: int, r1: int, scratch: Any) -> Any:
+    """``w·x`` of rows ``r0:r1`` in the weights' dtype: each product rounded, as
+    ``tf.nn.weighted_moments`` forms them before it sums."""
+    rows = scratch.reshape(r1 - r0, x2.shape[1])
+    return np.multiply(x2[r0:r1], row_weights[r0:r1, None], out=rows).reshape(-1)
+
+
+def _weighted(terms: RowTerms, row_weights: Any, width: int, r0: int, r1: int, scratch: Any) -> Any:
+    """``terms`` of rows ``r0:r1``, each row times its weight, in place."""
+    values = terms(r0, r1, scratch)
+    rows = values.reshape(r1 - r0, width)
+    np.multiply(rows, row_weights[r0:r1, None], out=rows)
+    return values
 
 
 def centred_squares(x2: Any, mean_tile: Any, r0: int, r1: int, scratch: Any) -> Any:
