@@ -180,19 +180,33 @@ def regressions(previous: dict[str, Any] | None, payload: dict[str, Any]) -> lis
 
     Ratios, not times: the machines are shared and absolute times move by tens of
     percent from run to run, while a ratio from interleaved rounds moves far less.
-    Both payloads list ``cases`` with a ``key`` and ``results[name]["ratio"]``.
+    Each flag also gives both medians then and now: a ratio grows when the
+    implementation slowed down or when the reference sped up, and only the first
+    is a regression (``compare_versions.py`` settles it). Both payloads list
+    ``cases`` with a ``key``, a ``reference`` and ``results[name]["ratio"]``.
     """
     if not previous:
         return []
     before = {case["key"]: case["results"] for case in previous.get("cases", []) if "key" in case}
     flagged = []
     for case in payload["cases"]:
+        old_results = before.get(case["key"], {})
+        reference = case.get("reference", "native")
         for name, result in case["results"].items():
-            old = before.get(case["key"], {}).get(name, {}).get("ratio")
+            old = old_results.get(name, {}).get("ratio")
             new = result.get("ratio")
             if old and new and new > old * REGRESSION:
-                flagged.append(f"{case['key']} {name}: {new:.2f}× (previous run {old:.2f}×)")
+                medians = "; ".join(
+                    f"{label} {_ms(case['results'].get(label))} (was {_ms(old_results.get(label))})"
+                    for label in (name, reference)
+                )
+                flagged.append(f"{case['key']} {name}: {new:.2f}× (previous run {old:.2f}×; {medians})")
     return flagged
+
+
+def _ms(result: dict[str, Any] | None) -> str:
+    value = (result or {}).get("median_ms")
+    return "–" if value is None else f"{value:.2f} ms"
 
 
 def add_ratios(results: dict[str, dict[str, Any]], reference: str) -> dict[str, dict[str, Any]]:

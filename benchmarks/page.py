@@ -138,7 +138,10 @@ def advice(models: Run, paths: Run) -> list[str]:
         f" forward costs {r(half, 'fused')} (fused) and {r(half, 'non-fused')} (non-fused) of PyTorch's"
         f" native float16 kernel, {r(bf16, 'fused')} and {r(bf16, 'non-fused')} in bfloat16."
         " PyTorch's own half kernel keeps its float32 values in registers; each PyTorch operation"
-        " here writes a float32 block to memory and reads it back.",
+        " here writes a float32 block to memory and reads it back. The fewest whole-tensor PyTorch"
+        f" operations that keep the float32 arithmetic cost {r(half, 'floor fused')} (fused formula)"
+        f" and {r(half, 'floor non-fused')} (non-fused) there: no PyTorch-level formulation gets"
+        " near the native half kernel.",
         f"- **NumPy.** Training costs {r(n_nchw, 'fused')} (fused) and {r(n_nchw, 'non-fused')}"
         " (non-fused) of PyTorch's native kernel in NCHW,"
         f" {r(n_nhwc, 'fused')} and {r(n_nhwc, 'non-fused')} in NHWC; float16 is dominated by"

@@ -86,7 +86,12 @@ def test_regressions_flag_ratios_a_quarter_above_the_previous_run() -> None:
         from _timing import regressions
     finally:
         sys.path.remove(str(BENCHMARKS))
-    before = {"cases": [{"key": "k", "results": {"a": {"ratio": 1.0}, "b": {"ratio": 2.0}}}]}
-    after = {"cases": [{"key": "k", "results": {"a": {"ratio": 1.3}, "b": {"ratio": 2.4}}}]}
-    assert regressions(before, after) == ["k a: 1.30× (previous run 1.00×)"]
+    before = {"cases": [{"key": "k", "reference": "b", "results": {
+        "a": {"ratio": 1.0, "median_ms": 2.0}, "b": {"ratio": 1.0, "median_ms": 2.0}, "c": {"ratio": 2.0}}}]}
+    after = {"cases": [{"key": "k", "reference": "b", "results": {
+        "a": {"ratio": 1.3, "median_ms": 2.0}, "b": {"ratio": 1.0, "median_ms": 1.54}, "c": {"ratio": 2.4}}}]}
+    # The reference sped up: the medians say so beside the flag.
+    assert regressions(before, after) == [
+        "k a: 1.30× (previous run 1.00×; a 2.00 ms (was 2.00 ms); b 1.54 ms (was 2.00 ms))"
+    ]
     assert regressions(None, after) == []
