@@ -56,9 +56,10 @@ same terms in another order (float64 totals of block sums).
 ``local_moments`` (``_torch_moments``) sums over a channel-grouped view of the
 batch, the generic kernel's two passes (``torch.var_mean`` is not faster, and many
 times slower for a channels-last reduction on CPU). ``normalize``
-(``_torch_normalize``) is PyTorch's one-pass inference kernel where its formula is
-TensorFlow's. ``_torch_blocks`` cuts a CPU batch into the cache-sized blocks
-these passes share.
+(``_torch_normalize``) is the generic ``x·inv + shift`` with the shift added in
+place; that module says why PyTorch's one-pass inference kernel, whose formula
+this is, does not serve it. ``_torch_blocks`` cuts a CPU batch into the
+cache-sized blocks these passes share.
 """
 
 from __future__ import annotations
