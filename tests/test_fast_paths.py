@@ -300,12 +300,16 @@ def test_numpy_weighted_moments_are_accurate(numpy_fast, shape, channel, dtype, 
     ulps = SUM_ULPS if wide.dtype == np.float32 else 32
     unit = eps * magnitude / safe
     assert np.all(np.abs(fast[1] - exact_mean) <= ulps * unit + np.abs(generic[1] - exact_mean) + 1e-30)
-    # m2 is the sum around the mean the kernel rounded (TensorFlow's two passes): exact
-    # to the same ulps given that mean, whatever |mean|/σ.
+    # m2 is the sum around the mean the kernel rounded (TensorFlow's two passes), checked
+    # against the exact sum around that mean, whatever |mean|/σ. Long runs sum squares by
+    # dot products over 4096-value segments, whose float32 accumulation the library does
+    # not control (BLAS's vecdot on NumPy 2, einsum's loop on NumPy 1.26): the unweighted
+    # kernel measured 3.3 and 10.6 ulps off there at |mean|/σ = 1e4 over 60 000 values.
     centred = wide.astype(np.longdouble) - fast[1].astype(np.longdouble)
     w = np.broadcast_to(np.asarray(weights, dtype=np.longdouble), x.shape)
     around_rounded = (w * centred**2).sum(axis=axes, keepdims=True)
-    assert np.all(np.abs(fast[2] - around_rounded) <= ulps * eps * around_rounded + 1e-30)
+    m2_ulps = 16 if wide.dtype == np.float32 else 32
+    assert np.all(np.abs(fast[2] - around_rounded) <= m2_ulps * eps * around_rounded + 1e-30)
     assert np.all(np.where(count == 0, fast[1] == 0, True))
 
 
