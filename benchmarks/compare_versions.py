@@ -4,12 +4,15 @@ Usage::
 
     python benchmarks/compare_versions.py REVISION [--backend torch|numpy]
         [--dtypes float32,float16] [--layouts NCHW,NHWC,CL] [--shape 32,64,56,56]
+        [--calls N]
 
 The package at ``REVISION`` (``git archive``) is imported as ``bn_old`` beside
 the installed ``bn_portable`` (the package imports itself relatively, so a
 renamed copy works), and ``batch_norm`` is timed on both, fused and not, in
-training and inference, alternating: the quickest of three alternating repeats
-of the best of five calls each. ``CL`` is NCHW in channels-last memory (a PyTorch model's
+training and inference, and (torch) the training step of the PyTorch module
+(forward and backward), alternating: the quickest of three alternating repeats
+of the best of five calls each; with ``--calls N``, of the mean over N calls
+(for small shapes, where one call takes microseconds). ``CL`` is NCHW in channels-last memory (a PyTorch model's
 channels-last tensors). Prints new/old per case: a change is judged on these
 ratios, which a shared machine disturbs far less than separate runs.
 """
@@ -42,25 +45,45 @@ def _old_package(revision: str, folder: Path) -> Any:
     return importlib.import_module("bn_old")
 
 
-def _best(call: Any, calls: int = 5) -> float:
+def _best(call: Any, calls: int = 5, per_timing: int = 1) -> float:
+    """ms per call: the best of ``calls`` timings, each the mean over ``per_timing`` calls."""
     call()
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+        for _ in range(per_timing):
+            call()
+        times.append((time.perf_counter() - start) / per_timing)
     return min(times) * 1e3
+
+
+def _module_step(library: Any, state: Any, x: Any, data_format: str, fused: bool) -> Any:
+    """A training step of ``library``'s PyTorch module: forward, then the gradients."""
+    import torch
+
+    module = importlib.import_module(library.__name__ + ".torch").BatchNorm.from_state(
+        state, data_format=data_format, scale=True, fused=fused
+    )
+    x = x.detach().requires_grad_()
+    dy = torch.randn_like(x)
+
+    def step() -> Any:
+        return torch.autograd.grad(module(x), (x, module.gamma, module.beta), dy)
+
+    return step
 
 
 def _input(shape: tuple[int, ...], dtype: str, layout: str, backend: str) -> tuple[Any, str]:
     import torch
 
     x = (torch.randn(*shape) * 3 + 1).to(getattr(torch, dtype))
-    if layout == "NHWC":
+    if x.ndim == 2:  # an MLP's batch: channels last whatever the layout
+        layout = "2D"
+    elif layout == "NHWC":
         x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
     elif layout == "CL":
         x = x.contiguous(memory_format=torch.channels_last)
-    data_format = "NHWC" if layout == "NHWC" else "NCHW"
+    data_format = "NCHW" if layout in ("NCHW", "CL") else "NHWC"
     if backend == "numpy":
         return np.ascontiguousarray(x.float().numpy()).astype(dtype), data_format
     return x, data_format
@@ -73,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--layouts", default="NCHW,NHWC")
     parser.add_argument("--shape", default="32,64,56,56")
+    parser.add_argument("--calls", type=int, default=1, help="calls per timing (small shapes: 200)")
     args = parser.parse_args(argv)
     import torch
 
@@ -87,26 +111,29 @@ def main(argv: list[str] | None = None) -> int:
                 vectors = [torch.rand(channels) + 0.5, torch.randn(channels), torch.randn(channels), torch.rand(channels) + 0.5]
                 if args.backend == "numpy":
                     vectors = [v.numpy() for v in vectors]
-                for training in (True, False):
+                modes = ("train", "infer", "step") if args.backend == "torch" else ("train", "infer")
+                for mode in modes:
                     for fused in (True, False):
                         calls = []
                         for library in (old, bn):
                             state = library.BatchNormState(
                                 gamma=vectors[0], beta=vectors[1], moving_mean=vectors[2], moving_variance=vectors[3]
                             )
-                            options = {"is_training": training, "fused": fused, "data_format": data_format}
+                            if mode == "step":
+                                calls.append(_module_step(library, state, x, data_format, fused))
+                                continue
+                            options = {"is_training": mode == "train", "fused": fused, "data_format": data_format}
                             calls.append(
                                 lambda lib=library, s=state, x=x, o=options: lib.batch_norm(x, s, scale=True, **o)
                             )
                         before, after = float("inf"), float("inf")
                         for _ in range(3):  # alternating, so that load slows both alike
-                            before = min(before, _best(calls[0]))
-                            after = min(after, _best(calls[1]))
-                        mode = "train" if training else "infer"
+                            before = min(before, _best(calls[0], per_timing=args.calls))
+                            after = min(after, _best(calls[1], per_timing=args.calls))
                         path = "fused" if fused else "non-fused"
                         print(
                             f"{args.backend} {dtype:8s} {layout:4s} {mode} {path:9s} "
-                            f"old {before:7.2f} ms  new {after:7.2f} ms  new/old {after / before:.2f}",
+                            f"old {before:8.3f} ms  new {after:8.3f} ms  new/old {after / before:.2f}",
                             flush=True,
                         )
     return 0

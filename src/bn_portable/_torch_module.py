@@ -174,26 +174,38 @@ class BatchNorm(nn.Module):
                 "batch_weights cannot be given to a module with renorm=True "
                 "(TensorFlow rejects the combination too)"
             )
-        # Autocast would re-type the core's reductions (sum, rsqrt) and change its
-        # numbers; the input arrives in whatever dtype autocast gave it and is
-        # normalized as TensorFlow normalizes that dtype.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # prepare checks x and the state against the options and picks
-            # TensorFlow's implementation; eagerly it remembers both per metadata.
-            xp, plan, state = prepare(x, self.state, batch_weights, options, mask)
-            if mask is None:
-                y, new_state = torch_step(x, state, batch_weights, options, plan, xp)
-            else:
-                # The one-node training step (_torch_step) takes no mask: recorded op
-                # by op, autograd differentiates the same masked composite instead.
-                y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp, mask)
-            if options.activation_fn is not None:
-                y = options.activation_fn(y)
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast would re-type the core's reductions (sum, rsqrt) and change its
+            # numbers; the input arrives in whatever dtype autocast gave it and is
+            # normalized as TensorFlow normalizes that dtype. (Entered only when on:
+            # the context costs a few microseconds, noticeable on an MLP's batch.)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                y, new_state = self._step(x, batch_weights, mask, options)
+        else:
+            y, new_state = self._step(x, batch_weights, mask, options)
         if self.training:
             with torch.no_grad():
                 for field in self._statistics:
                     getattr(self, field).copy_(getattr(new_state, field))
         return y
+
+    def _step(
+        self, x: torch.Tensor, batch_weights: torch.Tensor | None, mask: torch.Tensor | None,
+        options: LayerOptions,
+    ) -> tuple[torch.Tensor, BatchNormState]:
+        """y (activation applied) and the new state, the module's buffers untouched."""
+        # prepare checks x and the state against the options and picks
+        # TensorFlow's implementation; eagerly it remembers both per metadata.
+        xp, plan, state = prepare(x, self.state, batch_weights, options, mask)
+        if mask is None:
+            y, new_state = torch_step(x, state, batch_weights, options, plan, xp)
+        else:
+            # The one-node training step (_torch_step) takes no mask: recorded op
+            # by op, autograd differentiates the same masked composite instead.
+            y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp, mask)
+        if options.activation_fn is not None:
+            y = options.activation_fn(y)
+        return y, new_state
 
     def load_batch_norm_state(self, state: BatchNormState) -> None:
         """Copy a ``BatchNormState`` into the parameters and buffers.

@@ -42,8 +42,7 @@ def normalize(
     blocked = compute is not None and blocked_on_cpu(x)
     if blocked and needs_autograd([x, *parameters]):
         return NotImplemented
-    # The generic kernel's own (half-aware) rsqrt.
-    inv = rsqrt(variance + variance_epsilon, xp)
+    inv = _rsqrt(variance + variance_epsilon, xp)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
@@ -55,11 +54,23 @@ def normalize(
         for rows in outer_blocks(x):
             y[rows].copy_(x[rows].to(compute).mul_(_rows_of(inv, rows, x)).add_(_rows_of(shift, rows, x)))
         return y
-    y = x * inv.to(x.dtype)
-    shift = shift.to(x.dtype)
+    # Each cast only where needed: a same-dtype .to is a call too, on an MLP's small batch.
+    y = x * (inv if inv.dtype == x.dtype else inv.to(x.dtype))
+    if shift.dtype != x.dtype:
+        shift = shift.to(x.dtype)
     if not _broadcasts_into(shift, y):
         return y + shift
     return y.add_(shift)
+
+
+def _rsqrt(value: Tensor, xp: Namespace) -> Tensor:
+    """The generic kernel's ``1 / sqrt`` (its half-aware rsqrt for half precision): for
+    float32 and float64 as ``torch.reciprocal`` of the root, the same bits without the
+    Python-level ``Tensor.__rdiv__`` (a reciprocal and a product by 1)."""
+    if value.dtype in (torch.float32, torch.float64):
+        return torch.reciprocal(torch.sqrt(value))
+    result: Tensor = rsqrt(value, xp)
+    return result
 
 
 def _broadcasts_into(parameter: Tensor, x: Tensor) -> bool:
