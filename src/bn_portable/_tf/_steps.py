@@ -75,13 +75,12 @@ def layer_step(
 
 def _without_gradient(new_state: BatchNormState, state: BatchNormState, xp: Namespace) -> BatchNormState:
     """TensorFlow's variable updates carry no gradient; neither do ours."""
-    return new_state._replace(
-        **{
-            field: stop_gradient(getattr(new_state, field), xp)
-            for field in BatchNormState._fields
-            if field not in PARAMETERS and getattr(new_state, field) is not getattr(state, field)
-        }
-    )
+    updated = {
+        field: stop_gradient(new, xp)
+        for field, new, old in zip(BatchNormState._fields, new_state, state)
+        if new is not old and field not in PARAMETERS
+    }
+    return new_state._replace(**updated) if updated else new_state
 
 
 def _fused_step(
