@@ -58,8 +58,9 @@ batch, the generic kernel's two passes (``torch.var_mean`` is not faster, and ma
 times slower for a channels-last reduction on CPU). ``normalize``
 (``_torch_normalize``) is the generic ``x·inv + shift`` with the shift added in
 place; that module says why PyTorch's one-pass inference kernel, whose formula
-this is, does not serve it. ``_torch_blocks`` cuts a CPU batch into the
-cache-sized blocks these passes share.
+this is, does not serve it. ``weighted_local_moments`` (``_torch_weighted``)
+takes per-example weighted statistics block by block. ``_torch_blocks`` cuts a
+CPU batch into the cache-sized blocks these passes share.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ from ._switch import fast_paths_enabled
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
 from ._torch_moments import grouped, local_moments, two_pass_sums
 from ._torch_normalize import normalize
+from ._torch_weighted import weighted_local_moments
 
 
 # torch.compiler's decorators are not annotated; enabled stays () -> bool.
@@ -321,6 +323,7 @@ KERNELS = {
     Kernel.FUSED_TRAINING: fused_training_core,
     Kernel.FUSED_INFERENCE: fused_inference,
     Kernel.LOCAL_MOMENTS: local_moments,
+    Kernel.WEIGHTED_MOMENTS: weighted_local_moments,
     Kernel.NORMALIZE: normalize,
     Kernel.GRADIENT_SUMS: gradient_sums,
     Kernel.GRADIENT_INPUT: gradient_input,
