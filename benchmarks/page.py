@@ -147,8 +147,8 @@ def advice(models: Run, paths: Run) -> list[str]:
         f" {r(n_nhwc, 'fused')} and {r(n_nhwc, 'non-fused')} in NHWC; float16 is dominated by"
         " NumPy's conversions, which are scalar code. Peak memory is in the table below.",
         "- **tf-slim's composite.** With batch weights the NCHW training forward costs"
-        f" {r(t_nchw, 'weighted')} on PyTorch (generic weighted moments) and {r(n_nchw, 'weighted')} on"
-        " NumPy (blocked weighted sums, no input-sized temporary), zero-debias"
+        f" {r(t_nchw, 'weighted')} on PyTorch and {r(n_nchw, 'weighted')} on NumPy (weighted sums block"
+        " by block, no input-sized temporary), zero-debias"
         f" {r(t_nchw, 'zero-debias')} and {r(n_nchw, 'zero-debias')}; renorm {r(t_nchw, 'renorm')}"
         f" and {r(n_nchw, 'renorm')}.",
         "- **Small batches.** A call issues about twenty small operations from Python whatever the size"
