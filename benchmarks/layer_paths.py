@@ -29,7 +29,9 @@ against the float32 statistics), and y is rounded to x's dtype once.
 fold of μ into the offset) and the non-fused ``x·inv + (β − μ·inv)`` (two passes:
 no fused multiply-add, which would lose TensorFlow's exact cancellation where
 x = μ); ``train`` adds the two-pass statistics (``torch.sum`` twice over a
-channel-grouped view).
+channel-grouped view) and the two moving averages, three small operations each
+(``v − (v − value)·(1 − decay)``, TensorFlow's rounding; the native kernel
+updates its running statistics too).
 
 NumPy cases record each path's peak memory over the input's bytes (output
 included). ``--tiny`` runs everything on tiny sizes with two rounds (the test
@@ -56,6 +58,8 @@ from bn_portable.torch import BatchNorm
 
 HERE = Path(__file__).resolve().parent
 EPSILON = 1e-3
+#: 1 − decay for the floors' moving averages (the native kernel's momentum).
+DECAY_WEIGHT = 0.001
 #: The layer's paths: ``batch_norm`` keywords (``weighted`` adds batch_weights).
 PATHS: dict[str, dict[str, Any]] = {
     "fused": {"fused": True},
@@ -148,14 +152,14 @@ def native_call(data: Data, mode: str) -> Callable[[], Any]:
     training = mode != "infer"
     if mode != "step":
         return lambda: F.batch_norm(
-            x, v["moving_mean"].clone(), v["moving_variance"].clone(), v["gamma"], v["beta"], training, 0.001, EPSILON
+            x, v["moving_mean"].clone(), v["moving_variance"].clone(), v["gamma"], v["beta"], training, DECAY_WEIGHT, EPSILON
         )
     x = x.detach().requires_grad_()
     gamma, beta = v["gamma"].requires_grad_(), v["beta"].requires_grad_()
     dy = torch.ones_like(x)
 
     def step() -> Any:
-        y = F.batch_norm(x, v["moving_mean"].clone(), v["moving_variance"].clone(), gamma, beta, True, 0.001, EPSILON)
+        y = F.batch_norm(x, v["moving_mean"].clone(), v["moving_variance"].clone(), gamma, beta, True, DECAY_WEIGHT, EPSILON)
         return torch.autograd.grad(y, (x, gamma, beta), dy)
 
     return step
@@ -179,7 +183,12 @@ def floor_calls(data: Data, mode: str) -> dict[str, Callable[[], Any]]:
         inverse_count = x.shape[channel] / x.numel()
         mean = torch.sum(grouped, dims, dtype=torch.float32) * inverse_count
         centred = torch.sub(grouped, mean.view(-1, 1) if dims == (0, 2) else mean)
-        return mean.view(view), (torch.sum(centred.square_(), dims) * inverse_count).view(view)
+        variance = torch.sum(centred.square_(), dims) * inverse_count
+        # The moving averages as TensorFlow rounds them, v − (v − value)·(1 − decay): the
+        # native kernel updates its running statistics in the same call.
+        for moving, value in ((v["moving_mean"], mean), (v["moving_variance"], variance)):
+            torch.sub(moving, torch.sub(moving, value).mul_(DECAY_WEIGHT))
+        return mean.view(view), variance.view(view)
 
     def fused(mean: Any, var: Any) -> Any:
         return torch.sub(x, mean).mul_(torch.rsqrt(var + EPSILON) * gamma).add_(beta).to(x.dtype)
