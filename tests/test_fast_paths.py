@@ -1012,3 +1012,35 @@ def test_torch_local_moments_blocked_and_widened(torch_fast, monkeypatch, layout
         eps = float(np.finfo(np.float32).eps)
         assert np.all(np.abs(mean.double().numpy() - mean64) <= 2 * eps * np.abs(mean64) + 2 * eps)
         assert np.all(np.abs(m2.double().numpy() - m2_64) <= 4 * eps * m2_64 * (1 + loc))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no-autograd", "autograd"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC", "NCHW-channels-last", "rows"])
+def test_torch_fused_training_y_from_the_centred_values(torch_fast, layout, requires_grad):
+    """float32 on CPU, taken whole: y is scaled and shifted from the statistics' centred
+    values. The same bits as TensorFlow's three operations from the returned statistics, in
+    x's shape and memory layout; x untouched; the gradient still PyTorch's batch-norm one."""
+    torch = pytest.importorskip("torch")
+    xp = _torch_xp()
+    shape, channel = {"NHWC": ((4, 6, 5, 8), 3), "rows": ((64, 8), 1)}.get(layout, ((4, 8, 6, 5), 1))
+    x = torch.from_numpy(np.random.default_rng(9).normal(1e3, 1.0, shape).astype(np.float32))
+    if layout == "NCHW-channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    x.requires_grad_(requires_grad)
+    scale, offset = torch.rand(shape[channel]) + 0.5, torch.randn(shape[channel])
+    y, mean, variance, _ = torch_fast.fused_training_core(x, scale, offset, EPSILON, channel, xp=xp)
+    view = [1] * x.ndim
+    view[channel] = -1
+    factor = (torch.reciprocal(torch.sqrt(variance + EPSILON)) * scale).view(view)
+    expected = torch.sub(x.detach(), mean.view(view)).mul_(factor).add_(offset.view(view))
+    assert torch.equal(y.detach(), expected)
+    assert y.stride() == expected.stride() == x.stride()
+    assert torch.equal(x.detach(), before)
+    if requires_grad:
+        (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        reference = torch.ops.aten.native_batch_norm_backward(
+            torch.ones_like(y).movedim(channel, 1), x.detach().movedim(channel, 1), scale, None, None,
+            mean, torch.reciprocal(torch.sqrt(variance + EPSILON)), True, EPSILON, [True, False, False],
+        )[0].movedim(1, channel)
+        torch.testing.assert_close(dx, reference, rtol=0.0, atol=0.0)

@@ -104,22 +104,23 @@ def fused_training_core(
     if count < 2:
         return NotImplemented
     with torch.no_grad():
-        batch_mean, biased = _summed_statistics(x, channel, count)
+        batch_mean, biased, centred = _summed_statistics(x, channel, count)
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
         inverse_std = torch.reciprocal(torch.sqrt(biased + epsilon))
     if needs_autograd([x, scale, offset]):
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
-            x, scale, offset, batch_mean, inverse_std, channel, epsilon
+            x, scale, offset, batch_mean, inverse_std, channel, epsilon, centred
         )
     else:  # no graph to record: the formula itself, without the autograd node
-        y = _affine(x, batch_mean, inverse_std, scale, offset, channel)
+        y = _affine(x, batch_mean, inverse_std, scale, offset, channel, centred)
     return y, batch_mean, biased, count
 
 
 def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
-    """Mean and biased variance, TensorFlow's fused way (float32 sum × 1/n, then
-    Σ(x − mean)² × 1/n), from ``_torch_moments.two_pass_sums``.
+    """Mean, biased variance and (float32 x on CPU taken whole, eagerly) the centred values,
+    TensorFlow's fused way (float32 sum × 1/n, then Σ(x − mean)² × 1/n), from
+    ``_torch_moments.two_pass_sums``.
 
     Not PyTorch's statistics kernel (``torch.batch_norm_update_stats``): its
     channels-last path (NHWC, and NCHW with one pixel) and its float16/bfloat16
@@ -128,12 +129,19 @@ def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
     took 2.5–3.5× as long as these sums (32×64×56×56 down to 8×32×16×16, 2 cores).
     """
     view = grouped(x, channel)
+    # The centred values become y (one pass fewer) for float32 x on CPU: a GPU takes
+    # every batch whole, and keeping them would add one input-sized tensor to its
+    # peak memory; half input's y is a new tensor of its own dtype anyway.
+    keep_centred = (
+        view is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+    )
     if view is None:  # another layout: a copy, channels last
         view = grouped(x.movedim(channel, -1).contiguous(), x.ndim - 1)
         assert view is not None
     inverse_count = 1.0 / count  # a Python number: applied in float32, as TF's 1/n tensor
-    batch_mean, squares = two_pass_sums(view, torch.float32, lambda total: total * inverse_count)
-    return batch_mean, squares * inverse_count
+    sums = two_pass_sums(view, torch.float32, lambda total: total * inverse_count, keep_centred=keep_centred)
+    return sums.mean, sums.m2 * inverse_count, sums.centred
 
 
 def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
@@ -145,16 +153,24 @@ def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
     return vector.view(shape)
 
 
-def _affine(x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset: Tensor, channel: int) -> Any:
+def _affine(
+    x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset: Tensor, channel: int,
+    centred: Tensor | None = None,
+) -> Any:
     """TensorFlow's ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` in float32, rounded once to x's dtype.
 
     The same operations in the same order as the generic ``fused_affine``,
     so accurate for every statistic (no folding of μ into the offset).
+    ``centred``, where given, is ``x − μ`` of float32 x already (from the
+    statistics' second pass): it is scaled and shifted in place and becomes y.
     """
     mean_b = _per_channel(mean, x, channel)
     factor_b = _per_channel(inverse_std * scale, x, channel)
     offset_b = _per_channel(offset, x, channel)
-    if needs_autograd([x, mean, inverse_std, scale, offset]) or (
+    recorded = needs_autograd([x, mean, inverse_std, scale, offset])
+    if centred is not None and not recorded:
+        return centred.mul_(factor_b).add_(offset_b)
+    if recorded or (
         x.dtype != torch.float32 and not blocked_on_cpu(x)
     ):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
@@ -191,19 +207,22 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
         inverse_std: Tensor,
         channel: int,
         epsilon: float,
+        centred: Tensor | None,
     ) -> Any:
         ctx.save_for_backward(x, scale, mean, inverse_std)
         ctx.channel = channel
         ctx.epsilon = epsilon
+        if centred is not None:
+            ctx.mark_dirty(centred)  # scaled and shifted in place into y
         with torch.no_grad():
-            return _affine(x, mean, inverse_std, scale, offset, channel)
+            return _affine(x, mean, inverse_std, scale, offset, channel, centred)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> Any:
         x, scale, mean, inverse_std = ctx.saved_tensors
         mask = [bool(flag) for flag in ctx.needs_input_grad[:3]]
         dx, dscale, doffset = batch_norm_backward(dy, x, scale, mean, inverse_std, ctx.channel, ctx.epsilon, mask)
-        return dx, dscale, doffset, None, None, None, None
+        return dx, dscale, doffset, None, None, None, None, None
 
 
 def batch_norm_backward(

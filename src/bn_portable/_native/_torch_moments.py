@@ -29,7 +29,7 @@ returns ``NotImplemented``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -69,16 +69,23 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
             return NotImplemented
         mean, m2 = _differentiable_sums(view, count)
     else:
-        mean, m2 = two_pass_sums(view, dtype, lambda total: total / count)
+        mean, m2, _ = two_pass_sums(view, dtype, lambda total: total / count)
     return mean.reshape(keepdims), m2.reshape(keepdims)
 
 
 class Grouped:
     """x viewed with the channel on one axis: ``values`` summed over ``dims``;
-    ``per_channel`` reshapes a ``[C]`` vector to broadcast against it."""
+    ``per_channel`` reshapes a ``[C]`` vector to broadcast against it; ``regroup``
+    views another tensor of x's shape and memory layout the same way."""
 
-    def __init__(self, values: Tensor, dims: tuple[int, ...], per_channel: tuple[int, ...]) -> None:
-        self.values, self.dims, self.per_channel = values, dims, per_channel
+    def __init__(
+        self, x: Tensor, values: Tensor, dims: tuple[int, ...], per_channel: tuple[int, ...], moved: bool
+    ) -> None:
+        self.x, self.values, self.dims, self.per_channel = x, values, dims, per_channel
+        self._moved = moved
+
+    def regroup(self, like_x: Tensor) -> Tensor:
+        return (like_x.movedim(1, -1) if self._moved else like_x).reshape(self.values.shape)
 
 
 def grouped(x: Tensor, channel: int) -> Grouped | None:
@@ -88,27 +95,45 @@ def grouped(x: Tensor, channel: int) -> Grouped | None:
         return None
     channels = x.shape[channel]
     if channel == 1 and x.ndim > 2 and x.is_contiguous():
-        return Grouped(x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1))
-    last = x if channel == x.ndim - 1 else x.movedim(1, -1)  # NCHW in channels-last memory
+        return Grouped(x, x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1), False)
+    moved = channel != x.ndim - 1
+    last = x.movedim(1, -1) if moved else x  # NCHW in channels-last memory
     if last.is_contiguous():
-        return Grouped(last.reshape(-1, channels), (0,), (1, channels))
+        return Grouped(x, last.reshape(-1, channels), (0,), (1, channels), moved)
     return None
 
 
-def two_pass_sums(view: Grouped, dtype: torch.dtype, mean_of: Callable[[Tensor], Tensor]) -> Any:
+class Sums(NamedTuple):
+    """``two_pass_sums``' result; ``centred`` (x − mean, in x's shape and layout) where asked for."""
+
+    mean: Tensor
+    m2: Tensor
+    centred: Tensor | None = None
+
+
+def two_pass_sums(
+    view: Grouped, dtype: torch.dtype, mean_of: Callable[[Tensor], Tensor], *, keep_centred: bool = False
+) -> Sums:
     """``[C]`` mean (``mean_of`` the total) and sum of squared deviations from it, in ``dtype``.
 
     Called without autograd recording; under ``torch.compile`` both sums are
     taken in float64 and rounded once (the compiler's float32 sums were several
     ε off, and with |mean| = 10⁴σ the variance 200–500 ε, worse than TensorFlow's).
+    With ``keep_centred``, a batch taken whole also gives back its centred values
+    (``x − mean`` in ``dtype``): TensorFlow's fused formula subtracts the same mean
+    from the same values, so the fused kernel's y starts from them, one pass fewer.
     """
     values, dims = view.values, view.dims
     if _one_block(values):  # the whole batch at once: no block bookkeeping
         values = values.to(dtype)  # a half batch is widened exactly
         wide = torch.float64 if torch.compiler.is_compiling() else None
         mean = mean_of(torch.sum(values, dims, dtype=wide).to(dtype))
+        if keep_centred:  # written in x's layout, squared into a new tensor (square_'s products)
+            kept = torch.empty_like(view.x, dtype=dtype)
+            centred = torch.sub(values, mean.view(view.per_channel), out=view.regroup(kept))
+            return Sums(mean, torch.sum(centred * centred, dims, dtype=wide).to(dtype), kept)
         centred = torch.sub(values, mean.view(view.per_channel))
-        return mean, torch.sum(centred.square_(), dims, dtype=wide).to(dtype)
+        return Sums(mean, torch.sum(centred.square_(), dims, dtype=wide).to(dtype))
     blocks = _blocks(values)
     if values.dtype == dtype:
         total = torch.sum(values, dims)
@@ -118,7 +143,7 @@ def two_pass_sums(view: Grouped, dtype: torch.dtype, mean_of: Callable[[Tensor],
     mean_b = mean.view(view.per_channel)
     # torch.sub widens a half block exactly (type promotion to the mean's dtype).
     m2 = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks], dtype)
-    return mean, m2
+    return Sums(mean, m2)
 
 
 def _differentiable_sums(view: Grouped, count: int) -> tuple[Tensor, Tensor]:
