@@ -29,6 +29,7 @@ import torch
 
 from ._lib._typing import Namespace
 from ._native._torch import batch_norm_backward
+from ._native._torch_normalize import rsqrt
 from ._tf._gradients import layer_backward
 from ._tf._options import LayerOptions
 from ._tf._plan import LayerPlan
@@ -92,7 +93,7 @@ class _LayerStep(torch.autograd.Function):
             # The Keras layer without renorm, weights or replicas: the gradient of batch
             # norm with the batch's statistics, which PyTorch's backward kernel computes.
             used = ctx.used
-            inverse_std = torch.reciprocal(torch.sqrt(used.variance + step.options.epsilon))
+            inverse_std = rsqrt(used.variance + step.options.epsilon, step.xp)
             mask = [bool(needs[0]), bool(needs[1]), bool(needs[2])]
             dx, dgamma, dbeta = batch_norm_backward(
                 dy, x, gamma, used.mean, inverse_std, step.plan.channel, step.options.epsilon, mask

@@ -34,7 +34,8 @@ kernels and one blocked pass for y. How TensorFlow's semantics are kept:
   fold is safe would read the statistics on the host (a device-to-host
   synchronization on CUDA) or compute y twice. Instead the exact formula runs
   as one subtraction into the output and an in-place multiply and add (on CPU
-  as fast as the native kernel at 32×64×56×56).
+  as fast as the native kernel at 32×64×56×56); in training, where float32 x
+  on CPU is taken whole, the subtraction is the statistics' own second pass.
 - **Gradients.** y is differentiable with respect to x, scale and offset
   through the full batch-norm backward: a small autograd node calls PyTorch's
   ``native_batch_norm_backward`` with the saved mean and ``1/sqrt(var + ε)``,
@@ -76,7 +77,7 @@ from ._registry import Kernel
 from ._switch import fast_paths_enabled
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
 from ._torch_moments import grouped, local_moments, two_pass_sums
-from ._torch_normalize import normalize
+from ._torch_normalize import normalize, rsqrt
 from ._torch_weighted import weighted_local_moments
 
 
@@ -106,7 +107,7 @@ def fused_training_core(
     with torch.no_grad():
         batch_mean, biased, centred = _summed_statistics(x, channel, count)
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-        inverse_std = torch.reciprocal(torch.sqrt(biased + epsilon))
+        inverse_std = rsqrt(biased + epsilon, xp)
     if needs_autograd([x, scale, offset]):
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
@@ -258,7 +259,7 @@ def fused_inference(
     if x.numel() == 0:
         return NotImplemented
     # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-    inverse_std = torch.reciprocal(torch.sqrt(variance + epsilon))
+    inverse_std = rsqrt(variance + epsilon, xp)
     return _affine(x, mean, inverse_std, scale, offset, channel)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._lib._numerics import rsqrt
+from .._lib import _numerics
 from .._lib._typing import Namespace
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
 
@@ -42,7 +42,7 @@ def normalize(
     blocked = compute is not None and blocked_on_cpu(x)
     if blocked and needs_autograd([x, *parameters]):
         return NotImplemented
-    inv = _rsqrt(variance + variance_epsilon, xp)
+    inv = rsqrt(variance + variance_epsilon, xp)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
@@ -63,13 +63,14 @@ def normalize(
     return y.add_(shift)
 
 
-def _rsqrt(value: Tensor, xp: Namespace) -> Tensor:
-    """The generic kernel's ``1 / sqrt`` (its half-aware rsqrt for half precision): for
-    float32 and float64 as ``torch.reciprocal`` of the root, the same bits without the
-    Python-level ``Tensor.__rdiv__`` (a reciprocal and a product by 1)."""
+def rsqrt(value: Tensor, xp: Namespace) -> Tensor:
+    """The generic kernels' ``1 / sqrt`` (``_lib._numerics.rsqrt``), the same bits: for
+    float32 and float64 ``torch.reciprocal`` of the root, without the Python-level
+    ``Tensor.__rdiv__`` (a reciprocal and a product by 1); half precision as the generic
+    one (in float32, rounded once)."""
     if value.dtype in (torch.float32, torch.float64):
         return torch.reciprocal(torch.sqrt(value))
-    result: Tensor = rsqrt(value, xp)
+    result: Tensor = _numerics.rsqrt(value, xp)
     return result
 
 

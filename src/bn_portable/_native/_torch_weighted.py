@@ -34,6 +34,7 @@ from torch import Tensor
 
 from .._lib._typing import Namespace
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
+from ._torch_moments import grouped
 
 _DTYPES = (torch.float32, torch.float64)
 _HALF = (torch.float16, torch.bfloat16)
@@ -97,12 +98,12 @@ def _one_per_example(weights: Any, x: Tensor) -> bool:
 
 
 def _examples(x: Tensor, channel: int) -> tuple[Tensor, int] | None:
-    """x as ``[N, C, S]`` (channels first in memory) or ``[N, S, C]`` (channels last),
-    a view, with the axis that holds an example's values of one channel; None otherwise."""
-    examples, channels = x.shape[0], x.shape[channel]
-    if channel == 1 and x.is_contiguous():
-        return x.reshape(examples, channels, -1), 2
-    last = x if channel == x.ndim - 1 else x.movedim(channel, -1)
-    if channel in (1, x.ndim - 1) and last.is_contiguous():
-        return last.reshape(examples, -1, channels), 1
-    return None
+    """x's channel-grouped view (``_torch_moments.grouped``) with the examples on the
+    first axis, ``[N, C, S]`` or ``[N, S, C]``, and the axis that holds an example's
+    values of one channel; None where x is laid out otherwise."""
+    view = grouped(x, channel)
+    if view is None:
+        return None
+    if view.dims == (0, 2):
+        return view.values, 2
+    return view.values.reshape(x.shape[0], -1, x.shape[channel]), 1  # rows of C, per example
