@@ -81,7 +81,7 @@ def channel_sums(plan: Plan, x: Any, row_weights: Any = None) -> Any:
         return channel_block_totals(plan, block_sums)
     (x2,) = as_rows(plan, x)
     if row_weights is not None:
-        terms = partial(_weighted_rows, x2, row_weights)
+        terms = partial(_weighted, partial(_rows_as_they_are, x2), row_weights, plan.width)
         columns = chunked_column_sums(plan, terms, row_weights.dtype)
     elif x2.dtype != np.float16:
         columns = _product_column_sums(x2, plan.rows_per_partial)
@@ -301,19 +301,12 @@ def _rows_as_they_are(x2: Any, r0: int, r1: int, scratch: Any) -> Any:
     return x2[r0:r1].reshape(-1)
 
 
-def _weighted_rows(x2: Any, row_weights: Any, r0: int, r1: int, scratch: Any) -> Any:
-    """``w·x`` of rows ``r0:r1`` in the weights' dtype: each product rounded, as
-    ``tf.nn.weighted_moments`` forms them before it sums."""
-    rows = scratch.reshape(r1 - r0, x2.shape[1])
-    return np.multiply(x2[r0:r1], row_weights[r0:r1, None], out=rows).reshape(-1)
-
-
 def _weighted(terms: RowTerms, row_weights: Any, width: int, r0: int, r1: int, scratch: Any) -> Any:
-    """``terms`` of rows ``r0:r1``, each row times its weight, in place."""
-    values = terms(r0, r1, scratch)
-    rows = values.reshape(r1 - r0, width)
-    np.multiply(rows, row_weights[r0:r1, None], out=rows)
-    return values
+    """``w·terms`` of rows ``r0:r1``, written into ``scratch`` (in its dtype): each product
+    rounded, as ``tf.nn.weighted_moments`` forms them before it sums. The terms may be x's
+    own rows (never written) or already in ``scratch`` (multiplied in place)."""
+    values = terms(r0, r1, scratch).reshape(r1 - r0, width)
+    return np.multiply(values, row_weights[r0:r1, None], out=scratch.reshape(r1 - r0, width)).reshape(-1)
 
 
 def centred_squares(x2: Any, mean_tile: Any, r0: int, r1: int, scratch: Any) -> Any:
