@@ -184,9 +184,10 @@ class BatchNorm(nn.Module):
         else:
             y, new_state = self._step(x, batch_weights, mask, options)
         if self.training:
+            buffers = self._buffers  # the statistics are buffers: no nn.Module.__getattr__ per field
             with torch.no_grad():
                 for field in self._statistics:
-                    getattr(self, field).copy_(getattr(new_state, field))
+                    buffers[field].copy_(getattr(new_state, field))  # type: ignore[union-attr]
         return y
 
     def _step(

@@ -66,6 +66,7 @@ CPU batch into the cache-sized blocks these passes share.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -104,11 +105,14 @@ def fused_training_core(
     count = x.numel() // channels if channels else 0
     if count < 2:
         return NotImplemented
-    with torch.no_grad():
+    recorded = needs_autograd([x, scale, offset])
+    # The statistics carry no gradient; autograd's off switch costs microseconds, so
+    # it is entered only where autograd would record.
+    with torch.no_grad() if recorded else contextlib.nullcontext():
         batch_mean, biased, centred = _summed_statistics(x, channel, count)
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
         inverse_std = rsqrt(biased + epsilon, xp)
-    if needs_autograd([x, scale, offset]):
+    if recorded:
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
             x, scale, offset, batch_mean, inverse_std, channel, epsilon, centred
@@ -215,8 +219,8 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
         ctx.epsilon = epsilon
         if centred is not None:
             ctx.mark_dirty(centred)  # scaled and shifted in place into y
-        with torch.no_grad():
-            return _affine(x, mean, inverse_std, scale, offset, channel, centred)
+        # Function.apply runs forward with autograd off: nothing here is recorded.
+        return _affine(x, mean, inverse_std, scale, offset, channel, centred)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> Any:

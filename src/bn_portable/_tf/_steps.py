@@ -73,14 +73,20 @@ def layer_step(
     return y, _without_gradient(new_state, state, xp), used
 
 
+#: Where the moving statistics sit in a ``BatchNormState`` (every field but the parameters).
+_STATISTICS = tuple(index for index, field in enumerate(BatchNormState._fields) if field not in PARAMETERS)
+
+
 def _without_gradient(new_state: BatchNormState, state: BatchNormState, xp: Namespace) -> BatchNormState:
-    """TensorFlow's variable updates carry no gradient; neither do ours."""
-    updated = {
-        field: stop_gradient(new, xp)
-        for field, new, old in zip(BatchNormState._fields, new_state, state)
-        if new is not old and field not in PARAMETERS
-    }
-    return new_state._replace(**updated) if updated else new_state
+    """TensorFlow's variable updates carry no gradient; neither do ours (the changed ones
+    detached by position: a small call's every step pays for this)."""
+    values = None
+    for index in _STATISTICS:
+        new = new_state[index]
+        if new is not state[index]:
+            values = list(new_state) if values is None else values
+            values[index] = stop_gradient(new, xp)
+    return new_state if values is None else BatchNormState._make(values)
 
 
 def _fused_step(
