@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import _floors
 import bn_portable.torch as bnt
 
 
@@ -70,7 +71,8 @@ def with_batch_norm(model: nn.Module, variant: str) -> nn.Module:
 
     ``native``: unchanged; ``fused``: ``bn_portable.torch.BatchNorm.from_torch``
     (TensorFlow's fused kernel); ``non-fused``: the same module and state on
-    ``batch_norm``'s default path (``fused=False``).
+    ``batch_norm``'s default path (``fused=False``); ``floor fused`` and ``floor
+    non-fused``: ``FloorBatchNorm``, those paths' formulas in the fewest PyTorch operations.
     """
     model = copy.deepcopy(model)
     if variant == "native":
@@ -78,8 +80,68 @@ def with_batch_norm(model: nn.Module, variant: str) -> nn.Module:
     for parent in list(model.modules()):
         for attribute, module in list(parent.named_children()):
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                setattr(parent, attribute, _converted(module, fused=variant == "fused"))
+                if variant.startswith("floor "):
+                    replacement: nn.Module = FloorBatchNorm(module, variant.removeprefix("floor "))
+                else:
+                    replacement = _converted(module, fused=variant == "fused")
+                setattr(parent, attribute, replacement)
     return model
+
+
+class FloorBatchNorm(nn.Module):
+    """A path's formula in the fewest PyTorch operations (``_floors``), as a model's batch norm.
+
+    The floor of an end-to-end ratio: what the model costs with nothing but the
+    formula's operations in Python, the moving averages updated in place. The
+    backward is PyTorch's own batch-norm backward kernel with the batch's
+    statistics, through a minimal autograd node (what bn_portable's node calls).
+    """
+
+    def __init__(self, native: nn.Module, path: str) -> None:
+        super().__init__()
+        self.formula = _floors.FORMULAS[path]
+        self.epsilon = float(native.eps)
+        self.decay_weight = float(native.momentum)  # 1 − decay
+        self.weight = nn.Parameter(native.weight.detach().clone())
+        self.bias = nn.Parameter(native.bias.detach().clone())
+        self.register_buffer("running_mean", native.running_mean.detach().clone())
+        self.register_buffer("running_var", native.running_var.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (x.ndim - 2)
+        gamma, beta = self.weight.view(view), self.bias.view(view)
+        if not self.training:
+            return self.formula(x, self.running_mean.view(view), self.running_var.view(view), gamma, beta, self.epsilon)
+        with torch.no_grad():
+            mean, variance = _floors.batch_statistics(x, 1)
+            for moving, value in ((self.running_mean, mean), (self.running_var, variance)):
+                moving.copy_(_floors.moving_average(moving, value, self.decay_weight))
+            inverse_std = torch.rsqrt(variance + self.epsilon)
+
+        def y_of(x: torch.Tensor) -> torch.Tensor:
+            return self.formula(x, mean.view(view), variance.view(view), gamma, beta, self.epsilon)
+
+        y: torch.Tensor = _BatchStatisticsNode.apply(x, self.weight, self.bias, mean, inverse_std, y_of, self.epsilon)
+        return y
+
+
+class _BatchStatisticsNode(torch.autograd.Function):
+    """y from the given formula (autograd off); backward: PyTorch's kernel with the batch's statistics."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, weight: Any, bias: Any, mean: Any, inverse_std: Any, y_of: Any, epsilon: float) -> Any:
+        ctx.save_for_backward(x, weight, mean, inverse_std)
+        ctx.epsilon = epsilon
+        return y_of(x)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Any) -> Any:
+        x, weight, mean, inverse_std = ctx.saved_tensors
+        mask = [bool(needed) for needed in ctx.needs_input_grad[:3]]
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, None, None, mean, inverse_std, True, ctx.epsilon, mask
+        )
+        return dx, dweight, dbias, None, None, None, None
 
 
 def _converted(module: nn.Module, *, fused: bool) -> nn.Module:

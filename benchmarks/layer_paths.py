@@ -14,24 +14,12 @@ and mode; its variants run interleaved in the same rounds (``_timing``) against
 ``batch_norm``, ``step`` (forward and backward with autograd, torch, float32).
 
 ``step`` runs ``bn_portable.torch.BatchNorm`` (``from_state``), as PyTorch users
-train. ``floor …`` rows (torch) are the fewest whole-tensor PyTorch operations
-that compute the path's formula within the accuracy contract
-(conformance/README.md): what the formula costs in PyTorch's operations. Not a
-strict bound: cache blocking beats it where fresh memory costs more than the
-arithmetic. A ``step`` floor is the forward's operations, then PyTorch's own
-backward kernel with the batch's statistics (one call; what the module's
-autograd node calls), without autograd's bookkeeping. For float16 and bfloat16 input the contract asks for float32
-arithmetic (TensorFlow's fused kernel and the Keras layer widen half input):
-the sums accumulate in float32 (``torch.sum(..., dtype=float32)``, no widened
-copy), the centred values and y are float32 temporaries (type promotion
-against the float32 statistics), and y is rounded to x's dtype once.
-``infer``: the fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (three passes: no
-fold of μ into the offset) and the non-fused ``x·inv + (β − μ·inv)`` (two passes:
-no fused multiply-add, which would lose TensorFlow's exact cancellation where
-x = μ); ``train`` adds the two-pass statistics (``torch.sum`` twice over a
-channel-grouped view) and the two moving averages, three small operations each
-(``v − (v − value)·(1 − decay)``, TensorFlow's rounding; the native kernel
-updates its running statistics too).
+train. ``floor …`` rows (torch) are the path's formula in the fewest
+whole-tensor PyTorch operations within the accuracy contract (``_floors``, which
+says which): what the formula costs in PyTorch's operations, the moving averages
+included in training. A ``step`` floor is the forward's operations, then
+PyTorch's own backward kernel with the batch's statistics (one call; what the
+module's autograd node calls), without autograd's bookkeeping.
 
 NumPy cases record each path's peak memory over the input's bytes (output
 included). ``--tiny`` runs everything on tiny sizes with two rounds (the test
@@ -52,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import _floors
 import bn_portable as bn
 from _timing import add_ratios, load_average, machine_info, peak_extra_memory, save_run, time_case
 from bn_portable.torch import BatchNorm
@@ -166,7 +155,7 @@ def native_call(data: Data, mode: str) -> Callable[[], Any]:
 
 
 def floor_calls(data: Data, mode: str) -> dict[str, Callable[[], Any]]:
-    """The fewest PyTorch operations within the accuracy contract (see the module doc)."""
+    """The fewest PyTorch operations within the accuracy contract (``_floors``)."""
     x = data.torch
     channel = 1 if data.layout == "NCHW" else x.ndim - 1
     view = [1] * x.ndim
@@ -177,27 +166,16 @@ def floor_calls(data: Data, mode: str) -> dict[str, Callable[[], Any]]:
     def statistics() -> tuple[Any, Any]:
         if mode == "infer":
             return v["moving_mean"].view(view), v["moving_variance"].view(view)
-        # The two passes over a channel-grouped view: (N, C, H·W) over (0, 2), or rows of C.
-        grouped, dims = (x.reshape(x.shape[0], x.shape[1], -1), (0, 2)) if channel == 1 and x.ndim > 2 else (
-            x.reshape(-1, x.shape[-1]), (0,))
-        inverse_count = x.shape[channel] / x.numel()
-        mean = torch.sum(grouped, dims, dtype=torch.float32) * inverse_count
-        centred = torch.sub(grouped, mean.view(-1, 1) if dims == (0, 2) else mean)
-        variance = torch.sum(centred.square_(), dims) * inverse_count
-        # The moving averages as TensorFlow rounds them, v − (v − value)·(1 − decay): the
-        # native kernel updates its running statistics in the same call.
-        for moving, value in ((v["moving_mean"], mean), (v["moving_variance"], variance)):
-            torch.sub(moving, torch.sub(moving, value).mul_(DECAY_WEIGHT))
+        mean, variance = _floors.batch_statistics(x, channel)
+        # The native kernel updates its running statistics in the same call.
+        _floors.moving_average(v["moving_mean"], mean, DECAY_WEIGHT)
+        _floors.moving_average(v["moving_variance"], variance, DECAY_WEIGHT)
         return mean.view(view), variance.view(view)
 
-    def fused(mean: Any, var: Any) -> Any:
-        return torch.sub(x, mean).mul_(torch.rsqrt(var + EPSILON) * gamma).add_(beta).to(x.dtype)
+    def formula(name: str) -> Callable[[Any, Any], Any]:
+        return lambda mean, var: _floors.FORMULAS[name](x, mean, var, gamma, beta, EPSILON)
 
-    def non_fused(mean: Any, var: Any) -> Any:
-        inv = torch.rsqrt(var + EPSILON) * gamma
-        return torch.mul(x, inv).add_(beta - mean * inv).to(x.dtype)
-
-    formulas = {"floor fused": fused, "floor non-fused": non_fused}
+    formulas = {f"floor {name}": formula(name) for name in _floors.FORMULAS}
     if mode != "step":
         return {name: (lambda y=y: y(*statistics())) for name, y in formulas.items()}
     # A training step: the forward, then PyTorch's own backward kernel with the batch's

@@ -12,7 +12,9 @@ variant from the same rounds.
 PyTorch (``_models``): a ResNet-18 (width 32, 32×3×32×32 images, batch 32) in
 NCHW and in channels-last memory, and an MLP (4 × 512, batch 256), each with
 ``torch.nn.BatchNorm*d`` (``native``), ``bn_portable.torch.BatchNorm`` on the
-fused path (``fused``, ``from_torch``) and on the default path (``non-fused``).
+fused path (``fused``, ``from_torch``) and on the default path (``non-fused``),
+and, eagerly, each path's floor (``floor fused``, ``floor non-fused``: its formula
+in the fewest PyTorch operations, ``_floors``), for the maintainers' report.
 Modes: ``train`` (forward, cross-entropy, backward, SGD with momentum),
 ``infer`` (``eval()``, no autograd) and ``train compiled`` (the same step with
 the model under ``torch.compile``, compile time not counted).
@@ -45,6 +47,8 @@ from _timing import add_ratios, load_average, machine_info, optional, save_run, 
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("native", "fused", "non-fused")
+#: Eagerly, each path's floor too (``_models.FloorBatchNorm``); compiled, the compiler decides the operations.
+FLOORS = ("floor fused", "floor non-fused")
 MODES = ("train", "infer", "train compiled")
 
 #: name → (builder, input shape, classes, channels-last memory); per size.
@@ -65,7 +69,7 @@ COMPILED_TINY = ("MLP",)
 
 
 def torch_case(name: str, mode: str, size: str, device: str) -> dict[str, Callable[[], Any]]:
-    """The three variants of one model in one mode, as calls that block until done."""
+    """The variants of one model in one mode, as calls that block until done."""
     torch.manual_seed(0)
     build, shape, channels_last = SIZES[size][name]
     base = build()
@@ -74,7 +78,7 @@ def torch_case(name: str, mode: str, size: str, device: str) -> dict[str, Callab
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     calls = {}
-    for variant in VARIANTS:
+    for variant in VARIANTS + (() if mode == "train compiled" else FLOORS):
         model = with_batch_norm(base, variant).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

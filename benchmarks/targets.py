@@ -50,7 +50,8 @@ def _row(label: str, value: float | None, limit: float, floor: float | None = No
 def model_rows(models: Run) -> list[str]:
     rows = []
     for label, model, mode, variant, limit in MODEL_TARGETS:
-        rows.append(_row(label, models.ratio(f"{model}/{mode}", variant), limit))
+        key = f"{model}/{mode}"
+        rows.append(_row(label, models.ratio(key, variant), limit, models.ratio(key, f"floor {variant}")))
     layer = next((k for k in models.cases if k.startswith("layer ")), None)
     if layer:
         for variant in ("fused", "non-fused"):
@@ -145,7 +146,9 @@ def render(models: Run, paths: Run) -> str:
         "(conformance/README.md), with the moving averages' small operations in training,",
         "timed in the same rounds: what the formula costs in",
         "PyTorch's operations (not a strict bound: cache blocking beats it where fresh memory",
-        "costs more than the arithmetic). For the JAX row, Flax's own two-pass statistics.",
+        "costs more than the arithmetic). End to end, the same model with those operations as",
+        "its batch norms (`_models.FloorBatchNorm`, PyTorch's backward kernel behind a minimal",
+        "autograd node), eagerly. For the JAX row, Flax's own two-pass statistics.",
         "",
         f"- Models: {machine_line(models)}.",
         f"- Paths: {machine_line(paths)}.",
