@@ -1,56 +1,106 @@
-"""The floor in Python: a layer path's formula in the fewest whole-tensor PyTorch operations.
+"""The floor in Python: a layer path's formula in the fewest whole-array operations.
 
 Within the accuracy contract (conformance/README.md), not TensorFlow's sequence of
-operations: the statistics in two passes (``torch.sum`` over a channel-grouped
-view, then the deviations from the mean squared in place and summed), the two
-moving averages as TensorFlow rounds them (``v − (v − value)·(1 − decay)``, three
-small operations each), and y by the fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β``
-(three passes: no fold of μ into the offset) or the non-fused ``x·inv + (β − μ·inv)``
-(two passes: no fused multiply-add, which would lose TensorFlow's exact cancellation
-where x = μ). Half input is summed in float32 and normalized in float32 (type
-promotion against the float32 statistics), y rounded once to x's dtype.
+operations, in the array's own library (PyTorch or NumPy): the statistics in two
+passes (per-channel sums over a channel-grouped view, then the deviations from the
+mean squared in place and summed), the two moving averages as TensorFlow rounds
+them (``v − (v − value)·(1 − decay)``, three small operations each), and y by the
+fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (three passes: no fold of μ into
+the offset) or the non-fused ``x·inv + (β − μ·inv)`` (two passes: no fused
+multiply-add, which would lose TensorFlow's exact cancellation where x = μ). Half
+input is summed in float32 and normalized in float32 (type promotion against the
+float32 statistics), y rounded once to x's dtype.
 
-``layer_paths.py`` times these per layer (``floor …`` rows); ``_models.FloorBatchNorm``
-puts them in a model, so that an end-to-end ratio has its floor too. Not a strict
-bound: cache blocking beats it where fresh memory costs more than the arithmetic.
+The sums are each library's accurate one: ``torch.sum`` (cascade summation), and
+for NumPy float32 partials added in float64: NumPy's pairwise sum along each
+contiguous stretch (NCHW), or running sums down at most ``NUMPY_PARTIAL`` rows
+(channels last), as bn_portable's NumPy kernels bound their Σx. A plain ``np.sum``
+down 10⁵ rows adds them one by one in float32, which the contract rules out.
+
+``layer_paths.py`` times these per layer (``floor …`` rows), ``call_overhead.py``
+at small sizes, and ``_models.FloorBatchNorm`` puts them in a model, so that an
+end-to-end ratio has its floor too. Not a strict bound: cache blocking beats it
+where fresh memory costs more than the arithmetic.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 
+#: Values per float32 partial of a NumPy sum down rows (as bn_portable's NumPy Σx bounds its own).
+NUMPY_PARTIAL = 64
 
-def batch_statistics(x: torch.Tensor, channel: int) -> tuple[Any, Any]:
+
+def batch_statistics(x: Any, channel: int) -> tuple[Any, Any]:
     """``[C]`` mean and biased variance, float32, in two passes over a channel-grouped view."""
-    if channel == 1 and x.ndim > 2 and x.is_contiguous():
-        view, dims = x.reshape(x.shape[0], x.shape[1], -1), (0, 2)  # (N, C, H·W)
-    else:  # channels last in memory: rows of C
-        last = x if channel == x.ndim - 1 else x.movedim(channel, -1)
-        view, dims = last.reshape(-1, last.shape[-1]), (0,)
-    inverse_count = x.shape[channel] / x.numel()
-    mean = torch.sum(view, dims, dtype=torch.float32) * inverse_count
-    centred = torch.sub(view, mean.view(-1, 1) if dims == (0, 2) else mean)
-    variance = torch.sum(centred.square_(), dims) * inverse_count
-    return mean, variance
+    view, dims = _grouped(x, channel)
+    inverse_count = x.shape[channel] / math.prod(x.shape)
+    mean = _channel_sums(view, dims) * inverse_count
+    centred = view - (mean.reshape(-1, 1) if dims == (0, 2) else mean)
+    centred *= centred
+    return mean, _channel_sums(centred, dims) * inverse_count
 
 
-def moving_average(moving: torch.Tensor, value: torch.Tensor, weight: float) -> Any:
+def moving_average(moving: Any, value: Any, weight: float) -> Any:
     """TensorFlow's ``v − (v − value)·(1 − decay)``, ``weight`` being ``1 − decay``."""
-    return torch.sub(moving, torch.sub(moving, value).mul_(weight))
+    step = moving - value
+    step *= weight
+    return moving - step
 
 
-def fused(x: torch.Tensor, mean: Any, variance: Any, gamma: Any, beta: Any, epsilon: float) -> Any:
+def fused(x: Any, mean: Any, variance: Any, gamma: Any, beta: Any, epsilon: float) -> Any:
     """``(x − μ)·(rsqrt(σ² + ε)·γ) + β``, the statistics broadcast along x's channel axis."""
-    return torch.sub(x, mean).mul_(torch.rsqrt(variance + epsilon) * gamma).add_(beta).to(x.dtype)
+    y = x - mean
+    y *= _rsqrt(variance + epsilon) * gamma
+    y += beta
+    return _rounded(y, x.dtype)
 
 
-def non_fused(x: torch.Tensor, mean: Any, variance: Any, gamma: Any, beta: Any, epsilon: float) -> Any:
+def non_fused(x: Any, mean: Any, variance: Any, gamma: Any, beta: Any, epsilon: float) -> Any:
     """``x·inv + (β − μ·inv)`` with ``inv = rsqrt(σ² + ε)·γ``."""
-    inv = torch.rsqrt(variance + epsilon) * gamma
-    return torch.mul(x, inv).add_(beta - mean * inv).to(x.dtype)
+    inv = _rsqrt(variance + epsilon) * gamma
+    y = x * inv
+    y += beta - mean * inv
+    return _rounded(y, x.dtype)
 
 
 #: The floor of each of the module's paths.
 FORMULAS = {"fused": fused, "non-fused": non_fused}
+
+
+def _grouped(x: Any, channel: int) -> tuple[Any, tuple[int, ...]]:
+    """NCHW as ``(N, C, H·W)`` summed over ``(0, 2)``; channels last in memory as rows of C."""
+    if isinstance(x, torch.Tensor):
+        contiguous, last = x.is_contiguous(), (lambda: x.movedim(channel, -1))
+    else:
+        contiguous, last = x.flags.c_contiguous, (lambda: np.moveaxis(x, channel, -1))
+    if channel == 1 and x.ndim > 2 and contiguous:
+        return x.reshape(x.shape[0], x.shape[1], -1), (0, 2)
+    rows = x if channel == x.ndim - 1 else last()
+    return rows.reshape(-1, rows.shape[-1]), (0,)
+
+
+def _channel_sums(view: Any, dims: tuple[int, ...]) -> Any:
+    """``[C]`` float32 sums over ``dims`` (see the module doc for their accuracy)."""
+    if isinstance(view, torch.Tensor):
+        return torch.sum(view, dims, dtype=torch.float32)
+    if dims == (0, 2):  # each (n, c) stretch is contiguous: NumPy sums it pairwise
+        partials = view.sum(axis=2, dtype=np.float32)
+    else:
+        whole = view.shape[0] - view.shape[0] % NUMPY_PARTIAL
+        slabs = view[:whole].reshape(-1, NUMPY_PARTIAL, view.shape[1])
+        partials = np.concatenate([slabs.sum(axis=1, dtype=np.float32), view[whole:]])
+    return partials.sum(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _rsqrt(value: Any) -> Any:
+    return torch.rsqrt(value) if isinstance(value, torch.Tensor) else 1.0 / np.sqrt(value)
+
+
+def _rounded(y: Any, dtype: Any) -> Any:
+    """y in ``dtype`` (a no-op where it already is)."""
+    return y.to(dtype) if isinstance(y, torch.Tensor) else y.astype(dtype, copy=False)

@@ -10,14 +10,13 @@ no autograd). ``kernel`` is the fast-path module's function with the
 arguments the public function would pass it (the generic kernel where the fast
 path hands a small batch back); ``public − kernel`` is what
 validation, planning, dispatch and the small constants around the kernel cost.
-``floor`` (PyTorch only) is the fast path's PyTorch calls written out with
-nothing around them (no checks, no dispatch, no state): the statistics
-(PyTorch's own kernel where it is accurate, contiguous float32 NCHW; two summed
-passes elsewhere), ``1/sqrt(σ² + ε)``, its product with γ, the three steps of y
-and, in training, the Bessel factor. TensorFlow rounds each step on its own,
-so each is one call (a fused multiply-add would round once where TensorFlow
-rounds twice): ``floor / native`` is about the best a wrapper of PyTorch's
-operations that keeps TensorFlow's numbers can reach.
+``floor`` is the path's formula in the fewest operations of the array's library
+with nothing around them (no checks, no dispatch, no state; ``_floors``): the
+statistics in two accurately summed passes, ``rsqrt(σ² + ε)``, its product with
+γ and the three steps of y. TensorFlow rounds each step on its own, so each is
+one call (a fused multiply-add would round once where TensorFlow rounds twice):
+``floor / native`` is about the best a wrapper of the library's operations that
+keeps the accuracy contract can reach.
 Each figure is the quickest of 15 repeats of the mean over 200 calls.
 """
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import _floors
 import bn_portable as bn
 from bn_portable._kernels import _normalize
 from bn_portable._native import _numpy as numpy_kernels
@@ -81,13 +81,10 @@ def _measure_case(library, name, fmt, x, g, b, m, v) -> list[dict]:
             "train": lambda: F.batch_norm(native_x, rm, rv, tg, tb, True, 0.1, EPSILON),
             "infer": lambda: F.batch_norm(native_x, tm, tv, tg, tb, False, 0.1, EPSILON),
         }
-        floor = {
-            "train": lambda: _torch_floor_train(tx, tg, tb, channel),
-            "infer": lambda: _torch_floor_infer(tx, tg, tb, tm, tv, channel),
-        }
     else:
         tx, tg, tb, tm, tv, tl = x, g, b, m, v, layer_x
         kernels, xp = numpy_kernels, np
+    floor = _floor_calls(tx, tg, tb, tm, tv, channel)
     _, state = bn.batch_norm(tl, None, decay=0.9, scale=True, fused=True, data_format=fmt)
     calls = {
         "train": (
@@ -112,33 +109,24 @@ def _measure_case(library, name, fmt, x, g, b, m, v) -> list[dict]:
         rows.append({
             "library": library, "shape": name, "operation": operation,
             "native": _us(native[operation]) if operation in native else None,
-            "floor": _us(floor[operation]) if library == "torch" else None,
+            "floor": _us(floor[operation]),
             "kernel": _us(kernel), "public": _us(public), "layer": _us(layer),
         })
     return rows
 
 
-def _torch_floor_train(x, scale, offset, channel):
-    """The fast path's PyTorch calls for a training forward, with nothing around them."""
-    channels = x.shape[channel]
-    count = x.numel() // channels
-    per_channel = (1, channels, 1, 1) if channel == 1 else (channels,)
-    if channel == 1 and x[0, 0].numel() > 1:  # PyTorch's accurate two-pass kernel
-        mean, variance = torch.batch_norm_update_stats(x, None, None, 1.0)
-    else:  # float32 sum × 1/n, then Σ(x − mean)² × 1/n (views of the channels-last rows)
-        rows = x.reshape(-1, channels)
-        mean = torch.sum(rows, 0) * (1.0 / count)
-        variance = torch.sum(torch.sub(rows, mean).square_(), 0) * (1.0 / count)
-    factor = torch.reciprocal(torch.sqrt(variance + EPSILON)) * scale
-    y = torch.sub(x, mean.view(per_channel)).mul_(factor.view(per_channel)).add_(offset.view(per_channel))
-    return y, mean, variance * (count / (count - 1))
+def _floor_calls(x, scale, offset, mean, variance, channel) -> dict:
+    """The fused formula's operations with nothing around them (``_floors``), either library."""
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    gamma, beta = scale.reshape(shape), offset.reshape(shape)
 
+    def train():
+        batch_mean, batch_variance = _floors.batch_statistics(x, channel)
+        return _floors.fused(x, batch_mean.reshape(shape), batch_variance.reshape(shape), gamma, beta, EPSILON)
 
-def _torch_floor_infer(x, scale, offset, mean, variance, channel):
-    """The fast path's PyTorch calls for an inference forward, with nothing around them."""
-    per_channel = (1, x.shape[channel], 1, 1) if channel == 1 else (x.shape[channel],)
-    factor = torch.reciprocal(torch.sqrt(variance + EPSILON)) * scale
-    return torch.sub(x, mean.view(per_channel)).mul_(factor.view(per_channel)).add_(offset.view(per_channel))
+    moving_mean, moving_variance = mean.reshape(shape), variance.reshape(shape)
+    return {"train": train, "infer": lambda: _floors.fused(x, moving_mean, moving_variance, gamma, beta, EPSILON)}
 
 
 def _generic(operation, x, scale, offset, mean, variance, channel):
@@ -167,8 +155,8 @@ def render(rows: list[dict]) -> str:
     ]
     for r in rows:
         native = "—" if r["native"] is None else f"{r['native']:.1f}"
-        floor = "—" if r["floor"] is None else f"{r['floor']:.1f}"
-        ratio = "—" if r["floor"] is None else f"{r['floor'] / r['native']:.2f}×"
+        floor = f"{r['floor']:.1f}"
+        ratio = "—" if r["native"] is None else f"{r['floor'] / r['native']:.2f}×"
         lines.append(
             f"| {r['library']} | {r['shape']} | {r['operation']} | {native} | {floor} | {ratio} | {r['kernel']:.1f} |"
             f" {r['public']:.1f} | {r['public'] - r['kernel']:.1f} | {r['layer']:.1f} |"

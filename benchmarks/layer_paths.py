@@ -14,10 +14,10 @@ and mode; its variants run interleaved in the same rounds (``_timing``) against
 ``batch_norm``, ``step`` (forward and backward with autograd, torch, float32).
 
 ``step`` runs ``bn_portable.torch.BatchNorm`` (``from_state``), as PyTorch users
-train. ``floor …`` rows (torch) are the path's formula in the fewest
-whole-tensor PyTorch operations within the accuracy contract (``_floors``, which
-says which): what the formula costs in PyTorch's operations, the moving averages
-included in training. A ``step`` floor is the forward's operations, then
+train. ``floor …`` rows are the path's formula in the fewest whole-array
+operations of the backend's library (PyTorch or NumPy) within the accuracy
+contract (``_floors``, which says which): what the formula costs in that
+library's operations, the moving averages included in training. A ``step`` floor is the forward's operations, then
 PyTorch's own backward kernel with the batch's statistics (one call; what the
 module's autograd node calls), without autograd's bookkeeping.
 
@@ -154,23 +154,23 @@ def native_call(data: Data, mode: str) -> Callable[[], Any]:
     return step
 
 
-def floor_calls(data: Data, mode: str) -> dict[str, Callable[[], Any]]:
-    """The fewest PyTorch operations within the accuracy contract (``_floors``)."""
-    x = data.torch
+def floor_calls(data: Data, mode: str, backend: str) -> dict[str, Callable[[], Any]]:
+    """The fewest operations of the backend's library within the accuracy contract (``_floors``)."""
+    x = data.torch if backend == "torch" else data.numpy
     channel = 1 if data.layout == "NCHW" else x.ndim - 1
     view = [1] * x.ndim
     view[channel] = -1
-    v = {k: torch.from_numpy(a) for k, a in data.vectors.items()}
-    gamma, beta = v["gamma"].view(view), v["beta"].view(view)
+    v = {k: torch.from_numpy(a) if backend == "torch" else a for k, a in data.vectors.items()}
+    gamma, beta = v["gamma"].reshape(view), v["beta"].reshape(view)
 
     def statistics() -> tuple[Any, Any]:
         if mode == "infer":
-            return v["moving_mean"].view(view), v["moving_variance"].view(view)
+            return v["moving_mean"].reshape(view), v["moving_variance"].reshape(view)
         mean, variance = _floors.batch_statistics(x, channel)
         # The native kernel updates its running statistics in the same call.
         _floors.moving_average(v["moving_mean"], mean, DECAY_WEIGHT)
         _floors.moving_average(v["moving_variance"], variance, DECAY_WEIGHT)
-        return mean.view(view), variance.view(view)
+        return mean.reshape(view), variance.reshape(view)
 
     def formula(name: str) -> Callable[[Any, Any], Any]:
         return lambda mean, var: _floors.FORMULAS[name](x, mean, var, gamma, beta, EPSILON)
@@ -217,8 +217,7 @@ def run_case(size: str, backend: str, shape: str, layout: str, dtype: str, mode:
     paths = {"train": tuple(PATHS), "infer": INFERENCE_PATHS, "step": STEP_PATHS}[mode]
     calls: dict[str, Callable[[], Any]] = {"native": native_call(data, mode)}
     calls |= {path: portable_call(data, path, backend, mode) for path in paths}
-    if backend == "torch":
-        calls |= floor_calls(data, mode)
+    calls |= floor_calls(data, mode, backend)
     results = add_ratios(time_case(calls, rounds, 2, rng, lambda: None), "native")
     record = {
         "key": f"{backend}/{shape}/{layout}/{dtype}/{mode}", "backend": backend, "shape": shape,

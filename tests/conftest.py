@@ -98,6 +98,7 @@ def tiny_numpy_blocks(monkeypatch: pytest.MonkeyPatch):
     for name, value in {
         "SMALLEST_INPUT": 0,
         "SMALLEST_HALF_INPUT": 0,
+        "WHOLE_PASS_INPUT": 0,
         "SMALLEST_BLOCK": 16,
         "ROW_BLOCK": 96,
         "CHANNEL_GROUP": 200,

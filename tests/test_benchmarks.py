@@ -51,6 +51,43 @@ def test_layer_paths_harness_covers_every_path(tiny_runs: tuple[Path, Path]) -> 
     assert {"native", "fused", "non-fused", "renorm", "weighted", "zero-debias"} <= set(train["results"])
     numpy_case = next(c for c in payload["cases"] if c["backend"] == "numpy")
     assert all(value > 0 for value in numpy_case["peak_memory_vs_input"].values())
+    for case in payload["cases"]:  # every case has its floors, NumPy's included
+        assert {"floor fused", "floor non-fused"} <= set(case["results"]), case["key"]
+
+
+@pytest.mark.parametrize("library", ["torch", "numpy"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_floors_compute_a_batch_norm(library: str, layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floors time the path's formula: y and the statistics match PyTorch's training kernel,
+    and the statistics of a batch with |mean| = 1000σ are as accurate as float32 allows."""
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _floors
+
+    rng = np.random.default_rng(0)
+    nchw = rng.normal(1000.0, 1.0, (4, 8, 40, 40)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, 8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    x = nchw if layout == "NCHW" else np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    channel = 1 if layout == "NCHW" else 3
+    shape = [1] * 4
+    shape[channel] = -1
+    convert = torch.from_numpy if library == "torch" else np.asarray
+    mean, variance = _floors.batch_statistics(convert(x), channel)
+    wide = nchw.astype(np.float64)
+    mean_ulp = np.spacing(np.float32(1000.0))
+    np.testing.assert_allclose(np.asarray(mean), wide.mean((0, 2, 3)), rtol=0, atol=4 * mean_ulp)
+    np.testing.assert_allclose(np.asarray(variance), wide.var((0, 2, 3)), rtol=1e-4)
+    expected = torch.nn.functional.batch_norm(
+        torch.from_numpy(nchw), None, None, torch.from_numpy(gamma), torch.from_numpy(beta), True, 0.1, 1e-3
+    ).numpy()
+    for name, formula in _floors.FORMULAS.items():
+        y = formula(
+            convert(x), mean.reshape(shape), variance.reshape(shape),
+            convert(gamma).reshape(shape), convert(beta).reshape(shape), 1e-3,
+        )
+        y = np.asarray(y) if layout == "NCHW" else np.asarray(y).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(y, expected, rtol=0, atol=2e-3, err_msg=name)
 
 
 def test_models_harness_runs_every_model(tiny_runs: tuple[Path, Path]) -> None:

@@ -528,6 +528,33 @@ def test_numpy_training_peak_memory(shape, channel, dtype, monkeypatch):
     assert peak <= 1.25 * x.nbytes + 64 * 1024, peak / x.nbytes
 
 
+@pytest.mark.parametrize(("shape", "channel", "whole"), [((256, 512), 1, True), ((8, 30, 30, 64), 3, False)])
+def test_numpy_inference_peak_memory(shape, channel, whole):
+    """Inference and ``normalize`` allocate y and block-sized tiles at most; a small input in
+    wide rows (``WHOLE_PASS_INPUT``) runs each pass whole, straight into y, and allocates y alone."""
+    x, scale, offset = _data(shape, channel, "float32")
+    assert numpy_plan.plan_for(x.shape, channel, 4, shared=True).whole_pass is whole
+    mean, variance = RNG.normal(size=shape[channel]).astype(np.float32), np.ones(shape[channel], np.float32)
+    calls = {
+        "fused_inference": lambda: numpy_kernels.fused_inference(x, scale, offset, mean, variance, EPSILON, channel, xp=NP),
+        "normalize": lambda: numpy_kernels.normalize(x, mean, variance, offset, scale, EPSILON, xp=NP),
+    }
+    for name, call in calls.items():
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            result = call()
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        assert result is not NotImplemented
+        del result
+        # A whole pass: y, and the buffer of at most 8192 values NumPy's iterator takes
+        # for a broadcast operand (the blocked passes' tiles here would add 63 KB).
+        limit = x.nbytes + 48 * 1024 if whole else 1.25 * x.nbytes + 64 * 1024
+        assert peak <= limit, (name, peak / x.nbytes)
+
+
 def test_numpy_public_functions_use_the_fast_paths():
     x, scale, offset = _data((40, 16, 16, 11), 3, "float32")  # above the small-input cut-off
     with bn.fast_paths(True):

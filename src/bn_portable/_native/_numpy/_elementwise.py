@@ -16,7 +16,9 @@ changes (a cache-sized block at a time, straight into the output with
   sum, each rounded in the compute dtype and the last once to ``dx``'s dtype.
 
 Long runs walk the plan's channel blocks with ``[C, 1]`` parameter columns;
-short runs walk its row blocks with parameters tiled to a block's length.
+short runs walk its row blocks with parameters tiled to a block's length, or,
+for a small input in wide rows (``Plan.whole_pass``), run the output passes
+that need no scratch over every row at once with the parameters broadcast.
 Blocks are shared among the plan's threads; each thread has its own scratch.
 """
 
@@ -30,7 +32,17 @@ import numpy as np
 from ..._lib._compat import array_namespace
 from ..._lib._numerics import rsqrt
 from .. import _threads
-from ._plan import Plan, as_rows, channel_blocks, channel_rows, columns, grouped, row_blocks, tile
+from ._plan import (
+    Plan,
+    as_rows,
+    channel_blocks,
+    channel_rows,
+    columns,
+    grouped,
+    row,
+    row_blocks,
+    tile,
+)
 
 #: NumPy's array-API namespace, for the generic kernels' small expressions (the
 #: bare ``numpy`` module is not one before NumPy 2).
@@ -53,6 +65,12 @@ def normalization_terms(
     return inv, shift
 
 
+def _whole(plan: Plan, x2: Any, arithmetic: Any) -> bool:
+    """Whether a short-run output pass runs whole (``Plan.whole_pass``): only where it
+    computes in x's own dtype straight into y, so that it needs no temporary."""
+    return plan.whole_pass and x2.dtype == arithmetic
+
+
 # ---------------------------------------------------------------------------
 # y = (x − mean)·factor + offset
 # ---------------------------------------------------------------------------
@@ -66,8 +84,8 @@ def affine(plan: Plan, x: Any, y: Any, mean: Any, factor: Any, offset: Any) -> N
         _threads.in_shares(work, channel_blocks(plan), plan.threads)
         return
     x2, y2 = as_rows(plan, x, y)
-    tiles = [tile(plan, v) for v in (mean, factor, offset)]
-    affine_rows(plan, x2, y2, *tiles, centred_in_y=False)
+    lay_out = row if _whole(plan, x2, np.float32) else tile
+    affine_rows(plan, x2, y2, *(lay_out(plan, v) for v in (mean, factor, offset)), centred_in_y=False)
 
 
 def affine_rows(
@@ -80,7 +98,17 @@ def affine_rows(
     *,
     centred_in_y: bool,
 ) -> None:
-    """The short-run ``affine``; ``centred_in_y``: y already holds ``x − mean`` (float32 training)."""
+    """The short-run ``affine``; ``centred_in_y``: y already holds ``x − mean`` (float32 training).
+
+    The parameters are tiles (``tile``), or rows (``row``) for a whole pass; a
+    tile's first ``C·S`` values are its row.
+    """
+    if _whole(plan, x2, np.float32):
+        width = plan.width
+        d = y2 if centred_in_y else np.subtract(x2, mean_tile[:width], out=y2)
+        np.multiply(d, factor_tile[:width], out=d)
+        np.add(d, offset_tile[:width], out=y2)
+        return
     work = partial(
         _affine_row_blocks, plan, x2, y2, mean_tile, factor_tile, offset_tile, centred_in_y
     )
@@ -136,6 +164,10 @@ def scale_shift(plan: Plan, x: Any, y: Any, inv: Any, shift: Any) -> None:
         _threads.in_shares(work, channel_blocks(plan), plan.threads)
         return
     x2, y2 = as_rows(plan, x, y)
+    if _whole(plan, x2, inv.dtype):
+        product = np.multiply(x2, row(plan, inv), out=y2)
+        np.add(product, row(plan, shift), out=y2)
+        return
     work = partial(_scale_shift_row_blocks, plan, x2, y2, tile(plan, inv), tile(plan, shift))
     _threads.in_shares(work, row_blocks(plan), plan.threads)
 
