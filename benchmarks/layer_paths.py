@@ -17,9 +17,13 @@ and mode; its variants run interleaved in the same rounds (``_timing``) against
 train. ``floor …`` rows are the path's formula in the fewest whole-array
 operations of the backend's library (PyTorch or NumPy) within the accuracy
 contract (``_floors``, which says which): what the formula costs in that
-library's operations, the moving averages included in training. A ``step`` floor is the forward's operations, then
-PyTorch's own backward kernel with the batch's statistics (one call; what the
-module's autograd node calls), without autograd's bookkeeping.
+library's operations, the moving averages included in training. A ``step`` floor
+is a training step as the native one runs, with those operations as the batch
+norm (``_models.FloorBatchNorm``: PyTorch's own backward kernel behind a minimal
+autograd node, as the end-to-end floors), differentiated by ``autograd.grad``:
+a batch norm written in Python pays for a Python autograd node (a composite of
+differentiable operations, which autograd records one by one, was no quicker at
+the small sizes here).
 
 NumPy cases record each path's peak memory over the input's bytes (output
 included). ``--tiny`` runs everything on tiny sizes with two rounds (the test
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 
 import _floors
 import bn_portable as bn
+from _models import FloorBatchNorm
 from _timing import add_ratios, load_average, machine_info, peak_extra_memory, save_run, time_case
 from bn_portable.torch import BatchNorm
 
@@ -178,21 +183,27 @@ def floor_calls(data: Data, mode: str, backend: str) -> dict[str, Callable[[], A
     formulas = {f"floor {name}": formula(name) for name in _floors.FORMULAS}
     if mode != "step":
         return {name: (lambda y=y: y(*statistics())) for name, y in formulas.items()}
-    # A training step: the forward, then PyTorch's own backward kernel with the batch's
-    # statistics (what the module's autograd node calls; channels first, as PyTorch lays it out).
-    native, dy = data.native, torch.ones_like(data.native)
+    # A training step as the native one runs: the formula as a model's batch norm
+    # (``_models.FloorBatchNorm``: the moving averages in place, PyTorch's backward kernel
+    # behind a minimal autograd node), differentiated by autograd.
+    native = data.native.detach().requires_grad_()
+    dy = torch.ones_like(native)
+    reference = (torch.nn.BatchNorm2d if native.ndim == 4 else torch.nn.BatchNorm1d)(
+        native.shape[1], eps=EPSILON, momentum=DECAY_WEIGHT
+    )
+    with torch.no_grad():
+        for name, tensor in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance")):
+            getattr(reference, name).copy_(v[tensor])
 
-    def step_of(y: Callable[[Any, Any], Any]) -> Callable[[], Any]:
+    def step_of(path: str) -> Callable[[], Any]:
+        module = FloorBatchNorm(reference, path)
+
         def step() -> Any:
-            mean, var = statistics()
-            inverse_std = torch.rsqrt(var + EPSILON).reshape(-1)
-            return y(mean, var), torch.ops.aten.native_batch_norm_backward(
-                dy, native, v["gamma"], None, None, mean.reshape(-1), inverse_std, True, EPSILON, [True] * 3
-            )
+            return torch.autograd.grad(module(native), (native, module.weight, module.bias), dy)
 
         return step
 
-    return {name: step_of(y) for name, y in formulas.items()}
+    return {f"floor {path}": step_of(path) for path in _floors.FORMULAS}
 
 
 def case_list(size: str) -> list[tuple[str, str, str, str, str]]:
