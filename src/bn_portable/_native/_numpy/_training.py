@@ -11,7 +11,8 @@ statistics. The sums keep the contract of ``_reductions``.
 - Short runs (NHWC): the mean needs the whole batch before any centring, so
   three passes: one BLAS product for the sums, a centred-squares pass, and
   the output pass. float32 ``x − mean`` is written into ``y`` by the squares
-  pass, and the output pass scales it in place.
+  pass (for a small input in wide rows, ``Plan.whole_pass``, by one ufunc over
+  every row before it), and the output pass scales it in place.
 
 The kernel stays on the calling thread whatever ``BN_PORTABLE_NUM_THREADS``
 says: on 2 cores, sharing its blocks did not make it faster (its BLAS sums,
@@ -27,7 +28,7 @@ import numpy as np
 
 from .. import _threads
 from ._elementwise import affine_rows, fused_factor
-from ._plan import Plan, as_rows, channel_groups, grouped, tile
+from ._plan import Plan, as_rows, channel_groups, grouped, row, tile
 from ._reductions import centred_squares, channel_sums, chunked_column_sums, row_dots, row_sums
 
 
@@ -129,18 +130,31 @@ def _train_rows(
 ) -> tuple[Any, Any]:
     mean = channel_sums(plan, x).astype(np.float32) * inverse_count
     x2, y2 = as_rows(plan, x, y)
-    mean_tile = tile(plan, mean)
     centred_in_y = x.dtype == np.float32
-    if centred_in_y:
-        terms = partial(_centred_squares_keeping_centred, x2, y2, mean_tile)
+    # A whole pass (Plan.whole_pass) centres every row at once; the squares are then
+    # summed block by block from y as before (the same blocks: the same sums).
+    whole = plan.whole_pass and centred_in_y
+    lay_out = row if whole else tile
+    mean_laid = lay_out(plan, mean)
+    if whole:
+        np.subtract(x2, mean_laid, out=y2)
+        terms = partial(_squares_of_centred, y2)
+    elif centred_in_y:
+        terms = partial(_centred_squares_keeping_centred, x2, y2, mean_laid)
     else:  # float16 blocks are not kept: the output pass centres them again
-        terms = partial(centred_squares, x2, mean_tile)
+        terms = partial(centred_squares, x2, mean_laid)
     total = chunked_column_sums(plan, terms, np.dtype(np.float32))
     variance = total.reshape(plan.channels, plan.inner).sum(axis=1).astype(np.float32)
     variance *= inverse_count
-    factor_tile = tile(plan, fused_factor(variance, scale, epsilon))
-    affine_rows(plan, x2, y2, mean_tile, factor_tile, tile(plan, offset), centred_in_y=centred_in_y)
+    factor = lay_out(plan, fused_factor(variance, scale, epsilon))
+    affine_rows(plan, x2, y2, mean_laid, factor, lay_out(plan, offset), centred_in_y=centred_in_y)
     return mean, variance
+
+
+def _squares_of_centred(y2: Any, r0: int, r1: int, scratch: Any) -> Any:
+    """``(x − mean)²`` of rows ``r0:r1`` in ``scratch``, from y, which holds ``x − mean``."""
+    centred = y2[r0:r1].reshape(-1)
+    return np.multiply(centred, centred, out=scratch)
 
 
 def _centred_squares_keeping_centred(
