@@ -65,9 +65,9 @@ def normalization_terms(
     return inv, shift
 
 
-def _whole(plan: Plan, x2: Any, arithmetic: Any) -> bool:
-    """Whether a short-run output pass runs whole (``Plan.whole_pass``): only where it
-    computes in x's own dtype straight into y, so that it needs no temporary."""
+def runs_whole(plan: Plan, x2: Any, arithmetic: Any) -> bool:
+    """Whether a short-run pass computing in ``arithmetic`` runs whole (``Plan.whole_pass``):
+    only where that is x's own dtype, straight into y, so that it needs no temporary."""
     return plan.whole_pass and x2.dtype == arithmetic
 
 
@@ -84,7 +84,7 @@ def affine(plan: Plan, x: Any, y: Any, mean: Any, factor: Any, offset: Any) -> N
         _threads.in_shares(work, channel_blocks(plan), plan.threads)
         return
     x2, y2 = as_rows(plan, x, y)
-    lay_out = row if _whole(plan, x2, np.float32) else tile
+    lay_out = row if runs_whole(plan, x2, np.float32) else tile
     affine_rows(plan, x2, y2, *(lay_out(plan, v) for v in (mean, factor, offset)), centred_in_y=False)
 
 
@@ -103,7 +103,7 @@ def affine_rows(
     The parameters are tiles (``tile``), or rows (``row``) for a whole pass; a
     tile's first ``C·S`` values are its row.
     """
-    if _whole(plan, x2, np.float32):
+    if runs_whole(plan, x2, np.float32):
         width = plan.width
         d = y2 if centred_in_y else np.subtract(x2, mean_tile[:width], out=y2)
         np.multiply(d, factor_tile[:width], out=d)
@@ -164,7 +164,7 @@ def scale_shift(plan: Plan, x: Any, y: Any, inv: Any, shift: Any) -> None:
         _threads.in_shares(work, channel_blocks(plan), plan.threads)
         return
     x2, y2 = as_rows(plan, x, y)
-    if _whole(plan, x2, inv.dtype):
+    if runs_whole(plan, x2, inv.dtype):
         product = np.multiply(x2, row(plan, inv), out=y2)
         np.add(product, row(plan, shift), out=y2)
         return

@@ -45,10 +45,9 @@ ROW_BLOCK = 1 << 15
 #: Short-run inputs of at most this many values, in rows of at least
 #: ``WIDE_ROW`` values, take each elementwise pass whole: one ufunc over every
 #: row, the parameters broadcast along them. There the row-block loop and its
-#: tiles cost more than cache blocking saves (float32 inference on 2 cores:
-#: 256×512 63 µs whole against 134 µs in blocks, 2048×128 149 against 385);
-#: rows of fewer values make broadcasting's inner loop too short (32768×8: 508
-#: against 310).
+#: tiles cost more than cache blocking saves (float32 inference on 2 cores took
+#: 0.50–0.64 of the blocked time at 256×512 and 1024×256); rows of fewer values
+#: make broadcasting's inner loop too short (32768×8 took 1.6× as long whole).
 WHOLE_PASS_INPUT = 1 << 18
 WIDE_ROW = 32
 #: Values per channel group: one group is read from memory once.

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import _threads
-from ._elementwise import affine_rows, fused_factor
+from ._elementwise import affine_rows, fused_factor, runs_whole
 from ._plan import Plan, as_rows, channel_groups, grouped, row, tile
 from ._reductions import centred_squares, channel_sums, chunked_column_sums, row_dots, row_sums
 
@@ -133,7 +133,7 @@ def _train_rows(
     centred_in_y = x.dtype == np.float32
     # A whole pass (Plan.whole_pass) centres every row at once; the squares are then
     # summed block by block from y as before (the same blocks: the same sums).
-    whole = plan.whole_pass and centred_in_y
+    whole = runs_whole(plan, x2, np.float32)
     lay_out = row if whole else tile
     mean_laid = lay_out(plan, mean)
     if whole:
