@@ -161,6 +161,8 @@ def native_call(data: Data, mode: str) -> Callable[[], Any]:
 
 def floor_calls(data: Data, mode: str, backend: str) -> dict[str, Callable[[], Any]]:
     """The fewest operations of the backend's library within the accuracy contract (``_floors``)."""
+    if mode == "step":
+        return _step_floors(data)
     x = data.torch if backend == "torch" else data.numpy
     channel = 1 if data.layout == "NCHW" else x.ndim - 1
     view = [1] * x.ndim
@@ -177,23 +179,25 @@ def floor_calls(data: Data, mode: str, backend: str) -> dict[str, Callable[[], A
         _floors.moving_average(v["moving_variance"], variance, DECAY_WEIGHT)
         return mean.reshape(view), variance.reshape(view)
 
-    def formula(name: str) -> Callable[[Any, Any], Any]:
-        return lambda mean, var: _floors.FORMULAS[name](x, mean, var, gamma, beta, EPSILON)
+    def floor(formula: Callable[..., Any]) -> Callable[[], Any]:
+        return lambda: formula(x, *statistics(), gamma, beta, EPSILON)
 
-    formulas = {f"floor {name}": formula(name) for name in _floors.FORMULAS}
-    if mode != "step":
-        return {name: (lambda y=y: y(*statistics())) for name, y in formulas.items()}
-    # A training step as the native one runs: the formula as a model's batch norm
-    # (``_models.FloorBatchNorm``: the moving averages in place, PyTorch's backward kernel
-    # behind a minimal autograd node), differentiated by autograd.
+    return {f"floor {name}": floor(formula) for name, formula in _floors.FORMULAS.items()}
+
+
+def _step_floors(data: Data) -> dict[str, Callable[[], Any]]:
+    """A training step as the native one runs: the formula as a model's batch norm
+    (``_models.FloorBatchNorm``: the moving averages in place, PyTorch's backward kernel
+    behind a minimal autograd node), differentiated by autograd."""
     native = data.native.detach().requires_grad_()
     dy = torch.ones_like(native)
     reference = (torch.nn.BatchNorm2d if native.ndim == 4 else torch.nn.BatchNorm1d)(
         native.shape[1], eps=EPSILON, momentum=DECAY_WEIGHT
     )
+    names = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
     with torch.no_grad():
-        for name, tensor in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance")):
-            getattr(reference, name).copy_(v[tensor])
+        for name, vector in names.items():
+            getattr(reference, name).copy_(torch.from_numpy(data.vectors[vector]))
 
     def step_of(path: str) -> Callable[[], Any]:
         module = FloorBatchNorm(reference, path)
