@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/compare_versions.py REVISION [--backend torch|numpy]
         [--dtypes float32,float16] [--layouts NCHW,NHWC,CL] [--shape 32,64,56,56]
-        [--calls N]
+        [--calls N] [--paths fused,non-fused,renorm,zero-debias] [--rounds R]
 
 The package at ``REVISION`` (``git archive``) is imported as ``bn_old`` beside
 the installed ``bn_portable`` (the package imports itself relatively, so a
@@ -14,13 +14,19 @@ training and inference, and (torch) the training step of the PyTorch module
 of the best of five calls each; with ``--calls N``, of the mean over N calls
 (for small shapes, where one call takes microseconds). ``CL`` is NCHW in channels-last memory (a PyTorch model's
 channels-last tensors). Prints new/old per case: a change is judged on these
-ratios, which a shared machine disturbs far less than separate runs.
+ratios, which a shared machine disturbs far less than separate runs. With
+``--rounds R``, each case is instead R rounds of ``--calls`` calls on each side,
+the side going first alternating, and the median of the R ratios is printed with
+its quartiles: steadier on a noisy machine. ``--paths`` adds ``renorm`` and
+``zero-debias`` (non-fused). Outside ``step``, each case also says whether y and the
+new state are the same bits on both sides.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +61,56 @@ def _best(call: Any, calls: int = 5, per_timing: int = 1) -> float:
             call()
         times.append((time.perf_counter() - start) / per_timing)
     return min(times) * 1e3
+
+
+def _median_ratio(old: Any, new: Any, rounds: int, calls: int) -> tuple[float, float, float]:
+    """Median and quartiles of new/old over ``rounds`` rounds, the side timed first alternating."""
+    old(), new()
+    ratios = []
+    for round_ in range(rounds):
+        seconds = {}
+        for name, call in ((("old", old), ("new", new)) if round_ % 2 else (("new", new), ("old", old))):
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            seconds[name] = time.perf_counter() - start
+        ratios.append(seconds["new"] / seconds["old"])
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return median, q1, q3
+
+
+def _same_bits(old: Any, new: Any) -> bool:
+    """Whether two ``batch_norm`` results hold the same bits (y and every state field)."""
+    (y_old, state_old), (y_new, state_new) = old(), new()
+    pairs = [(y_old, y_new), *zip(state_old, state_new, strict=True)]
+    return all(
+        (a is None) == (b is None) and (a is None or np.array_equal(_numpy(a), _numpy(b)))
+        for a, b in pairs
+    )
+
+
+def _numpy(array: Any) -> Any:
+    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+
+
+#: The layer paths ``--paths`` names, as ``batch_norm`` options.
+PATHS = {
+    "fused": {"fused": True},
+    "non-fused": {"fused": False},
+    "renorm": {"fused": False, "renorm": True},
+    "zero-debias": {"fused": False, "zero_debias_moving_mean": True},
+}
+
+
+def _state(library: Any, x: Any, data_format: str, vectors: list[Any], path_options: dict[str, Any]) -> Any:
+    """The state a first training call of the path creates (its variables, in their dtype),
+    with gamma, beta and the moving statistics taken from ``vectors``."""
+    created = library.batch_norm(x, None, scale=True, data_format=data_format, **path_options)[1]
+    dtype = created.moving_mean.dtype
+    gamma, beta, mean, variance = (
+        v.to(dtype) if hasattr(v, "detach") else v.astype(dtype) for v in vectors
+    )
+    return created._replace(gamma=gamma, beta=beta, moving_mean=mean, moving_variance=variance)
 
 
 def _module_step(library: Any, state: Any, x: Any, data_format: str, fused: bool) -> Any:
@@ -97,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", default="NCHW,NHWC")
     parser.add_argument("--shape", default="32,64,56,56")
     parser.add_argument("--calls", type=int, default=1, help="calls per timing (small shapes: 200)")
+    parser.add_argument("--paths", default="fused,non-fused", help=f"some of {','.join(PATHS)}")
+    parser.add_argument("--rounds", type=int, default=0, help="median of this many alternating rounds")
     args = parser.parse_args(argv)
     import torch
 
@@ -113,27 +171,36 @@ def main(argv: list[str] | None = None) -> int:
                     vectors = [v.numpy() for v in vectors]
                 modes = ("train", "infer", "step") if args.backend == "torch" else ("train", "infer")
                 for mode in modes:
-                    for fused in (True, False):
+                    for path in args.paths.split(","):
+                        path_options = PATHS[path]
+                        if mode == "step" and set(path_options) != {"fused"}:
+                            continue  # the module step: the two plain paths
+                        label = f"{args.backend} {dtype:8s} {layout:4s} {mode} {path:11s}"
+                        try:
+                            states = [_state(library, x, data_format, vectors, path_options) for library in (old, bn)]
+                        except (TypeError, ValueError) as refusal:  # float64 on the fused kernel, say
+                            print(f"{label} not applicable: {str(refusal).splitlines()[0]}", flush=True)
+                            continue
                         calls = []
-                        for library in (old, bn):
-                            state = library.BatchNormState(
-                                gamma=vectors[0], beta=vectors[1], moving_mean=vectors[2], moving_variance=vectors[3]
-                            )
+                        for library, state in zip((old, bn), states, strict=True):
                             if mode == "step":
-                                calls.append(_module_step(library, state, x, data_format, fused))
+                                calls.append(_module_step(library, state, x, data_format, path_options["fused"]))
                                 continue
-                            options = {"is_training": mode == "train", "fused": fused, "data_format": data_format}
+                            options = {"is_training": mode == "train", "data_format": data_format, **path_options}
                             calls.append(
                                 lambda lib=library, s=state, x=x, o=options: lib.batch_norm(x, s, scale=True, **o)
                             )
+                        bits = "" if mode == "step" else f"  same bits: {_same_bits(*calls)}"
+                        if args.rounds:
+                            median, q1, q3 = _median_ratio(*calls, args.rounds, max(args.calls, 1))
+                            print(f"{label} new/old {median:.2f} (quartiles {q1:.2f}-{q3:.2f}){bits}", flush=True)
+                            continue
                         before, after = float("inf"), float("inf")
                         for _ in range(3):  # alternating, so that load slows both alike
                             before = min(before, _best(calls[0], per_timing=args.calls))
                             after = min(after, _best(calls[1], per_timing=args.calls))
-                        path = "fused" if fused else "non-fused"
                         print(
-                            f"{args.backend} {dtype:8s} {layout:4s} {mode} {path:9s} "
-                            f"old {before:8.3f} ms  new {after:8.3f} ms  new/old {after / before:.2f}",
+                            f"{label} old {before:8.3f} ms  new {after:8.3f} ms  new/old {after / before:.2f}{bits}",
                             flush=True,
                         )
     return 0

@@ -132,3 +132,18 @@ def test_regressions_flag_ratios_a_quarter_above_the_previous_run() -> None:
         "k a: 1.30× (previous run 1.00×; a 2.00 ms (was 2.00 ms); b 1.54 ms (was 2.00 ms))"
     ]
     assert regressions(None, after) == []
+
+
+def test_compare_versions_times_every_path_against_a_revision() -> None:
+    """HEAD beside the working tree: every path named, a median ratio, and the bits compared."""
+    pytest.importorskip("torch")
+    if not (BENCHMARKS.parent / ".git").exists():
+        pytest.skip("compares against a git revision: needs the repository")
+    output = subprocess.run(
+        [sys.executable, "compare_versions.py", "HEAD", "--backend", "numpy", "--dtypes", "float32",
+         "--layouts", "NHWC", "--shape", "8,4", "--paths", "fused,non-fused,renorm,zero-debias",
+         "--rounds", "3", "--calls", "2"],
+        cwd=BENCHMARKS, check=True, timeout=300, capture_output=True, text=True,
+    ).stdout.splitlines()
+    assert len(output) == 8  # four paths, training and inference
+    assert all("new/old" in line and "same bits: " in line for line in output)

@@ -555,6 +555,27 @@ def test_numpy_inference_peak_memory(shape, channel, whole):
         assert peak <= limit, (name, peak / x.nbytes)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_moments_whole_pass(monkeypatch, dtype):
+    """A small input in wide rows (``WHOLE_PASS_INPUT``) centres and squares every row at once,
+    into one temporary of the input's size, and sums the same blocks: the blocked pass's bits."""
+    x = RNG.normal(3.0, 1.0, (256, 512)).astype(dtype)
+    assert numpy_plan.plan_for(x.shape, 1, x.dtype.itemsize, shared=True).whole_pass
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        whole = numpy_kernels.local_moments(x, (0,), xp=NP)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    # The temporary and the sums' two block buffers: within the kernels' 1.25x bound.
+    assert peak <= 1.25 * x.nbytes, peak / x.nbytes
+    monkeypatch.setattr(numpy_plan, "WHOLE_PASS_INPUT", 0)
+    blocked = numpy_kernels.local_moments(x, (0,), xp=NP)
+    for value, expected in zip(whole, blocked, strict=True):
+        np.testing.assert_array_equal(value, expected)
+
+
 def test_numpy_public_functions_use_the_fast_paths():
     x, scale, offset = _data((40, 16, 16, 11), 3, "float32")  # above the small-input cut-off
     with bn.fast_paths(True):

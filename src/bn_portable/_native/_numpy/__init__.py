@@ -8,8 +8,10 @@ into the one output array. Nothing else as large as the input is allocated:
 the peak extra memory is the output plus a few block-sized buffers (at most
 about a fifth of the input; ``tests/test_fast_paths.py`` checks ≤ 1.25× the
 input in all). A small input in wide rows (``_plan.WHOLE_PASS_INPUT``) takes
-its output passes whole instead, straight into the output: there the block
-loop cost more than cache blocking saves.
+its elementwise passes whole instead, straight into the output (``moments``'
+centred squares, which have no output, into one temporary of the input's
+size, 1 MB of float32 at most): there the block loop cost more than cache
+blocking saves.
 
 Why the results are TensorFlow's
 --------------------------------

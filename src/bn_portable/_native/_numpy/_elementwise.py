@@ -41,6 +41,7 @@ from ._plan import (
     grouped,
     row,
     row_blocks,
+    runs_whole,
     tile,
 )
 
@@ -63,12 +64,6 @@ def normalization_terms(
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
     return inv, shift
-
-
-def runs_whole(plan: Plan, x2: Any, arithmetic: Any) -> bool:
-    """Whether a short-run pass computing in ``arithmetic`` runs whole (``Plan.whole_pass``):
-    only where that is x's own dtype, straight into y, so that it needs no temporary."""
-    return plan.whole_pass and x2.dtype == arithmetic
 
 
 # ---------------------------------------------------------------------------

@@ -48,6 +48,8 @@ ROW_BLOCK = 1 << 15
 #: tiles cost more than cache blocking saves (float32 inference on 2 cores took
 #: 0.50–0.64 of the blocked time at 256×512 and 1024×256); rows of fewer values
 #: make broadcasting's inner loop too short (32768×8 took 1.6× as long whole).
+#: Output passes write straight into y; the moments' centred squares, which have
+#: no output to live in, into a temporary of the input's size (1 MB of float32 at most).
 WHOLE_PASS_INPUT = 1 << 18
 WIDE_ROW = 32
 #: Values per channel group: one group is read from memory once.
@@ -186,6 +188,12 @@ def row(plan: Plan, per_channel: Any) -> Any:
     if plan.inner > 1:
         return np.repeat(np.asarray(per_channel).reshape(-1), plan.inner)
     return per_channel
+
+
+def runs_whole(plan: Plan, x2: Any, arithmetic: Any) -> bool:
+    """Whether a short-run pass computing in ``arithmetic`` runs whole (``Plan.whole_pass``):
+    only where that is x's own dtype, so that x's rows go through one ufunc as they are."""
+    return plan.whole_pass and x2.dtype == arithmetic
 
 
 def tile(plan: Plan, per_channel: Any) -> Any:

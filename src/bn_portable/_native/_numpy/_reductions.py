@@ -59,7 +59,17 @@ from typing import Any
 import numpy as np
 
 from .. import _threads
-from ._plan import Plan, as_rows, channel_blocks, compute_dtype, grouped, row_blocks, tile
+from ._plan import (
+    Plan,
+    as_rows,
+    channel_blocks,
+    compute_dtype,
+    grouped,
+    row,
+    row_blocks,
+    runs_whole,
+    tile,
+)
 
 #: Flat values of rows ``r0:r1``, possibly written into ``scratch``.
 RowTerms = Callable[[int, int, Any], Any]
@@ -99,7 +109,13 @@ def squared_deviation_sums(plan: Plan, x: Any, mean: Any, row_weights: Any = Non
         block_sums = partial(_squared_deviation_block_sums, x3, mean, plan.segment, row_weights)
         return channel_block_totals(plan, block_sums)
     (x2,) = as_rows(plan, x)
-    terms = partial(centred_squares, x2, tile(plan, mean))
+    if row_weights is None and runs_whole(plan, x2, mean.dtype):
+        # Every row centred and squared by one ufunc each (Plan.whole_pass), then summed
+        # in the same blocks: the same terms and sums as block by block, the same bits.
+        squares = np.subtract(x2, row(plan, mean))
+        terms = partial(_rows_as_they_are, np.multiply(squares, squares, out=squares))
+    else:
+        terms = partial(centred_squares, x2, tile(plan, mean))
     if row_weights is not None:
         terms = partial(_weighted, terms, row_weights, plan.width)
     totals = chunked_column_sums(plan, terms, mean.dtype)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from .. import _threads
-from ._elementwise import affine_rows, fused_factor, runs_whole
-from ._plan import Plan, as_rows, channel_groups, grouped, row, tile
+from ._elementwise import affine_rows, fused_factor
+from ._plan import Plan, as_rows, channel_groups, grouped, row, runs_whole, tile
 from ._reductions import centred_squares, channel_sums, chunked_column_sums, row_dots, row_sums
 
 
