@@ -568,8 +568,9 @@ def test_numpy_moments_whole_pass(monkeypatch, dtype):
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
-    # The temporary and the sums' two block buffers: within the kernels' 1.25x bound.
-    assert peak <= 1.25 * x.nbytes, peak / x.nbytes
+    # The temporary and the sums' two block buffers (1.17-1.19x on NumPy 2, 1.27x on 1.x,
+    # whose broadcasting iterator buffers): the kernels' bound, 1.25x plus 64 KB.
+    assert peak <= 1.25 * x.nbytes + 64 * 1024, peak / x.nbytes
     monkeypatch.setattr(numpy_plan, "WHOLE_PASS_INPUT", 0)
     blocked = numpy_kernels.local_moments(x, (0,), xp=NP)
     for value, expected in zip(whole, blocked, strict=True):
