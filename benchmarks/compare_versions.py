@@ -83,14 +83,19 @@ def _same_bits(old: Any, new: Any) -> bool:
     """Whether two ``batch_norm`` results hold the same bits (y and every state field)."""
     (y_old, state_old), (y_new, state_new) = old(), new()
     pairs = [(y_old, y_new), *zip(state_old, state_new, strict=True)]
-    return all(
-        (a is None) == (b is None) and (a is None or np.array_equal(_numpy(a), _numpy(b)))
-        for a, b in pairs
-    )
+    return all((a is None) == (b is None) and (a is None or _bits(a) == _bits(b)) for a, b in pairs)
 
 
-def _numpy(array: Any) -> Any:
-    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+def _bits(array: Any) -> tuple[Any, ...]:
+    """Shape, dtype and bytes (NaN payloads included; bfloat16, which NumPy lacks, as its bytes)."""
+    if hasattr(array, "detach"):
+        import torch  # an array with .detach() is a tensor: torch is there
+
+        tensor = array.detach().cpu()
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return tuple(tensor.shape), str(tensor.dtype), data
+    values = np.ascontiguousarray(array)
+    return values.shape, str(values.dtype), values.tobytes()
 
 
 #: The layer paths ``--paths`` names, as ``batch_norm`` options.

@@ -134,16 +134,26 @@ def test_regressions_flag_ratios_a_quarter_above_the_previous_run() -> None:
     assert regressions(None, after) == []
 
 
-def test_compare_versions_times_every_path_against_a_revision() -> None:
+@pytest.mark.parametrize(
+    ("library", "dtype", "shape", "paths", "lines"),
+    [
+        ("numpy", "float32", "8,4", "fused,non-fused,renorm,zero-debias", 8),  # training, inference
+        # bfloat16, which NumPy lacks, compared as its bytes; torch times a step too.
+        ("torch", "bfloat16", "8,4,2,2", "fused,non-fused", 6),
+    ],
+)
+def test_compare_versions_times_every_path_against_a_revision(
+    library: str, dtype: str, shape: str, paths: str, lines: int
+) -> None:
     """HEAD beside the working tree: every path named, a median ratio, and the bits compared."""
     pytest.importorskip("torch")
     if not (BENCHMARKS.parent / ".git").exists():
         pytest.skip("compares against a git revision: needs the repository")
     output = subprocess.run(
-        [sys.executable, "compare_versions.py", "HEAD", "--backend", "numpy", "--dtypes", "float32",
-         "--layouts", "NHWC", "--shape", "8,4", "--paths", "fused,non-fused,renorm,zero-debias",
-         "--rounds", "3", "--calls", "2"],
+        [sys.executable, "compare_versions.py", "HEAD", "--backend", library, "--dtypes", dtype,
+         "--layouts", "NHWC", "--shape", shape, "--paths", paths, "--rounds", "3", "--calls", "2"],
         cwd=BENCHMARKS, check=True, timeout=300, capture_output=True, text=True,
     ).stdout.splitlines()
-    assert len(output) == 8  # four paths, training and inference
-    assert all("new/old" in line and "same bits: " in line for line in output)
+    assert len(output) == lines
+    assert all("new/old" in line for line in output)
+    assert sum("same bits: " in line for line in output) == 2 * len(paths.split(","))
