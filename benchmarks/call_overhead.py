@@ -16,8 +16,13 @@ statistics in two accurately summed passes, ``rsqrt(σ² + ε)``, its product wi
 γ and the three steps of y. TensorFlow rounds each step on its own, so each is
 one call (a fused multiply-add would round once where TensorFlow rounds twice):
 ``floor / native`` is about the best a wrapper of the library's operations that
-keeps the accuracy contract can reach.
-Each figure is the quickest of 15 repeats of the mean over 200 calls.
+keeps the accuracy contract can reach. ``floor + checks`` adds what every checked
+call reads before its arithmetic, the cheapest form the checks can take: the
+layer call's arrays' metadata (x's and the state's type, shape, dtype, device and
+layout, ``_backends.metadata``) as one key, looked up in a dict. A public call
+must raise on bad input and may not read values, so no public call comes in under
+it; where it is above a target's limit, so is every checked layer in Python.
+Each figure is the quickest of 15 means over 200 calls, a row's calls taking turns.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from __future__ import annotations
 import argparse
 import platform
 import timeit
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -35,6 +42,7 @@ import torch.nn.functional as F
 import _floors
 import bn_portable as bn
 from bn_portable._kernels import _normalize
+from bn_portable._lib._backends import metadata
 from bn_portable._native import _numpy as numpy_kernels
 from bn_portable._native import _torch as torch_kernels
 
@@ -48,10 +56,17 @@ SHAPES = [
 ]
 
 
-def _us(call, number=200, repeat=15) -> float:
-    """µs per call: the quickest repeat (on a shared machine other work only adds time)."""
-    call()
-    return min(timeit.repeat(call, number=number, repeat=repeat)) / number * 1e6
+def _us(calls: dict[str, Callable[[], Any]], number: int = 200, rounds: int = 15) -> dict[str, float]:
+    """µs per call of each: the quickest of ``rounds`` means over ``number`` calls, the calls
+    taking turns in every round (so that all of a row's columns see the same states of a
+    shared machine, where other work only adds time)."""
+    for call in calls.values():
+        call()
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            best[name] = min(best[name], timeit.timeit(call, number=number))
+    return {name: seconds / number * 1e6 for name, seconds in best.items()}
 
 
 def measure() -> list[dict]:
@@ -106,12 +121,13 @@ def _measure_case(library, name, fmt, x, g, b, m, v) -> list[dict]:
     for operation, (kernel, public, layer) in calls.items():
         if kernel() is NotImplemented:  # a small batch: the generic kernel runs
             kernel = _generic(operation, tx, tg, tb, tm, tv, channel)
-        rows.append({
-            "library": library, "shape": name, "operation": operation,
-            "native": _us(native[operation]) if operation in native else None,
-            "floor": _us(floor[operation]),
-            "kernel": _us(kernel), "public": _us(public), "layer": _us(layer),
-        })
+        timed = {
+            "floor": floor[operation], "checked": _checked(floor[operation], (tl, None, None, *state)),
+            "kernel": kernel, "public": public, "layer": layer,
+        }
+        if operation in native:
+            timed["native"] = native[operation]
+        rows.append({"library": library, "shape": name, "operation": operation, "native": None, **_us(timed)})
     return rows
 
 
@@ -127,6 +143,17 @@ def _floor_calls(x, scale, offset, mean, variance, channel) -> dict:
 
     moving_mean, moving_variance = mean.reshape(shape), variance.reshape(shape)
     return {"train": train, "infer": lambda: _floors.fused(x, moving_mean, moving_variance, gamma, beta, EPSILON)}
+
+
+def _checked(floor: Callable[[], Any], arrays: tuple[Any, ...]) -> Callable[[], Any]:
+    """The floor after the layer call's metadata key is read and looked up (the checks' least)."""
+    remembered: dict[Any, Any] = {}
+
+    def call() -> Any:
+        remembered.get(metadata(*arrays))
+        return floor()
+
+    return call
 
 
 def _generic(operation, x, scale, offset, mean, variance, channel):
@@ -150,15 +177,17 @@ def render(rows: list[dict]) -> str:
         f"- {platform.processor() or platform.machine()}, torch {torch.__version__}"
         f" ({torch.get_num_threads()} threads), numpy {np.__version__}",
         "",
-        "| library | shape | operation | native | floor | floor / native | fast-path kernel | fused_batch_norm | public − kernel | batch_norm layer |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| library | shape | operation | native | floor | floor / native | floor + checks | (floor + checks) / native | fast-path kernel | fused_batch_norm | public − kernel | batch_norm layer |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         native = "—" if r["native"] is None else f"{r['native']:.1f}"
         floor = f"{r['floor']:.1f}"
         ratio = "—" if r["native"] is None else f"{r['floor'] / r['native']:.2f}×"
+        checked = "—" if r["native"] is None else f"{r['checked'] / r['native']:.2f}×"
         lines.append(
-            f"| {r['library']} | {r['shape']} | {r['operation']} | {native} | {floor} | {ratio} | {r['kernel']:.1f} |"
+            f"| {r['library']} | {r['shape']} | {r['operation']} | {native} | {floor} | {ratio} |"
+            f" {r['checked']:.1f} | {checked} | {r['kernel']:.1f} |"
             f" {r['public']:.1f} | {r['public'] - r['kernel']:.1f} | {r['layer']:.1f} |"
         )
     return "\n".join(lines) + "\n"
