@@ -181,8 +181,9 @@ def golden(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def golden_check(session: nox.Session) -> None:
-    """Regenerate the goldens into a temporary folder; fail unless identical (the porting
-    test files of ``checkpoints`` and its whole models too, array for array)."""
+    """Regenerate the goldens into a temporary folder; fail unless identical or within the
+    rounding that depends on the processor (the porting test files of ``checkpoints`` and its
+    whole models too; conformance/README.md says how each is compared)."""
     env = _tensorflow(session)
     session.run("python", "-m", "conformance.generate", "--check", env=env)
     session.run("python", "-m", "conformance.checkpoints", "--check", env=env)

@@ -15,6 +15,8 @@ The tolerances, and why each is what it is, are stated in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 #: Machine epsilon per dtype name (bfloat16 has an 8-bit significand).
@@ -157,3 +159,83 @@ def channel_axis(case) -> int | None:
 def source_name(output: str) -> str:
     """The input a normalized output came from: ``step2/y`` ← ``step2/x``, ``y`` ← ``x``."""
     return output[: -len("y")] + "x"
+
+
+#: How far (in epsilons) a regenerated array may be from the committed one.
+#: TensorFlow's Eigen CPU kernels pick their vector width and fused multiply-adds
+#: from the processor: the same TensorFlow wheel gives bit-identical goldens on
+#: one processor, but on 2^16-value fused cases an AVX-512 Xeon and an AVX2 EPYC
+#: differ by up to about 5 epsilons of the scale (training and inference alike),
+#: and the float64 moving variances that four renorm steps with clipping produce
+#: by up to 8.1 on another AVX2 EPYC. 16 is well inside every conformance
+#: tolerance (64 epsilons), so which processor generated a golden never decides
+#: a verdict.
+PROCESSOR_ULPS = 16
+
+
+def close_across_processors(
+    committed: np.ndarray,
+    regenerated: np.ndarray,
+    source: np.ndarray | None = None,
+    channel_axis: int | None = None,
+) -> float | None:
+    """The difference in epsilons, or None when not within ``PROCESSOR_ULPS``.
+
+    Measured in epsilons of the array's largest magnitude. A normalized output
+    ``y`` (``source``: the ``x`` it came from) may instead be measured as the
+    conformance suite measures it (``compare.error_in_epsilons``, which also
+    allows ``eps·|x|·|∂y/∂x|``): on an ill-conditioned batch, TensorFlow's own
+    one-ulp difference in a statistic moves y by about the ratio of the mean
+    to the spread in epsilons of y (1,460 epsilons of the scale at a ratio of
+    10⁴ between an AVX-512 Xeon and an AVX2 EPYC), the same computation
+    rounded differently. The smaller of the two is the difference.
+
+    NaN and infinities must stand at the same places with the same values; only
+    finite floating values may differ.
+    """
+    if committed.dtype.kind != "f" or committed.dtype != regenerated.dtype:
+        return None
+    a, b = committed.astype(np.float64), regenerated.astype(np.float64)
+    finite = np.isfinite(a)
+    if not np.array_equal(finite, np.isfinite(b)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return None
+    difference = float(np.max(np.abs(a[finite] - b[finite]), initial=0.0))
+    if difference == 0.0:
+        return 0.0
+    scale = float(np.max(np.abs(a[finite]), initial=0.0)) * float(np.finfo(committed.dtype).eps)
+    measures = [difference / scale] if scale > 0.0 else []
+    if source is not None and source.shape == committed.shape and committed.dtype.name in EPSILON:
+        measures.append(error_in_epsilons(b, a, committed.dtype.name, source, channel_axis))
+    error = min(measures, default=float("inf"))
+    return error if error <= PROCESSOR_ULPS else None
+
+
+def stored_differences(
+    committed: dict[str, np.ndarray],
+    regenerated: dict[str, np.ndarray],
+    source_of: Callable[[str], tuple[np.ndarray | None, int | None]] = lambda key: (None, None),
+) -> tuple[list[str], list[tuple[str, float]]]:
+    """Regenerated arrays against committed ones, key by key: the keys that differ beyond
+    ``PROCESSOR_ULPS`` (or are on one side only), and the keys within it with their
+    difference in epsilons. ``source_of(key)``: the ``x`` a normalized output came from
+    and its channel axis, or ``(None, None)``."""
+    if sorted(committed) != sorted(regenerated):
+        return [f"other arrays: {sorted(set(committed) ^ set(regenerated))[:5]}"], []
+    differences: list[str] = []
+    close: list[tuple[str, float]] = []
+    for key in sorted(committed):
+        old, new = np.asarray(committed[key]), np.asarray(regenerated[key])
+        if old.dtype == new.dtype and old.shape == new.shape and np.array_equal(old, new, equal_nan=old.dtype.kind == "f"):
+            continue
+        source, axis = source_of(key)
+        ulps = close_across_processors(old, new, source, axis) if old.shape == new.shape else None
+        if ulps is None:
+            differences.append(key)
+        else:
+            close.append((key, ulps))
+    return differences, close
+
+
+def within_processor_ulps(label: str, close: list[tuple[str, float]]) -> list[str]:
+    """The report lines of arrays that differ within ``PROCESSOR_ULPS``."""
+    return [f"  ~ {label}: {key}: within {ulps:.2f} epsilons (processor-dependent vectorization)" for key, ulps in close]

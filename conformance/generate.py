@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from conformance import catalogue
-from conformance.compare import EPSILON, channel_axis, error_in_epsilons, source_name
+from conformance.compare import PROCESSOR_ULPS, channel_axis, close_across_processors, source_name
 from conformance.tf_slim_compat import import_tf_slim
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
@@ -859,55 +859,6 @@ def _diff_json(a, b, path="", out=None, limit=50):
     elif a != b:
         out.append(f"{path}: committed {json.dumps(a)[:120]} != regenerated {json.dumps(b)[:120]}")
     return out
-
-
-#: How far (in epsilons) a regenerated array may be from the committed one.
-#: TensorFlow's Eigen CPU kernels pick their vector width and fused multiply-adds
-#: from the processor: the same TensorFlow wheel gives bit-identical goldens on
-#: one processor, but on 2^16-value fused cases an AVX-512 Xeon and an AVX2 EPYC
-#: differ by up to about 5 epsilons of the scale (training and inference alike),
-#: and the float64 moving variances that four renorm steps with clipping produce
-#: by up to 8.1 on another AVX2 EPYC. 16 is well inside every conformance
-#: tolerance (64 epsilons), so which processor generated a golden never decides
-#: a verdict.
-PROCESSOR_ULPS = 16
-
-
-def close_across_processors(
-    committed: np.ndarray,
-    regenerated: np.ndarray,
-    source: np.ndarray | None = None,
-    channel_axis: int | None = None,
-) -> float | None:
-    """The difference in epsilons, or None when not within ``PROCESSOR_ULPS``.
-
-    Measured in epsilons of the array's largest magnitude. A normalized output
-    ``y`` (``source``: the ``x`` it came from) may instead be measured as the
-    conformance suite measures it (``compare.error_in_epsilons``, which also
-    allows ``eps·|x|·|∂y/∂x|``): on an ill-conditioned batch, TensorFlow's own
-    one-ulp difference in a statistic moves y by about the ratio of the mean
-    to the spread in epsilons of y (1,460 epsilons of the scale at a ratio of
-    10⁴ between an AVX-512 Xeon and an AVX2 EPYC), the same computation
-    rounded differently. The smaller of the two is the difference.
-
-    NaN and infinities must stand at the same places with the same values; only
-    finite floating values may differ.
-    """
-    if committed.dtype.kind != "f" or committed.dtype != regenerated.dtype:
-        return None
-    a, b = committed.astype(np.float64), regenerated.astype(np.float64)
-    finite = np.isfinite(a)
-    if not np.array_equal(finite, np.isfinite(b)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
-        return None
-    difference = float(np.max(np.abs(a[finite] - b[finite]), initial=0.0))
-    if difference == 0.0:
-        return 0.0
-    scale = float(np.max(np.abs(a[finite]), initial=0.0)) * float(np.finfo(committed.dtype).eps)
-    measures = [difference / scale] if scale > 0.0 else []
-    if source is not None and source.shape == committed.shape and committed.dtype.name in EPSILON:
-        measures.append(error_in_epsilons(b, a, committed.dtype.name, source, channel_axis))
-    error = min(measures, default=float("inf"))
-    return error if error <= PROCESSOR_ULPS else None
 
 
 def _source_and_channel_axis(arrays: dict, key: str, cases: dict) -> tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conformance.generate import PROCESSOR_ULPS, close_across_processors
+from conformance.compare import PROCESSOR_ULPS, close_across_processors, stored_differences
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -69,3 +69,32 @@ def test_a_normalized_output_still_has_a_bound():
     regenerated = y.copy()
     regenerated[0] += np.float32(10 * 1e4 * (PROCESSOR_ULPS + 1) * EPS32)  # 10 × the bound at |x| = 1e4
     assert close_across_processors(y, regenerated, source=x) is None
+
+
+def test_stored_files_are_compared_array_by_array_with_the_same_allowance():
+    """``stored_differences`` (the checkpoint, whole-model and convention checks): identical
+    arrays pass silently, arrays within the bound are listed with their epsilons, others fail."""
+    committed = {"a": _golden(), "counts": np.array([1, 2, 3]), "name": np.array(b"bn")}
+    assert stored_differences(committed, dict(committed)) == ([], [])
+    close = _golden()
+    close[0] += np.float32(3 * 2.0 * EPS32)
+    far = _golden()
+    far[1] = 1.0
+    differences, within = stored_differences(committed, {**committed, "a": close})
+    assert differences == [] and within == [("a", pytest.approx(3.0))]
+    assert stored_differences(committed, {**committed, "a": far}) == (["a"], [])
+    assert stored_differences(committed, {**committed, "counts": np.array([1, 2, 4])}) == (["counts"], [])
+    assert stored_differences(committed, {**committed, "a": close.astype(np.float64)})[0] == ["a"]
+    assert stored_differences(committed, {"a": _golden()})[0][0].startswith("other arrays")
+
+
+def test_a_stored_output_is_measured_against_its_input_where_given():
+    x = np.linspace(1e4, 1e4 + 1.0, 64, dtype=np.float32)  # a mean 10⁴ times the spread
+    y = ((x - x.mean()) / x.std()).astype(np.float32)
+    shifted = y + np.float32(200 * EPS32 * float(np.abs(y).max()))  # one ulp of the mean, amplified
+    arrays = {"input|bn": x, "infer|bn": y}
+    assert stored_differences(arrays, {**arrays, "infer|bn": shifted})[0] == ["infer|bn"]
+    differences, within = stored_differences(
+        arrays, {**arrays, "infer|bn": shifted}, lambda key: (x, None) if key == "infer|bn" else (None, None)
+    )
+    assert differences == [] and within[0][0] == "infer|bn"
