@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._lib._backends import compiling, divides_numbers_as_arrays
+from .._lib._backends import compiling, divides_numbers_as_arrays, operand
 from .._lib._compat import device
 from .._lib._dtypes import astype, dtype_name, is_half, round_to_float32, scalar
 from .._lib._numerics import divide_no_nan
@@ -217,7 +217,7 @@ def per_count(
         if count == 0:
             quotient = xp.full_like(value, math.nan if empty == "nan" else 0.0)
         elif rounding == "divide" and divides_numbers_as_arrays(xp):
-            quotient = value / count
+            quotient = value / operand(count, value)
         elif rounding == "divide":  # as the synchronized path divides: by a full array
             quotient = value / xp.full(value.shape, float(count), dtype=value.dtype, device=device(value))
         else:

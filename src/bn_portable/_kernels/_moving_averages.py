@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeAlias
 
-from .._lib._backends import compiling
+from .._lib._backends import compiling, operand
 from .._lib._compat import device
 from .._lib._dtypes import astype, dtype_name, round_to_float32, scalar, tf_constant
 from .._lib._typing import Device, Namespace
@@ -60,7 +60,7 @@ def moving_average(
         weight = python_weight(decay, rounding, name)  # no array operations to make it
     else:  # half-precision variables, or being compiled: a 0-d array of their dtype
         weight = update_weight(decay, rounding, variable.dtype, xp, device(variable))
-    return variable - (variable - astype(value, variable.dtype, xp)) * weight
+    return variable - (variable - astype(value, variable.dtype, xp)) * operand(weight, variable)
 
 
 def kernel_average(

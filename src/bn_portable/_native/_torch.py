@@ -73,6 +73,7 @@ import torch
 from torch import Tensor
 
 from .._lib import _layout
+from .._lib._backends import operand
 from .._lib._typing import Namespace
 from ._registry import Kernel
 from ._switch import fast_paths_enabled
@@ -111,7 +112,7 @@ def fused_training_core(
     with torch.no_grad() if recorded else contextlib.nullcontext():
         batch_mean, biased, centred = _summed_statistics(x, channel, count)
         # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-        inverse_std = rsqrt(biased + epsilon, xp)
+        inverse_std = rsqrt(biased + operand(epsilon, biased), xp)
     if recorded:
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
@@ -145,8 +146,10 @@ def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
         view = grouped(x.movedim(channel, -1).contiguous(), x.ndim - 1)
         assert view is not None
     inverse_count = 1.0 / count  # a Python number: applied in float32, as TF's 1/n tensor
-    sums = two_pass_sums(view, torch.float32, lambda total: total * inverse_count, keep_centred=keep_centred)
-    return sums.mean, sums.m2 * inverse_count, sums.centred
+    sums = two_pass_sums(
+        view, torch.float32, lambda total: total * operand(inverse_count, total), keep_centred=keep_centred
+    )
+    return sums.mean, sums.m2 * operand(inverse_count, sums.m2), sums.centred
 
 
 def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
@@ -263,7 +266,7 @@ def fused_inference(
     if x.numel() == 0:
         return NotImplemented
     # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-    inverse_std = rsqrt(variance + epsilon, xp)
+    inverse_std = rsqrt(variance + operand(epsilon, variance), xp)
     return _affine(x, mean, inverse_std, scale, offset, channel)
 
 

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from .._lib._backends import operand
 from .._lib._typing import Namespace
 from . import _torch_blocks
 
@@ -69,7 +70,7 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
             return NotImplemented
         mean, m2 = _differentiable_sums(view, count)
     else:
-        mean, m2, _ = two_pass_sums(view, dtype, lambda total: total / count)
+        mean, m2, _ = two_pass_sums(view, dtype, lambda total: total / operand(count, total))
     return mean.reshape(keepdims), m2.reshape(keepdims)
 
 

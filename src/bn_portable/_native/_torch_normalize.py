@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .._lib import _numerics
+from .._lib._backends import operand
 from .._lib._typing import Namespace
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
 
@@ -42,7 +43,7 @@ def normalize(
     blocked = compute is not None and blocked_on_cpu(x)
     if blocked and needs_autograd([x, *parameters]):
         return NotImplemented
-    inv = rsqrt(variance + variance_epsilon, xp)
+    inv = rsqrt(variance + operand(variance_epsilon, variance), xp)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv

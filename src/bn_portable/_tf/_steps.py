@@ -19,7 +19,7 @@ from .._kernels._moving_averages import (
 )
 from .._kernels._normalize import fused_inference, fused_training, normalize
 from .._lib import _layout
-from .._lib._backends import stop_gradient
+from .._lib._backends import operand, stop_gradient
 from .._lib._compat import device
 from .._lib._dtypes import ComputeRule, astype, compute_dtype
 from .._lib._typing import Namespace
@@ -119,7 +119,7 @@ def _fused_step(
     rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
     new_state = _update_moving_mean(state, batch_mean, options, rounding, xp)._replace(
         moving_variance=moving_average(
-            state.moving_variance, biased * bessel, options.decay, rounding, xp=xp
+            state.moving_variance, biased * operand(bessel, biased), options.decay, rounding, xp=xp
         )
     )
     return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
