@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from conformance.compare import stored_differences, within_processor_ulps
+from conformance.compare import difference_lines, stored_differences
 from conformance.tf_slim_compat import import_tf_slim
 
 DEFAULT_OUT = os.path.join(
@@ -301,8 +301,7 @@ def check_regenerated(out: str, regenerate) -> list[str]:
         for name in sorted(f for f in os.listdir(fresh) if f != "manifest.json"):
             old, new = _stored_arrays(os.path.join(out, name)), _stored_arrays(os.path.join(fresh, name))
             beyond, close = stored_differences(old, new, lambda key, old=old: (_layer_input(old, key), None))
-            shown = [f"  - {name}: {key}" for key in beyond[:10]] + [f"  - {name}: {len(beyond) - 10} more"] * (len(beyond) > 10)
-            for line in within_processor_ulps(name, close) + shown:
+            for line in difference_lines(name, beyond, close):
                 print(line)
             if beyond:
                 differing.append(name)

@@ -236,6 +236,9 @@ def stored_differences(
     return differences, close
 
 
-def within_processor_ulps(label: str, close: list[tuple[str, float]]) -> list[str]:
-    """The report lines of arrays that differ within ``PROCESSOR_ULPS``."""
-    return [f"  ~ {label}: {key}: within {ulps:.2f} epsilons (processor-dependent vectorization)" for key, ulps in close]
+def difference_lines(label: str, beyond: list[str], close: list[tuple[str, float]], shown: int = 10) -> list[str]:
+    """The report of ``stored_differences`` for one file: every array within
+    ``PROCESSOR_ULPS`` with its epsilons, then the first ``shown`` beyond it."""
+    lines = [f"  ~ {label}: {key}: within {ulps:.2f} epsilons (processor-dependent vectorization)" for key, ulps in close]
+    lines += [f"  - {label}: {key}" for key in beyond[:shown]]
+    return lines + [f"  - {label}: {len(beyond) - shown} more"] * (len(beyond) > shown)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conformance.compare import PROCESSOR_ULPS, close_across_processors, stored_differences
+from conformance.compare import (
+    PROCESSOR_ULPS,
+    close_across_processors,
+    difference_lines,
+    stored_differences,
+)
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -98,3 +103,10 @@ def test_a_stored_output_is_measured_against_its_input_where_given():
         arrays, {**arrays, "infer|bn": shifted}, lambda key: (x, None) if key == "infer|bn" else (None, None)
     )
     assert differences == [] and within[0][0] == "infer|bn"
+
+
+def test_the_report_lists_what_is_close_and_the_first_differences():
+    lines = difference_lines("f.npz", [f"k{i}" for i in range(12)], [("y", 1.5)], shown=10)
+    assert lines[0] == "  ~ f.npz: y: within 1.50 epsilons (processor-dependent vectorization)"
+    assert lines[1:11] == [f"  - f.npz: k{i}" for i in range(10)] and lines[11] == "  - f.npz: 2 more"
+    assert difference_lines("f.npz", [], []) == []
