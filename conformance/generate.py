@@ -38,7 +38,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from conformance import catalogue
-from conformance.compare import PROCESSOR_ULPS, channel_axis, close_across_processors, source_name
+from conformance.compare import (
+    PROCESSOR_ULPS,
+    channel_axis,
+    close_across_processors,
+    difference_lines,
+    source_name,
+)
 from conformance.tf_slim_compat import import_tf_slim
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
@@ -977,7 +983,7 @@ def main(argv=None) -> int:
         if len(problems) > 200:
             print(f"  ... and {len(problems) - 200} more")
     for op, key, ulps in close:
-        print(f"  ~ {op}.npz: {key}: within {ulps:.2f} epsilons (processor-dependent vectorization)")
+        print(*difference_lines(f"{op}.npz", [], [(key, ulps)]))
     within = f", {len(close)} within {PROCESSOR_ULPS} epsilons" if close else ""
     print(f"golden check: {len(selected)} cases, {identical} arrays identical{within} ({elapsed:.1f}s)")
     return 1 if problems else 0
