@@ -14,42 +14,43 @@ the key). Nothing here reads an array value.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import fields
 from typing import Any
 
-#: Signatures remembered (most recently used kept): a model has a few dozen
+#: Signatures remembered (the oldest dropped first): a model has a few dozen
 #: batch-norm layers of a few shapes.
 CAPACITY = 256
 
-_entries: OrderedDict[Hashable, Any] = OrderedDict()
+#: Insertion-ordered: the first key is the oldest.
+_entries: dict[Hashable, Any] = {}
 _lock = threading.Lock()
+_MISSING = object()
 
 
 def remember(key: Hashable | None, compute: Callable[[], Any]) -> Any:
     """``compute()``, or what it returned before for ``key`` (None: never remembered).
 
-    The lock guards only the dictionary (concurrent callers may evict each
-    other's entries); ``compute`` runs outside it, so two threads may both
-    compute a new signature's answer, which is the same answer.
+    A hit is one dictionary read, without the lock (a read of a dict is atomic,
+    with or without the GIL): every small call makes one or two, and the lock
+    and a most-recently-used reordering cost more than the read. The lock
+    guards the writes only; ``compute`` runs outside it, so two threads may
+    both compute a new signature's answer, which is the same answer. Past
+    ``CAPACITY`` the oldest entries go first.
     """
     if key is None:
         return compute()
     try:
-        with _lock:
-            found = _entries[key]
-            _entries.move_to_end(key)
-        return found
-    except KeyError:
-        pass
+        found = _entries.get(key, _MISSING)
     except TypeError:  # an unhashable piece slipped into the key: do not remember
         return compute()
+    if found is not _MISSING:
+        return found
     value = compute()  # raises for bad input: nothing is stored then
     with _lock:
         _entries[key] = value
-        if len(_entries) > CAPACITY:
-            _entries.popitem(last=False)
+        while len(_entries) > CAPACITY:
+            del _entries[next(iter(_entries))]
     return value
 
 

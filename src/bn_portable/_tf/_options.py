@@ -147,19 +147,29 @@ def _arguments_key(weighted: bool, arguments: Mapping[str, Any]) -> Hashable | N
     """The raw arguments as a key: names, values and their types; None if one is not plain."""
     if torch_compiling():  # traced once per compiled graph instead
         return None
-    values = list(arguments.values())
-    for index, name in enumerate(arguments):
-        if name in _MAPPINGS and values[index] is not None:
-            mapping = values[index]
-            if name == "param_initializers" and mapping:
-                return None  # arrays or callables: validated (and copied) every call
-            if not isinstance(mapping, Mapping):
-                return None  # let validation say what is wrong
-            items = tuple(mapping.items())
-            if not all(type(v) in (int, float, bool) or v is None for _, v in items):
-                return None
-            values[index] = items
-    return ("layer_options", weighted, tuple(arguments), tuple(values), tuple(map(type, values)))
+    values = tuple(arguments.values())
+    if any(arguments.get(name) is not None for name in _MAPPINGS):  # mappings: their items
+        converted = list(values)
+        for index, name in enumerate(arguments):
+            if name in _MAPPINGS and values[index] is not None:
+                items = _plain_items(name, values[index])
+                if items is None:
+                    return None
+                converted[index] = items
+        values = tuple(converted)
+    return ("layer_options", weighted, tuple(arguments), values, tuple(map(type, values)))
+
+
+def _plain_items(name: str, mapping: Any) -> tuple[Any, ...] | None:
+    """A mapping option's items as a key, or None where they are not plain numbers."""
+    if name == "param_initializers" and mapping:
+        return None  # arrays or callables: validated (and copied) every call
+    if not isinstance(mapping, Mapping):
+        return None  # let validation say what is wrong
+    items = tuple(mapping.items())
+    if not all(type(v) in (int, float, bool) or v is None for _, v in items):
+        return None
+    return items
 
 
 def _validate(weighted: bool, arguments: Mapping[str, Any]) -> LayerOptions:
