@@ -223,6 +223,8 @@ def save_run(out: Path, payload: dict[str, Any], *, compare: bool) -> None:
     ``compare`` is false), and print every case's ratios."""
     previous = json.loads(out.read_text()) if compare and out.exists() else None
     payload["regressions"] = regressions(previous, payload)
+    # Ratios move with the processor too: the report says when the flags compare two.
+    payload["previous_cpu_model"] = (previous or {}).get("machine", {}).get("cpu_model")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {out}")

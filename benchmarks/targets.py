@@ -133,6 +133,23 @@ def small_rows(paths: Run) -> list[str]:
     return rows
 
 
+def _other_processors(*runs: Run) -> list[str]:
+    """A warning where a run's previous saved run was on another processor."""
+    changed = sorted(
+        {
+            (run.payload["previous_cpu_model"], run.machine.get("cpu_model"))
+            for run in runs
+            if run.payload.get("previous_cpu_model") not in (None, run.machine.get("cpu_model"))
+        }
+    )
+    return [
+        f"The previous saved run was on another processor ({before}; this run: {now}): "
+        "ratios move with the processor as well as with the code, so a flag here compares "
+        "both (`compare_versions.py` compares code alone)."
+        for before, now in changed
+    ] + ([""] if changed else [])
+
+
 def render(models: Run, paths: Run) -> str:
     header = "| target | limit | measured | met | floor in Python |\n| --- | --- | --- | --- | --- |"
     regressions = models.payload.get("regressions", []) + paths.payload.get("regressions", [])
@@ -172,6 +189,7 @@ def render(models: Run, paths: Run) -> str:
         "",
         "## Slower than the previous saved run by more than 25 %",
         "",
+        *_other_processors(models, paths),
         *([f"- {line}" for line in regressions] or ["None."]),
         "",
     ]
