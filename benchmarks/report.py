@@ -152,7 +152,7 @@ def render(payload: dict, json_name: str) -> str:
         " synchronize and `torch.compile(fullgraph=True)` traces every path.",
         "- JAX runs the generic kernels under `jax.jit`; XLA fuses them.",
         "",
-        "`tests/test_fast_paths.py` checks every fast path against the generic"
+        "`tests/test_fast_paths*.py` check every fast path against the generic"
         " kernel and a float64 reference (NCHW/NHWC, rank 4 and 5, float32, float16"
         " and bfloat16, odd channel counts, one value per channel) and PyTorch"
         " autograd through the fast paths against autograd through the generic one.",

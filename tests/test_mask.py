@@ -1,9 +1,10 @@
 """``mask=`` (Keras 3's meaning) on ``batch_norm``, ``batch_norm_vjp``, ``moments``, ``partial_moments``.
 
 Masked-out elements do not count in the statistics, every element is
-normalized with them. Checked against float64 formulas, finite differences,
-autodiff of the same composite, replicas simulated by threads (uneven masks),
-``jax.jit`` (the jax-jit backend) and ``torch.compile(fullgraph=True)``.
+normalized with them. Checked against float64 formulas, finite differences and
+autodiff of the same composite; on replicas in ``test_mask_replicas.py``, under
+``jax.jit`` and ``torch.compile`` in ``test_mask_compile.py``, and the masks
+that are refused in ``test_mask_validation.py``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conformance.backends import Backend
-from conformance.compare import TOLERANCES, error_in_epsilons
 
 import bn_portable as bn
-import scaleout_cases as cases
+from mask_cases import _channel, _close, _data, _masked_truth
 
 RNG = np.random.default_rng(20261205)
 
@@ -25,50 +25,6 @@ LAYOUTS = [
     ("r2", (9, 4), {}),
     ("r4/NHWC", (4, 2, 3, 2), {}),
 ]
-
-
-def _channel(shape, options):
-    return 1 if options.get("data_format") == "NCHW" else len(shape) - 1
-
-
-def _data(shape, options, *, seed=0, keep=0.6, offset=20.0):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * np.linspace(0.5, 3.0, shape[_channel(shape, options)]).reshape(
-        [-1 if a == _channel(shape, options) else 1 for a in range(len(shape))]
-    ) + offset)
-    mask_shape = tuple(n for a, n in enumerate(shape) if a != _channel(shape, options))
-    mask = rng.random(mask_shape) < keep
-    mask.flat[0] = True  # at least one element counts
-    return x, mask
-
-
-def _masked_truth(x, mask, channel):
-    """float64 mean and biased variance over every axis but ``channel``, counting ``mask``."""
-    x = np.asarray(x, np.float64)
-    weights = np.broadcast_to(np.expand_dims(mask.astype(np.float64), channel), x.shape)
-    axes = tuple(a for a in range(x.ndim) if a != channel)
-    total = weights.sum(axes)
-    shape = [-1 if a == channel else 1 for a in range(x.ndim)]
-    mean = np.divide((weights * x).sum(axes), total, out=np.zeros_like(total), where=total > 0)
-    centered = x - mean.reshape(shape)
-    variance = np.divide(
-        (weights * centered**2).sum(axes), total, out=np.zeros_like(total), where=total > 0
-    )
-    return mean, variance
-
-
-def _close(actual, expected, rtol, label=""):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (label, actual.shape, expected.shape)
-    scale = np.maximum(np.abs(expected), 1.0)
-    error = float(np.max(np.abs(actual - expected) / scale)) if expected.size else 0.0
-    assert error <= rtol, f"{label}: {error:.3g} > {rtol}"
-
-
-def _within_contract(actual, expected, label=""):
-    """Compiled against eager: the conformance suite's float32 tolerance, in epsilons."""
-    error = error_in_epsilons(np.asarray(actual), np.asarray(expected), "float32")
-    assert error <= TOLERANCES["float32"], f"{label}: {error:.3g} float32 epsilons"
 
 
 def _train(backend: Backend, x, mask, options, dtype="float32"):
@@ -319,137 +275,6 @@ def test_vjp_matches_autodiff_of_the_composite(backend: Backend, shape, options,
         _close(backend.to_numpy(a), backend.to_numpy(e), tolerance, name)
 
 
-# --- replicas -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("split", cases.SPLITS, ids=lambda s: f"{s[0]}+{s[1]}")
-@pytest.mark.parametrize(
-    "options",
-    [{"scale": True}, {"scale": True, "data_format": "NCHW"}, {"scale": True, "renorm": True}],
-    ids=["NHWC", "NCHW", "renorm"],
-)
-def test_replicas_with_uneven_masks_match_the_whole_batch(backend: Backend, split, options) -> None:
-    if backend.jit:
-        pytest.skip("thread replicas exchange concrete arrays; jit is covered by the JAX device tests")
-    shape = (cases.BATCH, 3, 2, 4) if options.get("data_format") == "NCHW" else (cases.BATCH, 2, 4, 3)
-    x, _ = _data(shape, options, seed=21)
-    mask_shape = tuple(n for a, n in enumerate(shape) if a != _channel(shape, options))
-    # Uneven: the first replica's samples count far less than the second's.
-    keep = np.where(np.arange(cases.BATCH) < split[0], 0.2, 0.8).reshape((-1,) + (1,) * (len(mask_shape) - 1))
-    mask = np.random.default_rng(22).random(mask_shape) < keep
-    dy = np.random.default_rng(23).standard_normal(shape)
-    to = lambda a, d="float32": backend.asarray(a, d)  # noqa: E731
-    init = {"gamma": [1.0, 1.1, 1.2], "beta": [0.0, 0.1, -0.1], "moving_mean": [19.0] * 3}
-    with backend.context():
-        _, state = bn.batch_norm(to(x), is_training=False, param_initializers=init, **options)
-
-    def step(reducer, x, dy, mask):
-        y, new_state, vjp = bn.batch_norm_vjp(x, state, mask=mask, cross_replica_sum=reducer, **options)
-        dx, dgamma, dbeta = vjp(dy)
-        out = {"y": y, "dx": dx, "dgamma": dgamma, "dbeta": dbeta}
-        out.update({f"state/{k}": v for k, v in new_state._asdict().items() if v is not None})
-        return out
-
-    with backend.context():
-        reference = step(None, to(x), to(dy), to(mask, "bool"))
-    arguments = [
-        (to(a), to(b), to(m, "bool"))
-        for a, b, m in zip(cases.shards(x, split), cases.shards(dy, split), cases.shards(mask, split))
-    ]
-    with backend.context():
-        results = cases.ThreadReplicas(2).run(step, arguments)
-    numpy_results = [{k: backend.to_numpy(v) for k, v in r.items()} for r in results]
-    expected = {k: backend.to_numpy(v) for k, v in reference.items()}
-    cases.assert_matches(numpy_results, expected, f"mask {options}")
-    # Per-replica means would differ: the global statistics are the count-weighted ones.
-    mean, _ = _masked_truth(x.astype(np.float32), mask, _channel(shape, options))
-    decay = 0.999
-    _close(numpy_results[0]["state/moving_mean"], 19.0 * decay + mean * (1 - decay), 1e-6, "moving_mean")
-
-
-def test_masked_moments_across_replicas_are_the_global_ones(backend: Backend) -> None:
-    if backend.jit:
-        pytest.skip("thread replicas exchange concrete arrays")
-    x = (RNG.standard_normal((12, 3, 2)) + 40.0).astype(np.float32)
-    mask = np.zeros((12, 3, 1), bool)
-    mask[:2] = True  # replica 0 (4 samples) counts 6 elements per channel
-    mask[4:, 1:] = True  # replica 1 (8 samples) counts 16
-    arguments = [
-        (backend.asarray(x[s], "float32"), backend.asarray(mask[s], "bool")) for s in (slice(0, 4), slice(4, 12))
-    ]
-
-    def call(reducer, x, m):
-        return bn.moments(x, (0, 1), mask=m, cross_replica_sum=reducer)
-
-    with backend.context():
-        results = cases.ThreadReplicas(2).run(call, arguments)
-    mean, variance = _masked_truth(x, mask[..., 0], 2)
-    for rank, (m, v) in enumerate(results):
-        _close(backend.to_numpy(m), mean, 1e-6, f"mean on replica {rank}")
-        _close(backend.to_numpy(v), variance, 1e-4, f"variance on replica {rank}")
-
-
-# --- compilers ----------------------------------------------------------------------------------
-
-
-def test_jax_jit_traces_the_masked_step_and_its_vjp() -> None:
-    jax = pytest.importorskip("jax")
-    import jax.numpy as jnp
-
-    x, mask = _data((6, 4, 3), {}, seed=31, offset=0.5)
-    dy = np.random.default_rng(32).standard_normal(x.shape).astype(np.float32)
-
-    def step(x, mask, dy):
-        y, state, vjp = bn.batch_norm_vjp(x, mask=mask, scale=True)
-        return y, state, vjp(dy)
-
-    args = (jnp.asarray(x, jnp.float32), jnp.asarray(mask), jnp.asarray(dy))
-    eager, jitted = step(*args), jax.jit(step)(*args)
-    leaves = jax.tree_util.tree_leaves(eager)
-    assert len(leaves) == 8  # y; beta, gamma, moving_mean, moving_variance; dx, dgamma, dbeta
-    for a, b in zip(jax.tree_util.tree_leaves(jitted), leaves):
-        _within_contract(np.asarray(a), np.asarray(b))
-
-
-@pytest.mark.home_backend("torch")
-@pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be")
-def test_torch_compile_fullgraph_traces_the_masked_step_and_its_vjp() -> None:
-    torch = pytest.importorskip("torch")
-    torch._dynamo.reset()
-    x, mask = _data((4, 3, 5, 6), {"data_format": "NCHW"}, seed=41, offset=0.5)
-    xs, ms = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(mask)
-    dy = torch.from_numpy(np.random.default_rng(42).standard_normal(x.shape).astype(np.float32))
-    _, state = bn.batch_norm(xs, data_format="NCHW", scale=True, is_training=False)
-
-    def step(x, mask, dy):
-        y, new_state, vjp = bn.batch_norm_vjp(x, state, mask=mask, data_format="NCHW", scale=True)
-        return y, tuple(new_state), vjp(dy)
-
-    def autograd_step(x, mask):
-        return bn.batch_norm(x, state, mask=mask, data_format="NCHW", scale=True)
-
-    try:
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(xs, ms, dy)
-        eager = step(xs, ms, dy)
-        for a, b in zip(_leaves(compiled), _leaves(eager)):
-            if b is None:
-                assert a is None
-                continue
-            _within_contract(a.detach().numpy(), b.detach().numpy())
-        leaf = xs.clone().requires_grad_()
-        y, _ = torch.compile(autograd_step, fullgraph=True, backend="aot_eager")(leaf, ms)
-        (grad,) = torch.autograd.grad(y, [leaf], dy)
-        _within_contract(grad.numpy(), eager[2][0].numpy(), "autograd through the compiled forward")
-    finally:
-        torch._dynamo.reset()
-
-
-def _leaves(value):
-    if isinstance(value, (tuple, list)):
-        return [leaf for item in value for leaf in _leaves(item)]
-    return [value]
-
-
 # --- the torch module ---------------------------------------------------------------------------
 
 
@@ -468,77 +293,3 @@ def test_torch_module_forward_takes_a_mask() -> None:
     assert xs.grad is not None and module.gamma.grad is not None
     with pytest.raises(TypeError, match="mask is not a BatchNorm option"):
         BatchNorm(3, mask=ms)
-
-
-# --- bad input ----------------------------------------------------------------------------------
-
-
-def test_bad_masks_are_refused_with_the_expectation() -> None:
-    x = np.ones((4, 5, 3), np.float32)
-    good = np.ones((4, 5), bool)
-    with pytest.raises(ValueError, match=r"mask must have shape \(4, 5\) \(x's shape without its channel axis 2"):
-        bn.batch_norm(x, mask=np.ones((4, 5, 1), bool))
-    with pytest.raises(ValueError, match=r"mask must have shape \(4, 3\) .*axis 1 \(NCHW"):
-        bn.batch_norm(x, mask=good, data_format="NCHW")
-    with pytest.raises(TypeError, match="mask must have a real floating, integer or bool dtype"):
-        bn.batch_norm(x, mask=good.astype(np.complex64))
-    with pytest.raises(TypeError, match="mask must be an array"):
-        bn.batch_norm(x, mask=[[True] * 5] * 4)
-    torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="mask is a torch array but x is a numpy array"):
-        bn.batch_norm_vjp(x, mask=torch.from_numpy(good))
-
-
-@pytest.mark.parametrize(
-    ("shape", "options", "message"),
-    [
-        ((4, 5, 3), {"batch_weights": np.ones(4, np.float32)}, "mask and batch_weights cannot be combined"),
-        ((4, 5, 3), {"zero_debias_moving_mean": True}, "mask cannot be combined with zero_debias_moving_mean"),
-        ((4, 2, 5, 3), {"fused": True}, "mask cannot be used where TensorFlow's fused kernel runs"),
-        ((4, 2, 5, 3), {"fused": True, "is_training": False}, "fused kernel runs"),
-        ((6, 3), {"fused": True}, "fused kernel runs"),  # tf-slim's rank-2 fused path
-    ],
-    ids=["batch_weights", "zero-debias", "keras-fused", "keras-fused-inference", "slim-fused"],
-)
-def test_masks_are_refused_where_no_framework_has_them(shape, options, message) -> None:
-    x = np.ones(shape, np.float32)
-    mask = np.ones(shape[:-1], bool)
-    for function in (bn.batch_norm, bn.batch_norm_vjp):
-        with pytest.raises(ValueError, match=message):
-            function(x, mask=mask, **options)
-
-
-def test_fused_true_where_the_kernel_does_not_run_takes_the_mask() -> None:
-    """At rank 3 TensorFlow's layer has no fused kernel: the composite path runs, masked."""
-    x, mask = _data((5, 4, 3), {}, seed=61)
-    _, fused = bn.batch_norm(x.astype(np.float32), mask=mask, fused=True)
-    _, plain = bn.batch_norm(x.astype(np.float32), mask=mask)
-    np.testing.assert_array_equal(fused.moving_mean, plain.moving_mean)
-    np.testing.assert_array_equal(fused.moving_variance, plain.moving_variance)
-
-
-def test_moments_and_partial_moments_refuse_bad_masks() -> None:
-    x = np.ones((4, 5, 3), np.float32)
-    with pytest.raises(ValueError, match=r"mask must broadcast to shape \(4, 5, 3\); got shape \(4, 5\)"):
-        bn.moments(x, (0, 1), mask=np.ones((4, 5), bool))
-    with pytest.raises(TypeError, match="mask must have a real floating, integer or bool dtype"):
-        bn.moments(x, (0, 1), mask=np.ones((4, 5, 1), np.complex128))
-    with pytest.raises(ValueError, match=r"mask must broadcast to shape \(4, 5, 3\)"):
-        bn.partial_moments(x, (0, 1), mask=np.ones((2, 5, 1), bool))
-    with pytest.raises(ValueError, match="frequency_weights and mask cannot both be given"):
-        bn.partial_moments(x, 0, mask=np.ones((4, 1, 1), bool), frequency_weights=np.ones((4, 1, 1)))
-
-
-def test_a_refused_module_call_changes_nothing() -> None:
-    torch = pytest.importorskip("torch")
-    from bn_portable.torch import BatchNorm
-
-    module = BatchNorm(3, data_format="NHWC")
-    before = {name: tensor.clone() for name, tensor in module.state_dict().items()}
-    x = torch.randn(4, 5, 3)
-    with pytest.raises(ValueError, match="mask must have shape"):
-        module(x, mask=torch.ones(4, 5, 3, dtype=torch.bool))
-    after = module.state_dict()
-    assert before.keys() == after.keys()
-    for name, tensor in before.items():
-        assert torch.equal(tensor, after[name]), name

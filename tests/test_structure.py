@@ -1,5 +1,6 @@
-"""The package's structure: small modules, imports at the top, one options source, fast paths
-that take their generic kernel's parameters, and a public API that does not move."""
+"""The repository's structure: small modules everywhere; in the package, imports at the top,
+one options source, fast paths that take their generic kernel's parameters, and a public API
+that does not move."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from bn_portable._native import Kernel
 from bn_portable._tf import _options, _variables
 
 PACKAGE = Path(bn.__file__).parent
+ROOT = Path(__file__).resolve().parents[1]
+#: Where the repository keeps Python: the package, its tests, conformance suite,
+#: benchmarks, tools and docs hooks (virtual environments and build output excluded).
+REPOSITORY_FOLDERS = ("src", "tests", "conformance", "benchmarks", "tools", "docs")
 
 #: Libraries a function may import where it needs them: optional extras, and the
 #: fast-path modules that import them.
@@ -27,7 +32,21 @@ def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def _repository_modules() -> list[Path]:
+    """Every Python file of the repository: the package's and everything around it."""
+    found = [ROOT / "noxfile.py"]
+    for folder in REPOSITORY_FOLDERS:
+        found += sorted(path for path in (ROOT / folder).rglob("*.py") if not _generated(path))
+    return [path for path in found if path.exists()]
+
+
+def _generated(path: Path) -> bool:
+    """Hidden folders (virtual environments among them), build output and the built docs."""
+    parts = path.relative_to(ROOT).parts
+    return any(part.startswith(".") or part in ("build", "site", "__pycache__") for part in parts)
+
+
+@pytest.mark.parametrize("path", _repository_modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_is_over_400_lines(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= 400, f"{path.name} has {lines} lines"

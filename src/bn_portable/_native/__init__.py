@@ -76,7 +76,7 @@ def overridable(kernel: Kernel) -> Callable[[F], F]:
     """Let a library's fast path for ``kernel`` replace the decorated generic kernel.
 
     The generic kernel takes ``xp`` as a keyword; the fast path takes the same
-    parameters (``tests/test_fast_paths.py`` checks every one) and returns
+    parameters (``tests/test_structure.py`` checks every one) and returns
     ``NotImplemented`` for inputs it does not serve. ``.generic`` is the
     undecorated kernel.
     """

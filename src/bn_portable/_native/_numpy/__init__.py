@@ -6,7 +6,7 @@ memory again. Here each kernel walks the input in blocks that fit in cache,
 does every elementwise step of a block while it is there and writes straight
 into the one output array. Nothing else as large as the input is allocated:
 the peak extra memory is the output plus a few block-sized buffers (at most
-about a fifth of the input; ``tests/test_fast_paths.py`` checks ≤ 1.25× the
+about a fifth of the input; ``tests/test_fast_paths_numpy_memory.py`` checks ≤ 1.25× the
 input in all). A small input in wide rows (``_plan.WHOLE_PASS_INPUT``) takes
 its elementwise passes whole instead, straight into the output (``moments``'
 centred squares, which have no output, into one temporary of the input's
