@@ -16,6 +16,10 @@ would repeat the same compilations.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conformance.compare import TOLERANCES, error_in_epsilons
@@ -139,11 +143,18 @@ def test_compiled_batch_norm_vjp_equals_eager(shape, options):
 
 @pytest.mark.parametrize("is_training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize(
-    ("shape", "data_format"), [((4, 3, 5, 6), "NCHW"), ((4, 5, 6, 3), "NHWC"), ((2, 3, 4, 5, 3), "NDHWC")]
+    ("shape", "data_format", "memory"),
+    [
+        ((4, 3, 5, 6), "NCHW", torch.contiguous_format),
+        ((4, 3, 5, 6), "NCHW", torch.channels_last),  # a channels-last model's tensors
+        ((4, 5, 6, 3), "NHWC", torch.contiguous_format),
+        ((2, 3, 4, 5, 3), "NDHWC", torch.contiguous_format),
+    ],
+    ids=["NCHW", "NCHW-channels-last", "NHWC", "NDHWC"],
 )
-def test_compiled_fused_batch_norm_equals_eager(shape, data_format, is_training):
+def test_compiled_fused_batch_norm_equals_eager(shape, data_format, memory, is_training):
     channels = shape[1] if data_format.startswith("NC") else shape[-1]
-    x = _x(shape)
+    x = _x(shape).contiguous(memory_format=memory)
     scale, offset, mean = (_x((channels,)) for _ in range(3))
     variance = torch.from_numpy(RNG.uniform(0.5, 2.0, channels).astype(np.float32))
 
@@ -282,3 +293,29 @@ def test_fast_path_switch_is_read_when_compiling():
         assert calls  # traced again with them on
     finally:
         _torch.KERNELS[Kernel.FUSED_TRAINING] = original
+
+
+_FIRST_CALL_SCRIPT = """
+import sys
+import torch
+import bn_portable as bn
+assert "array_api_compat.torch" not in sys.modules  # what the first call imports
+x = torch.randn(4, 3, 5, 6)
+scale, offset, mean, variance = torch.randn(3), torch.randn(3), torch.randn(3), torch.rand(3) + 0.5
+step = torch.compile(
+    lambda x: bn.fused_batch_norm(x, scale, offset, mean, variance, data_format="NCHW", is_training=False)[0],
+    fullgraph=True, backend="aot_eager",
+)
+print("compiled:", tuple(step(x).shape))
+"""
+
+
+def test_a_compiled_function_may_make_the_first_call_of_a_process():
+    """The first call imports array-api-compat's PyTorch namespace; traced, it must not break
+    the graph (a fresh interpreter: in this one, earlier tests imported it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    completed = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL_SCRIPT], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "compiled: (4, 3, 5, 6)" in completed.stdout

@@ -99,8 +99,23 @@ def _direct_namespace(array: Any) -> Any:
         return sys.modules.get(_COMPAT_PACKAGE + ".numpy")
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(array, torch.Tensor):
-        return sys.modules.get(_COMPAT_PACKAGE + ".torch")
+        return _torch_wrapper()
     return None
+
+
+def _torch_wrapper() -> ModuleType:
+    """array-api-compat's PyTorch namespace, imported by the first call.
+
+    An import statement, which the compiler traces even where a compiled function
+    makes the first call of the process (a ``sys.modules`` lookup that finds nothing
+    and an import that then adds the module fail the compiler's own guard); a
+    vendored copy's array-api-compat has no fixed name, so it is imported by name.
+    """
+    if _PARENT:
+        return importlib.import_module(_COMPAT_PACKAGE + ".torch")
+    import array_api_compat.torch
+
+    return array_api_compat.torch
 
 
 def device(x: Any) -> Any:
