@@ -5,8 +5,9 @@ operations, in the array's own library (PyTorch or NumPy): the statistics in two
 passes (per-channel sums over a channel-grouped view, then the deviations from the
 mean squared in place and summed), the two moving averages as TensorFlow rounds
 them (``v − (v − value)·(1 − decay)``, three small operations each), and y by the
-fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (three passes: no fold of μ into
-the offset) or the non-fused ``x·inv + (β − μ·inv)`` (two passes: no fused
+fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (no fold of μ into the offset:
+three passes, or two on PyTorch where the channels are innermost in memory, the
+scale and shift one fused multiply-add, which is quicker there only) or the non-fused ``x·inv + (β − μ·inv)`` (two passes: no fused
 multiply-add, which would lose TensorFlow's exact cancellation where x = μ). Half
 input is summed in float32 and normalized in float32 (type promotion against the
 float32 statistics), y rounded once to x's dtype.
@@ -55,7 +56,10 @@ def moving_average(moving: Any, value: Any, weight: float) -> Any:
 def fused(x: Any, mean: Any, variance: Any, gamma: Any, beta: Any, epsilon: float) -> Any:
     """``(x − μ)·(rsqrt(σ² + ε)·γ) + β``, the statistics broadcast along x's channel axis."""
     y = x - mean
-    y *= _rsqrt(variance + epsilon) * gamma
+    factor = _rsqrt(variance + epsilon) * gamma
+    if isinstance(y, torch.Tensor) and y.stride(_channel_of(factor, y)) == 1:
+        return _rounded(torch.addcmul(beta, y, factor, out=y), x.dtype)
+    y *= factor
     y += beta
     return _rounded(y, x.dtype)
 
@@ -95,6 +99,12 @@ def _channel_sums(view: Any, dims: tuple[int, ...]) -> Any:
         slabs = view[:whole].reshape(-1, NUMPY_PARTIAL, view.shape[1])
         partials = np.concatenate([slabs.sum(axis=1, dtype=np.float32), view[whole:]])
     return partials.sum(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _channel_of(vector: Any, x: Any) -> int:
+    """The axis a ``[C]`` vector broadcast against x runs along (the last one for C = 1)."""
+    sizes = (1,) * (x.ndim - vector.ndim) + tuple(vector.shape)
+    return max((axis for axis, n in enumerate(sizes) if n != 1), default=x.ndim - 1)
 
 
 def _rsqrt(value: Any) -> Any:

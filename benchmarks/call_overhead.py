@@ -13,9 +13,9 @@ validation, planning, dispatch and the small constants around the kernel cost.
 ``floor`` is the path's formula in the fewest operations of the array's library
 with nothing around them (no checks, no dispatch, no state; ``_floors``): the
 statistics in two accurately summed passes, ``rsqrt(σ² + ε)``, its product with
-γ and the three steps of y. TensorFlow rounds each step on its own, so each is
-one call (a fused multiply-add would round once where TensorFlow rounds twice):
-``floor / native`` is about the best a wrapper of the library's operations that
+γ and y centred first (no fold of μ into the offset), then scaled and shifted (one
+fused multiply-add where PyTorch's channels are innermost in memory, a multiply
+and an add elsewhere): ``floor / native`` is about the best a wrapper of the library's operations that
 keeps the accuracy contract can reach. ``floor + checks`` adds what every checked
 call reads before its arithmetic, the cheapest form the checks can take: the
 layer call's arrays' metadata (x's and the state's type, shape, dtype, device and

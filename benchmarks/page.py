@@ -124,7 +124,8 @@ def advice(models: Run, paths: Run) -> list[str]:
         f" {r(i_nchw, 'fused')} and non-fused {r(i_nchw, 'non-fused')} in NCHW ({r(i_nhwc, 'fused')} and"
         f" {r(i_nhwc, 'non-fused')} in NHWC). PyTorch's inference kernel folds the mean into the"
         " offset (`x·α + (β − μ·α)`, one pass over x), which the accuracy contract rules out where"
-        " |μ| ≫ σ: TensorFlow's fused formula centres first (three passes in PyTorch operations),"
+        " |μ| ≫ σ: TensorFlow's fused formula centres first (three passes in PyTorch operations in"
+        " NCHW, two in NHWC, where the scale and shift are one fused multiply-add),"
         " and its non-fused one keeps two rounded terms (two passes, no fused multiply-add: PyTorch's"
         " one-pass kernel rounds `x·α + β` once and so loses TensorFlow's exact cancellation where x"
         " equals the mean, a batch of one value per channel).",

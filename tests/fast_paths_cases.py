@@ -8,7 +8,10 @@ Tolerances, and why:
 
 - Elementwise steps the fast path performs with the same operations on the same
   operands (NumPy ``fused_inference`` and ``normalize``, PyTorch ``normalize``)
-  must be **bit-identical**.
+  must be **bit-identical**. PyTorch's fused formula scales and shifts the
+  centred values with one fused multiply-add where the channels are innermost
+  in memory: there y must be that operation's single rounding, exactly
+  (``torch_fused_formula``), elsewhere the generic kernel's bits.
 - Statistics differ only in the order of the additions. Both sides are within
   about two ulps of the exactly rounded sums for the sizes used here (at most a
   few thousand values per channel), so the mean may differ by ``SUM_ULPS``
@@ -218,3 +221,22 @@ def _small_torch_blocks(monkeypatch, torch_fast, block_elements):
 
     if block_elements:
         monkeypatch.setattr(_torch_blocks, "BLOCK_ELEMENTS", block_elements)
+
+
+def torch_fused_formula(x, mean, variance, scale, offset, channel):
+    """What PyTorch's fast fused y must be, bit for bit, from the given ``[C]`` statistics:
+    ``c = x − μ`` and ``f = rsqrt(σ² + ε)·γ`` rounded to float32 as the generic kernel
+    rounds them, then ``c·f + β`` rounded once (a fused multiply-add: the product of two
+    float32 values is exact in float64) where the channels are x's innermost axis in
+    memory, twice (the generic kernel's multiply and add) elsewhere; then x's dtype."""
+    import torch
+
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    centred = x.detach().to(torch.float32) - mean.view(shape)
+    factor = (torch.reciprocal(torch.sqrt(variance + EPSILON)) * scale).view(shape)
+    if x.stride(channel) == 1:
+        y = (centred.double() * factor.double() + offset.view(shape).double()).to(torch.float32)
+    else:
+        y = centred * factor + offset.view(shape)
+    return y.to(x.dtype)

@@ -24,6 +24,7 @@ from fast_paths_cases import (
     _to_torch,
     _torch_xp,
     _ulps_of_scale,
+    torch_fused_formula,
 )
 
 # The fixtures of fast_paths_cases this module uses (pytest finds them by these names).
@@ -76,8 +77,12 @@ def test_torch_fused_inference_matches_generic(torch_fast, monkeypatch, shape, c
     assert fast is not NotImplemented
     generic = _normalize.fused_inference.generic(xt, *args, EPSILON, channel, xp=xp)
     assert fast.dtype == generic.dtype and fast.shape == generic.shape
-    # the generic kernel's operations in its order: bit for bit
-    np.testing.assert_array_equal(_np(fast), _np(generic))
+    scale_t, offset_t, mean_t, variance_t = args
+    np.testing.assert_array_equal(
+        _np(fast), _np(torch_fused_formula(xt, mean_t, variance_t, scale_t, offset_t, channel))
+    )
+    if xt.stride(channel) != 1:  # the generic kernel's operations in its order: bit for bit
+        np.testing.assert_array_equal(_np(fast), _np(generic))
 
 
 def test_torch_large_channels_last_batch_keeps_accurate_statistics(torch_fast):
@@ -116,9 +121,8 @@ def test_torch_large_mean_keeps_tensorflow_formula(torch_fast, shape, channel):
     # (tf-slim's testNoneUpdatesCollectionIsTrainingVariableFusedNCHW relies on it)
     inferred = torch_fast.fused_inference(*args, mean, variance, EPSILON, channel, xp=xp)
     np.testing.assert_array_equal(_np(inferred), _np(y))
-    # ... which is TensorFlow's formula with those statistics, bit for bit
-    formula = _normalize.fused_inference.generic(*args, mean, variance, EPSILON, channel, xp=xp)
-    np.testing.assert_array_equal(_np(y), _np(formula))
+    # ... which is TensorFlow's formula with those statistics (centred first), bit for bit
+    np.testing.assert_array_equal(_np(y), _np(torch_fused_formula(args[0], mean, variance, *args[1:], channel)))
 
 
 def test_torch_inference_reads_statistics_rewritten_behind_the_version_counter(torch_fast):
@@ -317,7 +321,7 @@ def test_torch_local_moments_blocked_and_widened(torch_fast, monkeypatch, layout
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC", "NCHW-channels-last", "rows"])
 def test_torch_fused_training_y_from_the_centred_values(torch_fast, layout, requires_grad):
     """float32 on CPU, taken whole: y is scaled and shifted from the statistics' centred
-    values. The same bits as TensorFlow's three operations from the returned statistics, in
+    values. The same bits as TensorFlow's formula from the returned statistics, in
     x's shape and memory layout; x untouched; the gradient still PyTorch's batch-norm one."""
     torch = pytest.importorskip("torch")
     xp = _torch_xp()
@@ -329,10 +333,7 @@ def test_torch_fused_training_y_from_the_centred_values(torch_fast, layout, requ
     x.requires_grad_(requires_grad)
     scale, offset = torch.rand(shape[channel]) + 0.5, torch.randn(shape[channel])
     y, mean, variance, _ = torch_fast.fused_training_core(x, scale, offset, EPSILON, channel, xp=xp)
-    view = [1] * x.ndim
-    view[channel] = -1
-    factor = (torch.reciprocal(torch.sqrt(variance + EPSILON)) * scale).view(view)
-    expected = torch.sub(x.detach(), mean.view(view)).mul_(factor).add_(offset.view(view))
+    expected = torch_fused_formula(x, mean, variance, scale, offset, channel)
     assert torch.equal(y.detach(), expected)
     assert y.stride() == expected.stride() == x.stride()
     assert torch.equal(x.detach(), before)

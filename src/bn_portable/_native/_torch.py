@@ -26,16 +26,22 @@ kernels and one blocked pass for y. How TensorFlow's semantics are kept:
   (whole-tensor float32 temporaries, fresh memory on every call, made half
   input 2–3× slower).
 - **y.** TensorFlow computes ``y = (x − μ)·(rsqrt(σ² + ε)·γ) + β``, and so
-  does the fast path, with the same operations in the same order as the
-  generic kernel (bit-identical to it for float32 input given the same
-  statistics). PyTorch's own CPU kernel folds this into ``x·α + (β − μ·α)``,
-  which loses about ``|μ|/sqrt(σ² + ε)`` float32 ulps of ``|γ|`` (without bound
-  when the mean is large against the spread); deciding per call whether the
-  fold is safe would read the statistics on the host (a device-to-host
-  synchronization on CUDA) or compute y twice. Instead the exact formula runs
-  as one subtraction into the output and an in-place multiply and add (on CPU
-  as fast as the native kernel at 32×64×56×56); in training, where float32 x
-  on CPU is taken whole, the subtraction is the statistics' own second pass.
+  does the fast path: one subtraction into the output, then the scale and
+  shift in place (``_scale_and_shift``). PyTorch's own CPU kernel folds this
+  into ``x·α + (β − μ·α)``, which loses about ``|μ|/sqrt(σ² + ε)`` float32 ulps
+  of ``|γ|`` (without bound when the mean is large against the spread);
+  deciding per call whether the fold is safe would read the statistics on the
+  host (a device-to-host synchronization on CUDA) or compute y twice. The
+  scale and shift are one fused multiply-add (``torch.addcmul``, one rounding
+  where TensorFlow rounds twice: never further from the exact value of the
+  formula, and ``x = μ`` still gives β exactly) where the channels are x's
+  innermost axis in memory (NHWC, channels-last NCHW, an MLP's ``[N, C]``);
+  there it saves a pass. On contiguous NCHW, where the per-channel operands
+  do not vary along the innermost axis, PyTorch's three-operand kernel does
+  not vectorize and took 1.5–2.5× as long as a multiply and an add in place
+  (2 cores), so those stay two operations, rounded as the generic kernel
+  rounds. In training, where float32 x on CPU is taken whole, the subtraction
+  is the statistics' own second pass.
 - **Gradients.** y is differentiable with respect to x, scale and offset
   through the full batch-norm backward: a small autograd node calls PyTorch's
   ``native_batch_norm_backward`` with the saved mean and ``1/sqrt(var + ε)``,
@@ -167,34 +173,42 @@ def _affine(
 ) -> Any:
     """TensorFlow's ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` in float32, rounded once to x's dtype.
 
-    The same operations in the same order as the generic ``fused_affine``,
-    so accurate for every statistic (no folding of μ into the offset).
-    ``centred``, where given, is ``x − μ`` of float32 x already (from the
-    statistics' second pass): it is scaled and shifted in place and becomes y.
+    Centred first, as the generic ``fused_affine``, so accurate for every
+    statistic (no folding of μ into the offset); then scaled and shifted
+    (``_scale_and_shift``). ``centred``, where given, is ``x − μ`` of float32 x
+    already (from the statistics' second pass): it is scaled and shifted in
+    place and becomes y.
     """
     mean_b = _per_channel(mean, x, channel)
     factor_b = _per_channel(inverse_std * scale, x, channel)
     offset_b = _per_channel(offset, x, channel)
-    recorded = needs_autograd([x, mean, inverse_std, scale, offset])
-    if centred is not None and not recorded:
-        return centred.mul_(factor_b).add_(offset_b)
-    if recorded or (
-        x.dtype != torch.float32 and not blocked_on_cpu(x)
-    ):
+    if needs_autograd([x, mean, inverse_std, scale, offset]):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)
-    if x.dtype != torch.float32:
+    if centred is not None:
+        return _scale_and_shift(centred, factor_b, offset_b, channel)
+    if x.dtype != torch.float32 and blocked_on_cpu(x):
         # Half input on CPU: each block widened, normalized in float32 and rounded
         # into the output while it is in cache. Whole-tensor float32 temporaries
         # (twice the input's bytes, fresh memory every call) made this 7-10x slower.
         y = torch.empty_like(x)
         for rows in outer_blocks(x):
-            y[rows].copy_(x[rows].to(torch.float32).sub_(mean_b).mul_(factor_b).add_(offset_b))
+            y[rows].copy_(_scale_and_shift(x[rows].to(torch.float32).sub_(mean_b), factor_b, offset_b, channel))
         return y
-    # Centred into a new tensor, then scaled and shifted in place: as fast as the
-    # native kernel on CPU (writing blocks through ``out=`` slices was 20× slower).
-    # When compiling, the compiler fuses the three into one pass.
-    return torch.sub(x, mean_b).mul_(factor_b).add_(offset_b)
+    # Centred into a new tensor (half x is widened exactly: type promotion to the
+    # mean's float32), then scaled and shifted in place (writing blocks through
+    # ``out=`` slices was 20× slower on CPU) and rounded once to x's dtype.
+    y = _scale_and_shift(torch.sub(x, mean_b), factor_b, offset_b, channel)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _scale_and_shift(centred: Tensor, factor_b: Tensor, offset_b: Tensor, channel: int) -> Tensor:
+    """``centred·factor + offset`` in place: one fused multiply-add where the channels are
+    centred's innermost axis in memory, else a multiply and an add (see the module doc).
+    The compiler takes no ``out=`` of another memory layout, and fuses the two anyway."""
+    if centred.stride(channel) == 1 and not torch.compiler.is_compiling():
+        return torch.addcmul(offset_b, centred, factor_b, out=centred)
+    return centred.mul_(factor_b).add_(offset_b)
 
 
 class _NormalizeWithBatchStatistics(torch.autograd.Function):
