@@ -10,12 +10,13 @@ import inspect
 import pkgutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bn_portable as bn
 from bn_portable import _grad, _layer, _recalibrate
 from bn_portable._native import Kernel
-from bn_portable._tf import _options, _variables
+from bn_portable._tf import _options, _plan, _variables
 
 PACKAGE = Path(bn.__file__).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: benchmarks, tools and docs hooks (virtual environments and build output excluded).
 REPOSITORY_FOLDERS = ("src", "tests", "conformance", "benchmarks", "tools", "docs")
 
-#: Libraries a function may import where it needs them: optional extras, and the
-#: fast-path modules that import them.
-OPTIONAL = ("torch", "jax", "dask", "numpy", "tqdm", "h5py", "_torch", "_numpy")
+#: Libraries a function may import where it needs them: optional extras, the
+#: fast-path modules that import them, and array-api-compat's wrapper of PyTorch
+#: (which imports PyTorch).
+OPTIONAL = ("torch", "jax", "dask", "numpy", "tqdm", "h5py", "_torch", "_numpy", "array_api_compat.torch")
 
 
 def _modules() -> list[Path]:
@@ -66,7 +68,7 @@ def test_functions_import_only_optional_libraries(path: Path) -> None:
                 names = [node.module] if node.module else [alias.name for alias in node.names]
             else:
                 continue
-            roots = {name.split(".")[0] for name in names}
+            roots = {name if name in OPTIONAL else name.split(".")[0] for name in names}
             assert roots <= set(OPTIONAL), (
                 f"{path.name}:{node.lineno} imports {sorted(roots)} inside {function.name}"
             )
@@ -90,10 +92,32 @@ def test_layer_signatures_spell_out_the_one_options_list(function) -> None:
     assert list(_options.DEFAULTS) == [f.name for f in _options.LayerOptions.__dataclass_fields__.values()]
 
 
+@pytest.mark.parametrize(
+    ("function", "module"), [(bn.batch_norm, _layer), (bn.batch_norm_vjp, _grad)], ids=["batch_norm", "batch_norm_vjp"]
+)
+def test_layer_functions_hand_on_every_option_in_the_one_lists_order(function, module, monkeypatch) -> None:
+    """They pass their options on by position (one tuple, no dictionary per call): each must
+    land where ``DEFAULTS`` puts it."""
+    sentinels = {name: object() for name in _options.DEFAULTS}
+    received = []
+
+    class Received(Exception):
+        pass
+
+    def receive(x, state, batch_weights, mask, option_values):
+        received.append(option_values)
+        raise Received
+
+    monkeypatch.setattr(module, "prepare_call", receive)
+    with pytest.raises(Received):
+        function(np.zeros((2, 2), np.float32), **sentinels)
+    assert received == [tuple(sentinels.values())]
+
+
 def test_every_caller_takes_the_options_from_the_one_list() -> None:
     assert set(_recalibrate._OPTIONS) | {"cross_replica_sum"} == set(_options.DEFAULTS)
     assert set(_variables.PORTABLE_OPTIONS) | {"is_training"} == set(_options.DEFAULTS)
-    assert _layer.layer_options is _grad.layer_options is _options.layer_options
+    assert _layer.prepare_call is _grad.prepare_call is _plan.prepare_call
 
 
 def _generic_kernels() -> dict[Kernel, object]:
