@@ -15,8 +15,7 @@ from ._lib._compat import array_namespace, device
 from ._lib._dtypes import dtype_name
 from ._lib._typing import VJP, ArrayT, CrossReplicaSum
 from ._tf._gradients import layer_backward
-from ._tf._options import layer_options
-from ._tf._plan import FUSED_INPUT_DTYPES, prepare
+from ._tf._plan import FUSED_INPUT_DTYPES, prepare_call
 from ._tf._state import BatchNormState
 from ._tf._steps import layer_step
 
@@ -162,21 +161,17 @@ def batch_norm_vjp(
     [[0. 0.]
      [0. 0.]] [0. 0.] [2. 2.]
     """
-    options = layer_options(
-        weighted=batch_weights is not None,
-        decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,
-        param_initializers=param_initializers, is_training=is_training, fused=fused,
-        data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
-        renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite, execution=execution,
-    )
+    options, xp, plan, state = prepare_call(x, state, batch_weights, mask, (
+        decay, center, scale, epsilon, activation_fn, param_initializers, is_training, fused,
+        data_format, zero_debias_moving_mean, renorm, renorm_clipping, renorm_decay,
+        cross_replica_sum, skip_nonfinite, execution,
+    ))
     if options.activation_fn is not None:
         raise ValueError(
             "activation_fn must be None for batch_norm_vjp: the gradient of an arbitrary "
             "callable is the caller's; call batch_norm_vjp without it, apply the activation "
             "to y and chain its gradient before calling vjp"
         )
-    xp, plan, state = prepare(x, state, batch_weights, options, mask)
     y, new_state, used = layer_step(x, state, batch_weights, options, plan, xp, mask)
 
     def vjp(dy: ArrayT) -> tuple[ArrayT, ArrayT | None, ArrayT | None]:

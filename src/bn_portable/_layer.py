@@ -11,8 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._lib._typing import ArrayT, CrossReplicaSum
-from ._tf._options import layer_options
-from ._tf._plan import prepare
+from ._tf._plan import prepare_call
 from ._tf._state import BatchNormState
 from ._tf._steps import layer_step
 
@@ -100,15 +99,11 @@ def batch_norm(
     [[0.7996003 2.4230187]
      [2.7986012 8.480565 ]]
     """
-    options = layer_options(
-        weighted=batch_weights is not None,
-        decay=decay, center=center, scale=scale, epsilon=epsilon, activation_fn=activation_fn,
-        param_initializers=param_initializers, is_training=is_training, fused=fused,
-        data_format=data_format, zero_debias_moving_mean=zero_debias_moving_mean,
-        renorm=renorm, renorm_clipping=renorm_clipping, renorm_decay=renorm_decay,
-        cross_replica_sum=cross_replica_sum, skip_nonfinite=skip_nonfinite, execution=execution,
-    )
-    xp, plan, state = prepare(x, state, batch_weights, options, mask)
+    options, xp, plan, state = prepare_call(x, state, batch_weights, mask, (
+        decay, center, scale, epsilon, activation_fn, param_initializers, is_training, fused,
+        data_format, zero_debias_moving_mean, renorm, renorm_clipping, renorm_decay,
+        cross_replica_sum, skip_nonfinite, execution,
+    ))
     y, new_state, _ = layer_step(x, state, batch_weights, options, plan, xp, mask)
     if options.activation_fn is not None:
         y = options.activation_fn(y)

@@ -32,7 +32,7 @@ def remember(key: Hashable | None, compute: Callable[[], Any]) -> Any:
     """``compute()``, or what it returned before for ``key`` (None: never remembered).
 
     A hit is one dictionary read, without the lock (a read of a dict is atomic,
-    with or without the GIL): every small call makes one or two, and the lock
+    with or without the GIL): every small call makes one, and the lock
     and a most-recently-used reordering cost more than the read. The lock
     guards the writes only; ``compute`` runs outside it, so two threads may
     both compute a new signature's answer, which is the same answer. Past

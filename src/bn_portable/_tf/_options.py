@@ -54,7 +54,9 @@ EXECUTIONS = ("graph", "xla", "eager")
 RENORM_CLIPPING_KEYS = ("rmin", "rmax", "dmax")
 
 _BOOLEANS = ("center", "scale", "is_training", "fused", "zero_debias_moving_mean", "renorm", "skip_nonfinite")
-_MAPPINGS = ("param_initializers", "renorm_clipping")
+_NAMES = tuple(DEFAULTS)
+#: Where the two mapping options sit in ``DEFAULTS``' order.
+_PARAM_INITIALIZERS, _RENORM_CLIPPING = _NAMES.index("param_initializers"), _NAMES.index("renorm_clipping")
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,10 @@ def layer_options(*, weighted: bool, **arguments: Any) -> LayerOptions:
     a small call. Arguments that are not hashable plain values (initializer
     mappings, a clipping dictionary of arrays) are checked every time.
     """
-    if len(arguments) != len(DEFAULTS):
+    if len(arguments) != len(DEFAULTS) or tuple(arguments) != _NAMES:
         arguments = _complete(arguments)
     return _call_cache.remember(  # type: ignore[no-any-return]
-        _arguments_key(weighted, arguments), lambda: _validate(weighted, arguments)
+        options_key(weighted, tuple(arguments.values())), lambda: _validate(weighted, arguments)
     )
 
 
@@ -143,21 +145,21 @@ def _complete(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return {name: arguments.get(name, default) for name, default in DEFAULTS.items()}
 
 
-def _arguments_key(weighted: bool, arguments: Mapping[str, Any]) -> Hashable | None:
-    """The raw arguments as a key: names, values and their types; None if one is not plain."""
-    if torch_compiling():  # traced once per compiled graph instead
+def options_key(weighted: bool, values: tuple[Any, ...]) -> Hashable | None:
+    """Every option's raw value (``DEFAULTS``' order) with its type, as a key; None if one
+    is not plain (or while the compiler traces: checked once per compiled graph instead)."""
+    if torch_compiling():
         return None
-    values = tuple(arguments.values())
-    if any(arguments.get(name) is not None for name in _MAPPINGS):  # mappings: their items
-        converted = list(values)
-        for index, name in enumerate(arguments):
-            if name in _MAPPINGS and values[index] is not None:
-                items = _plain_items(name, values[index])
+    if values[_PARAM_INITIALIZERS] is not None or values[_RENORM_CLIPPING] is not None:
+        converted = list(values)  # mappings: their items
+        for index in (_PARAM_INITIALIZERS, _RENORM_CLIPPING):
+            if values[index] is not None:
+                items = _plain_items(_NAMES[index], values[index])
                 if items is None:
                     return None
                 converted[index] = items
         values = tuple(converted)
-    return ("layer_options", weighted, tuple(arguments), values, tuple(map(type, values)))
+    return ("layer_options", weighted, values, tuple(map(type, values)))
 
 
 def _plain_items(name: str, mapping: Any) -> tuple[Any, ...] | None:

@@ -14,7 +14,8 @@ would run (``plan_layer``):
   fused kernel). Variables in the input's dtype, float16 included.
 
 The plan is a pure function of the options and the arguments' metadata, so
-``prepare`` remembers it per metadata key (``_lib._call_cache``).
+``prepare`` remembers it per metadata key (``_lib._call_cache``), and
+``prepare_call`` the options and the plan of a public call together.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .._lib._compat import device
 from .._lib._dtypes import ComputeRule, compute_dtype, dtype_name
 from .._lib._typing import Namespace
 from ._fields import required_fields
-from ._options import LayerOptions
+from ._options import DEFAULTS, LayerOptions, layer_options, options_key
 from ._state import BatchNormState, check_state, initial_state
 
 #: TensorFlow's layer implementations (see the module doc).
@@ -52,6 +53,33 @@ class LayerPlan:
     @property
     def fused_kernel(self) -> bool:
         return self.path in ("slim_fused", "keras_fused")
+
+
+def prepare_call(
+    x: Any, state: BatchNormState | None, batch_weights: Any, mask: Any, option_values: tuple[Any, ...]
+) -> tuple[LayerOptions, Namespace, LayerPlan, BatchNormState]:
+    """Validated options, namespace, plan and state of one public call, its options' raw
+    values given in ``DEFAULTS``' order.
+
+    The options and the plan together are remembered per (option values, metadata)
+    key: a repeated call of ``batch_norm`` makes one lookup, not one for its options
+    and one for its plan.
+    """
+    weighted = batch_weights is not None
+    if state is not None and type(state) is BatchNormState:
+        option_key = options_key(weighted, option_values)
+        arrays = None if option_key is None else metadata(x, batch_weights, mask, *state)
+        if arrays is not None:
+            checked = state
+
+            def plan_call() -> tuple[LayerOptions, Namespace, LayerPlan]:
+                options = layer_options(weighted=weighted, **dict(zip(DEFAULTS, option_values)))
+                return (options, *_prepare(x, checked, batch_weights, options, mask)[:2])
+
+            options, xp, plan = _call_cache.remember(("layer call", option_key, arrays), plan_call)
+            return options, xp, plan, state
+    options = layer_options(weighted=weighted, **dict(zip(DEFAULTS, option_values)))
+    return (options, *prepare(x, state, batch_weights, options, mask))
 
 
 def prepare(
