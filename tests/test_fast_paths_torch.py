@@ -344,3 +344,24 @@ def test_torch_fused_training_y_from_the_centred_values(torch_fast, layout, requ
             mean, torch.reciprocal(torch.sqrt(variance + EPSILON)), True, EPSILON, [True, False, False],
         )[0].movedim(1, channel)
         torch.testing.assert_close(dx, reference, rtol=0.0, atol=0.0)
+
+
+def test_torch_moving_average_rounds_the_update_once(torch_fast):
+    """``v − a·(v − value)`` as one fused multiply-add: the exact update of the rounded
+    difference rounded once (TensorFlow rounds the product too), so never further from it."""
+    torch = pytest.importorskip("torch")
+    from bn_portable._kernels._moving_averages import move_toward
+
+    xp = _torch_xp()
+    generator = torch.Generator().manual_seed(3)
+    variable, value = torch.randn(512, generator=generator), 3 * torch.randn(512, generator=generator)
+    weight = float(np.float32(1 - 0.999))
+    fast = torch_fast.move_toward(variable, value, weight, xp=xp)
+    generic = move_toward.generic(variable, value, weight, xp=xp)
+    exact = variable.double() - (variable - value).double() * weight  # the product is exact in float64
+    assert torch.equal(fast, exact.float())
+    assert torch.all((fast.double() - exact).abs() <= (generic.double() - exact).abs())
+    assert not torch.equal(fast, generic)  # the data round differently somewhere: a real check
+    half, zero_d = variable.half(), torch.tensor(weight)
+    assert torch_fast.move_toward(half, value.half(), weight, xp=xp) is NotImplemented
+    assert torch_fast.move_toward(variable, value, zero_d, xp=xp) is NotImplemented

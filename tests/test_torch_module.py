@@ -55,7 +55,7 @@ def test_options_are_validated_once(monkeypatch):
 
     x = _input()
     expected_train, expected_eval = reference(x), reference.eval()(x)
-    for where in ("bn_portable._torch_module", "bn_portable._tf._options", "bn_portable._layer"):
+    for where in ("bn_portable._torch_module", "bn_portable._tf._options", "bn_portable._tf._plan"):
         monkeypatch.setattr(f"{where}.layer_options", refuse)
     torch.testing.assert_close(module(x), expected_train, rtol=0, atol=0)
     torch.testing.assert_close(module.eval()(x), expected_eval, rtol=0, atol=0)

@@ -22,6 +22,7 @@ from .._lib._backends import compiling, operand
 from .._lib._compat import device
 from .._lib._dtypes import astype, dtype_name, round_to_float32, scalar, tf_constant
 from .._lib._typing import Device, Namespace
+from .._native import Kernel, overridable
 
 #: Where ``1 − decay`` is rounded (see the module doc).
 WeightRounding: TypeAlias = Literal["python", "float32"]
@@ -60,7 +61,14 @@ def moving_average(
         weight = python_weight(decay, rounding, name)  # no array operations to make it
     else:  # half-precision variables, or being compiled: a 0-d array of their dtype
         weight = update_weight(decay, rounding, variable.dtype, xp, device(variable))
-    return variable - (variable - astype(value, variable.dtype, xp)) * operand(weight, variable)
+    return move_toward(variable, astype(value, variable.dtype, xp), weight, xp=xp)
+
+
+@overridable(Kernel.MOVE_TOWARD)
+def move_toward(variable: Any, value: Any, weight: Any, *, xp: Namespace) -> Any:
+    """``variable − (variable − value)·weight``, value in the variable's dtype, weight a
+    number exact in it or a 0-d array of it: TensorFlow's update, a new array."""
+    return variable - (variable - value) * operand(weight, variable)
 
 
 def kernel_average(

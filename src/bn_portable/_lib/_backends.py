@@ -114,6 +114,9 @@ def stop_gradient(array: Any, xp: Namespace) -> Any:
     if array is None:
         return None
     if is_torch_namespace(xp):
+        torch: Any = sys.modules["torch"]
+        if not array.requires_grad and not torch._C._are_functorch_transforms_active():
+            return array  # nothing records it: already a constant (a detach costs a small call microseconds)
         return array.detach()
     if is_jax_namespace(xp):
         import jax  # optional: only a JAX namespace gets here

@@ -23,3 +23,4 @@ class Kernel(enum.Enum):
     NORMALIZE = "normalize(x, mean, variance, offset, scale, variance_epsilon, *, xp, compute=None)"
     GRADIENT_SUMS = "gradient_sums(dy, x, mean, channel, *, xp)"
     GRADIENT_INPUT = "gradient_input(dy, x, mean, a, b, c, share, *, xp)"
+    MOVE_TOWARD = "move_toward(variable, value, weight, *, xp)"

@@ -66,7 +66,8 @@ times slower for a channels-last reduction on CPU). ``normalize``
 (``_torch_normalize``) is the generic ``x·inv + shift`` with the shift added in
 place; that module says why PyTorch's one-pass inference kernel, whose formula
 this is, does not serve it. ``weighted_local_moments`` (``_torch_weighted``)
-takes per-example weighted statistics block by block. ``_torch_blocks`` cuts a
+takes per-example weighted statistics block by block; ``move_toward``
+(``_torch_averages``) moves an average in two operations. ``_torch_blocks`` cuts a
 CPU batch into the cache-sized blocks these passes share.
 """
 
@@ -83,6 +84,7 @@ from .._lib._backends import operand
 from .._lib._typing import Namespace
 from ._registry import Kernel
 from ._switch import fast_paths_enabled
+from ._torch_averages import move_toward
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
 from ._torch_moments import grouped, local_moments, two_pass_sums
 from ._torch_normalize import normalize, rsqrt
@@ -164,7 +166,7 @@ def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
         return vector
     shape = [1] * x.ndim
     shape[channel] = -1
-    return vector.view(shape)
+    return vector.view(*shape)  # sizes as arguments: a third quicker than as one list
 
 
 def _affine(
@@ -345,6 +347,8 @@ def _eligible(x: Tensor, channel: int, *parameters: Any) -> bool:
         return False
     if torch._C._are_functorch_transforms_active():
         return False  # the kernel writes its running-statistics buffers in place
+    if x.is_cpu:  # no device object to make per parameter
+        return all(p.dtype == torch.float32 and p.ndim == 1 and p.is_cpu for p in parameters)
     return all(
         p.dtype == torch.float32 and p.ndim == 1 and p.device == x.device for p in parameters
     )
@@ -368,4 +372,5 @@ KERNELS = {
     Kernel.NORMALIZE: normalize,
     Kernel.GRADIENT_SUMS: gradient_sums,
     Kernel.GRADIENT_INPUT: gradient_input,
+    Kernel.MOVE_TOWARD: move_toward,
 }

@@ -80,6 +80,8 @@ _STATISTICS = tuple(index for index, field in enumerate(BatchNormState._fields) 
 def _without_gradient(new_state: BatchNormState, state: BatchNormState, xp: Namespace) -> BatchNormState:
     """TensorFlow's variable updates carry no gradient; neither do ours (the changed ones
     detached by position: a small call's every step pays for this)."""
+    if new_state is state:  # inference: nothing changed
+        return state
     values = None
     for index in _STATISTICS:
         new = new_state[index]
@@ -93,10 +95,9 @@ def _fused_step(
     x: Any, state: BatchNormState, options: LayerOptions, plan: LayerPlan, xp: Namespace
 ) -> tuple[Any, BatchNormState, Normalization]:
     """The fused kernel; the moving variance gets the Bessel-corrected variance."""
-    dev = device(x)
     # Constant γ = 1 and β = 0 only where the layer has no such parameter.
-    gamma = state.gamma if options.scale else xp.ones((plan.channels,), dtype=xp.float32, device=dev)
-    beta = state.beta if options.center else xp.zeros((plan.channels,), dtype=xp.float32, device=dev)
+    gamma = state.gamma if options.scale else xp.ones((plan.channels,), dtype=xp.float32, device=device(x))
+    beta = state.beta if options.center else xp.zeros((plan.channels,), dtype=xp.float32, device=device(x))
     if not options.is_training:
         y = fused_inference(
             x, gamma, beta, state.moving_mean, state.moving_variance, options.epsilon, plan.channel, xp=xp
