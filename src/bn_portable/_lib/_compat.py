@@ -108,11 +108,13 @@ def _torch_wrapper() -> ModuleType:
 
     An import statement, which the compiler traces even where a compiled function
     makes the first call of the process (a ``sys.modules`` lookup that finds nothing
-    and an import that then adds the module fail the compiler's own guard); a
-    vendored copy's array-api-compat has no fixed name, so it is imported by name.
+    and an import that then adds the module fail the compiler's own guard). A
+    vendored copy's array-api-compat has no fixed name: looked up, imported by name
+    (which the compiler cannot trace) only where no call has imported it yet.
     """
     if _PARENT:
-        return importlib.import_module(_COMPAT_PACKAGE + ".torch")
+        found = sys.modules.get(_COMPAT_PACKAGE + ".torch")
+        return found if found is not None else importlib.import_module(_COMPAT_PACKAGE + ".torch")
     import array_api_compat.torch
 
     return array_api_compat.torch
