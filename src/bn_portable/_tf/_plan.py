@@ -66,6 +66,10 @@ def prepare_call(
     and one for its plan.
     """
     weighted = batch_weights is not None
+
+    def validated() -> LayerOptions:
+        return layer_options(weighted=weighted, **dict(zip(DEFAULTS, option_values)))
+
     if state is not None and type(state) is BatchNormState:
         option_key = options_key(weighted, option_values)
         arrays = None if option_key is None else metadata(x, batch_weights, mask, *state)
@@ -73,12 +77,12 @@ def prepare_call(
             checked = state
 
             def plan_call() -> tuple[LayerOptions, Namespace, LayerPlan]:
-                options = layer_options(weighted=weighted, **dict(zip(DEFAULTS, option_values)))
+                options = validated()
                 return (options, *_prepare(x, checked, batch_weights, options, mask)[:2])
 
             options, xp, plan = _call_cache.remember(("layer call", option_key, arrays), plan_call)
             return options, xp, plan, state
-    options = layer_options(weighted=weighted, **dict(zip(DEFAULTS, option_values)))
+    options = validated()
     return (options, *prepare(x, state, batch_weights, options, mask))
 
 
