@@ -313,6 +313,10 @@ print("compiled:", tuple(step(x).shape))
 def test_a_compiled_function_may_make_the_first_call_of_a_process():
     """The first call imports array-api-compat's PyTorch namespace; traced, it must not break
     the graph (a fresh interpreter: in this one, earlier tests imported it)."""
+    from bn_portable._lib import _compat
+
+    if _compat._PARENT:
+        pytest.skip("a vendored copy imports the wrapper by name, untraceably (docs/vendoring.md)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     completed = subprocess.run(
         [sys.executable, "-c", _FIRST_CALL_SCRIPT], capture_output=True, text=True, timeout=300, check=False, env=env
