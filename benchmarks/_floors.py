@@ -3,8 +3,9 @@
 Within the accuracy contract (conformance/README.md), not TensorFlow's sequence of
 operations, in the array's own library (PyTorch or NumPy): the statistics in two
 passes (per-channel sums over a channel-grouped view, then the deviations from the
-mean squared in place and summed), the two moving averages as TensorFlow rounds
-them (``v − (v − value)·(1 − decay)``, three small operations each), and y by the
+mean squared in place and summed), the two moving averages ``v − (v − value)·(1 − decay)``
+(one fused multiply-add each on PyTorch, ``torch.lerp``, as bn_portable's; NumPy has
+none: TensorFlow's three small operations), and y by the
 fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (no fold of μ into the offset:
 three passes, or two on PyTorch where the channels are innermost in memory, the
 scale and shift one fused multiply-add, which is quicker there only) or the non-fused ``x·inv + (β − μ·inv)`` (two passes: no fused
@@ -47,7 +48,9 @@ def batch_statistics(x: Any, channel: int) -> tuple[Any, Any]:
 
 
 def moving_average(moving: Any, value: Any, weight: float) -> Any:
-    """TensorFlow's ``v − (v − value)·(1 − decay)``, ``weight`` being ``1 − decay``."""
+    """``v − (v − value)·(1 − decay)``, ``weight`` being ``1 − decay`` (under one half)."""
+    if isinstance(moving, torch.Tensor):
+        return torch.lerp(moving, value, weight)  # v + w·(value − v), one rounding
     step = moving - value
     step *= weight
     return moving - step

@@ -5,6 +5,8 @@ The tolerances are those of ``fast_paths_cases``.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -346,7 +348,9 @@ def test_torch_fused_training_y_from_the_centred_values(torch_fast, layout, requ
         torch.testing.assert_close(dx, reference, rtol=0.0, atol=0.0)
 
 
-def test_torch_moving_average_rounds_the_update_once(torch_fast):
+@pytest.mark.parametrize("decay", [0.999, 0.9, 0.3])  # a weight under one half (lerp) and over it
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_moving_average_rounds_the_update_once(torch_fast, decay, dtype):
     """``v − a·(v − value)`` as one fused multiply-add: the exact update of the rounded
     difference rounded once (TensorFlow rounds the product too), so never further from it."""
     torch = pytest.importorskip("torch")
@@ -354,13 +358,19 @@ def test_torch_moving_average_rounds_the_update_once(torch_fast):
 
     xp = _torch_xp()
     generator = torch.Generator().manual_seed(3)
-    variable, value = torch.randn(512, generator=generator), 3 * torch.randn(512, generator=generator)
-    weight = float(np.float32(1 - 0.999))
+    variable = torch.randn(512, generator=generator, dtype=torch.float64).to(getattr(torch, dtype))
+    value = 3 * torch.randn(512, generator=generator, dtype=torch.float64).to(getattr(torch, dtype))
+    weight = float(np.float32(1 - decay))  # exact in float32: the float64 product below is exact
     fast = torch_fast.move_toward(variable, value, weight, xp=xp)
     generic = move_toward.generic(variable, value, weight, xp=xp)
-    exact = variable.double() - (variable - value).double() * weight  # the product is exact in float64
-    assert torch.equal(fast, exact.float())
-    assert torch.all((fast.double() - exact).abs() <= (generic.double() - exact).abs())
+    if dtype == "float32":
+        exact = variable.double() - (variable - value).double() * weight
+        assert torch.equal(fast, exact.float())
+        assert torch.all((fast.double() - exact).abs() <= (generic.double() - exact).abs())
+    else:  # no wider dtype: the exact update in rationals, rounded once (float() of a Fraction)
+        difference = (variable - value).tolist()
+        exact_update = [float(Fraction(v) - Fraction(d) * Fraction(weight)) for v, d in zip(variable.tolist(), difference)]
+        assert fast.tolist() == exact_update
     assert not torch.equal(fast, generic)  # the data round differently somewhere: a real check
     half, zero_d = variable.half(), torch.tensor(weight)
     assert torch_fast.move_toward(half, value.half(), weight, xp=xp) is NotImplemented

@@ -67,7 +67,7 @@ times slower for a channels-last reduction on CPU). ``normalize``
 place; that module says why PyTorch's one-pass inference kernel, whose formula
 this is, does not serve it. ``weighted_local_moments`` (``_torch_weighted``)
 takes per-example weighted statistics block by block; ``move_toward``
-(``_torch_averages``) moves an average in two operations. ``_torch_blocks`` cuts a
+(``_torch_averages``) moves an average in one fused multiply-add. ``_torch_blocks`` cuts a
 CPU batch into the cache-sized blocks these passes share.
 """
 
@@ -178,17 +178,18 @@ def _affine(
     Centred first, as the generic ``fused_affine``, so accurate for every
     statistic (no folding of μ into the offset); then scaled and shifted
     (``_scale_and_shift``). ``centred``, where given, is ``x − μ`` of float32 x
-    already (from the statistics' second pass): it is scaled and shifted in
-    place and becomes y.
+    already (from the statistics' second pass; autograd records nothing here then:
+    no gradient is asked for, or this is the autograd Function's forward): it is
+    scaled and shifted in place and becomes y.
     """
-    mean_b = _per_channel(mean, x, channel)
     factor_b = _per_channel(inverse_std * scale, x, channel)
     offset_b = _per_channel(offset, x, channel)
+    if centred is not None:
+        return _scale_and_shift(centred, factor_b, offset_b, channel)
+    mean_b = _per_channel(mean, x, channel)
     if needs_autograd([x, mean, inverse_std, scale, offset]):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)
-    if centred is not None:
-        return _scale_and_shift(centred, factor_b, offset_b, channel)
     if x.dtype != torch.float32 and blocked_on_cpu(x):
         # Half input on CPU: each block widened, normalized in float32 and rounded
         # into the output while it is in cache. Whole-tensor float32 temporaries

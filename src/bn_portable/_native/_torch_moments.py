@@ -126,15 +126,16 @@ def two_pass_sums(
     """
     values, dims = view.values, view.dims
     if _one_block(values):  # the whole batch at once: no block bookkeeping
-        values = values.to(dtype)  # a half batch is widened exactly
-        wide = torch.float64 if torch.compiler.is_compiling() else None
-        mean = mean_of(torch.sum(values, dims, dtype=wide).to(dtype))
+        if values.dtype != dtype:  # (a same-dtype .to is a call too, on a small batch)
+            values = values.to(dtype)  # a half batch is widened exactly
+        wide = torch.compiler.is_compiling()
+        mean = mean_of(_sum(values, dims, dtype, wide))
         if keep_centred:  # written in x's layout, squared into a new tensor (square_'s products)
             kept = torch.empty_like(view.x, dtype=dtype)
             centred = torch.sub(values, mean.view(view.per_channel), out=view.regroup(kept))
-            return Sums(mean, torch.sum(centred * centred, dims, dtype=wide).to(dtype), kept)
+            return Sums(mean, _sum(centred * centred, dims, dtype, wide), kept)
         centred = torch.sub(values, mean.view(view.per_channel))
-        return Sums(mean, torch.sum(centred.square_(), dims, dtype=wide).to(dtype))
+        return Sums(mean, _sum(centred.square_(), dims, dtype, wide))
     blocks = _blocks(values)
     if values.dtype == dtype:
         total = torch.sum(values, dims)
@@ -145,6 +146,14 @@ def two_pass_sums(
     # torch.sub widens a half block exactly (type promotion to the mean's dtype).
     m2 = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks], dtype)
     return Sums(mean, m2)
+
+
+def _sum(values: Tensor, dims: tuple[int, ...], dtype: torch.dtype, wide: bool) -> Tensor:
+    """The sum of ``dtype`` values in ``dtype``; ``wide``: taken in float64 and rounded once
+    (for the compiler, see ``two_pass_sums``)."""
+    if wide:
+        return torch.sum(values, dims, dtype=torch.float64).to(dtype)
+    return torch.sum(values, dims)
 
 
 def _differentiable_sums(view: Grouped, count: int) -> tuple[Tensor, Tensor]:
