@@ -1,4 +1,5 @@
-"""PyTorch's moving average, ``v − (v − value)·a``, in one operation instead of three.
+"""PyTorch's moving average, ``v − (v − value)·a``, in one operation (two for a decay
+under one half) instead of TensorFlow's three.
 
 ``torch.lerp(v, value, a)`` computes ``v + a·(value − v)`` for ``a < 0.5`` as one
 fused multiply-add of the rounded difference (PyTorch's kernel; ``value − v`` is
