@@ -53,6 +53,28 @@ def test_layer_paths_harness_covers_every_path(tiny_runs: tuple[Path, Path]) -> 
     assert all(value > 0 for value in numpy_case["peak_memory_vs_input"].values())
     for case in payload["cases"]:  # every case has its floors, NumPy's included
         assert {"floor fused", "floor non-fused"} <= set(case["results"]), case["key"]
+        # The small shapes' floors after the least checks too (the large one's would be noise).
+        checked = {"floor fused + checks", "floor non-fused + checks"}
+        if case["shape"] == "8x16" and case["mode"] != "step":
+            assert checked <= set(case["results"]), case["key"]
+        else:
+            assert not checked & set(case["results"]), case["key"]
+
+
+def test_a_checked_floor_reads_the_call_metadata_then_runs_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_floors.checked`` reads the layer call's metadata key on every call (so a checked floor
+    costs what the least checks cost) and returns the floor's own result."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _floors
+
+    x = torch.ones(4, 3)
+    reads: list[tuple[object, ...]] = []
+    read_metadata = _floors.metadata
+    monkeypatch.setattr(_floors, "metadata", lambda *arrays: reads.append(arrays) or read_metadata(*arrays))
+    call = _floors.checked(lambda: "y", (x, None, None))
+    assert [call(), call()] == ["y", "y"]
+    assert len(reads) == 2 and reads[0][0] is x
 
 
 @pytest.mark.parametrize("library", ["torch", "numpy"])

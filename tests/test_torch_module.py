@@ -121,6 +121,29 @@ def test_gradients_reach_the_parameters():
     assert all(b.grad is None and not b.requires_grad for b in module.buffers())
 
 
+def test_parametrized_and_swapped_parameters_are_the_ones_used():
+    """The state is read where PyTorch keeps it: a parametrization's computed gamma and
+    ``torch.func.functional_call``'s swapped tensors, not the module's stored ones."""
+
+    class Doubled(nn.Module):
+        def forward(self, gamma):
+            return 2.0 * gamma
+
+    x = _input()
+    plain = _perturb(BatchNorm(3, scale=True)).eval()
+    parametrized = _perturb(BatchNorm(3, scale=True)).eval()
+    torch.nn.utils.parametrize.register_parametrization(parametrized, "gamma", Doubled())
+    torch.testing.assert_close(parametrized.state.gamma, 2.0 * plain.gamma, rtol=0, atol=0)
+    with torch.no_grad():
+        options = {"scale": True, "is_training": False, "data_format": plain.data_format}
+        expected, _ = bn.batch_norm(x, plain.state._replace(gamma=2.0 * plain.gamma), **options)
+        torch.testing.assert_close(parametrized(x), expected, rtol=0, atol=0)
+        swapped = {"gamma": 3.0 * plain.gamma, "moving_mean": plain.moving_mean + 1.0}
+        y = torch.func.functional_call(plain, swapped, (x,))
+        state = plain.state._replace(gamma=swapped["gamma"], moving_mean=swapped["moving_mean"])
+        torch.testing.assert_close(y, bn.batch_norm(x, state, **options)[0], rtol=0, atol=0)
+
+
 def test_state_dict_round_trip():
     source = BatchNorm(3, scale=True, decay=0.5, zero_debias_moving_mean=True)
     _perturb(source)

@@ -165,10 +165,11 @@ def metadata(*arrays: Any) -> tuple[Any, ...] | None:
     parts: list[Any] = []
     asked_compiler = False
     for array in arrays:
-        kind = type(array)
-        if array is None:
+        if array is None:  # first: most of a state's fields are None
             parts.append(None)
-        elif kind is ndarray:
+            continue
+        kind = type(array)
+        if kind is ndarray:
             parts.append((kind, array.shape, array.dtype))
         elif kind in tensors:
             if not asked_compiler:

@@ -147,17 +147,16 @@ def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
     # every batch whole, and keeping them would add one input-sized tensor to its
     # peak memory; half input's y is a new tensor of its own dtype anyway.
     keep_centred = (
-        view is not None and x.dtype == torch.float32 and x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
+        view is not None and x.dtype == torch.float32 and x.is_cpu and not torch.compiler.is_compiling()
     )
     if view is None:  # another layout: a copy, channels last
         view = grouped(x.movedim(channel, -1).contiguous(), x.ndim - 1)
         assert view is not None
-    inverse_count = 1.0 / count  # a Python number: applied in float32, as TF's 1/n tensor
-    sums = two_pass_sums(
-        view, torch.float32, lambda total: total * operand(inverse_count, total), keep_centred=keep_centred
-    )
-    return sums.mean, sums.m2 * operand(inverse_count, sums.m2), sums.centred
+    # 1/n, a Python number applied in float32 as TF's 1/n tensor: both sums are float32,
+    # so float32 x serves as operand's dtype (half x gets the number back, the same bits).
+    inverse_count = operand(1.0 / count, x)
+    sums = two_pass_sums(view, torch.float32, lambda total: total * inverse_count, keep_centred=keep_centred)
+    return sums.mean, sums.m2 * inverse_count, sums.centred
 
 
 def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
@@ -344,15 +343,16 @@ def gradient_input(
 def _eligible(x: Tensor, channel: int, *parameters: Any) -> bool:
     if x.dtype not in _FUSED_DTYPES or x.ndim not in (2, 3, 4, 5):
         return False
-    if channel not in (1, x.ndim - 1) or x.device.type not in ("cpu", "cuda"):
+    if channel not in (1, x.ndim - 1) or not (x.is_cpu or x.is_cuda):
         return False
     if torch._C._are_functorch_transforms_active():
         return False  # the kernel writes its running-statistics buffers in place
-    if x.is_cpu:  # no device object to make per parameter
-        return all(p.dtype == torch.float32 and p.ndim == 1 and p.is_cpu for p in parameters)
-    return all(
-        p.dtype == torch.float32 and p.ndim == 1 and p.device == x.device for p in parameters
-    )
+    # A loop, not all() of a generator: every small call asks, and the generator costs more.
+    on_cpu = x.is_cpu  # no device object to make per parameter there
+    for p in parameters:
+        if p.dtype != torch.float32 or p.ndim != 1 or not (p.is_cpu if on_cpu else p.device == x.device):
+            return False
+    return True
 
 
 def _channels_second(x: Tensor, channel: int) -> Any:

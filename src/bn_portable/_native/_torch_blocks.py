@@ -29,9 +29,13 @@ def outer_blocks(x: Tensor) -> list[slice]:
 def blocked_on_cpu(x: Tensor) -> bool:
     """Whether half input is widened block by block: more than one block, on CPU, eagerly
     (a smaller batch takes the whole-tensor expression, fewer operations per call)."""
-    return x.device.type == "cpu" and x.numel() > BLOCK_ELEMENTS and not torch.compiler.is_compiling()
+    return x.is_cpu and x.numel() > BLOCK_ELEMENTS and not torch.compiler.is_compiling()
 
 
 def needs_autograd(tensors: Any) -> bool:
     """Whether autograd would record an operation on any of ``tensors``."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if torch.is_grad_enabled():
+        for tensor in tensors:  # a loop: any() of a generator costs a small call more
+            if tensor.requires_grad:
+                return True
+    return False

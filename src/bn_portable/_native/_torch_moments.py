@@ -86,6 +86,8 @@ class Grouped:
         self._moved = moved
 
     def regroup(self, like_x: Tensor) -> Tensor:
+        if self.values is self.x:  # x is its own view (an MLP's [N, C]): a reshape is a call too
+            return like_x
         return (like_x.movedim(1, -1) if self._moved else like_x).reshape(self.values.shape)
 
 
@@ -100,7 +102,8 @@ def grouped(x: Tensor, channel: int) -> Grouped | None:
     moved = channel != x.ndim - 1
     last = x.movedim(1, -1) if moved else x  # NCHW in channels-last memory
     if last.is_contiguous():
-        return Grouped(x, last.reshape(-1, channels), (0,), (1, channels), moved)
+        rows = last if last.ndim == 2 else last.reshape(-1, channels)
+        return Grouped(x, rows, (0,), (1, channels), moved)
     return None
 
 
@@ -125,10 +128,10 @@ def two_pass_sums(
     from the same values, so the fused kernel's y starts from them, one pass fewer.
     """
     values, dims = view.values, view.dims
-    if _one_block(values):  # the whole batch at once: no block bookkeeping
+    wide = torch.compiler.is_compiling()
+    if wide or _one_block(values):  # the whole batch at once: no block bookkeeping
         if values.dtype != dtype:  # (a same-dtype .to is a call too, on a small batch)
             values = values.to(dtype)  # a half batch is widened exactly
-        wide = torch.compiler.is_compiling()
         mean = mean_of(_sum(values, dims, dtype, wide))
         if keep_centred:  # written in x's layout, squared into a new tensor (square_'s products)
             kept = torch.empty_like(view.x, dtype=dtype)
@@ -171,9 +174,9 @@ def _total(partials: list[Tensor], dtype: torch.dtype) -> Tensor:
 
 
 def _one_block(x: Tensor) -> Any:
-    """Whether x is taken whole: small, on a GPU (kernel launches cost more than
-    temporaries there) or being compiled (the compiler plans the memory)."""
-    return x.numel() <= _torch_blocks.BLOCK_ELEMENTS or x.device.type != "cpu" or torch.compiler.is_compiling()
+    """Whether x is taken whole eagerly (the compiler takes every batch whole, as it plans
+    the memory): small, or on a GPU (kernel launches cost more than temporaries there)."""
+    return x.numel() <= _torch_blocks.BLOCK_ELEMENTS or not x.is_cpu
 
 
 def _blocks(values: Tensor) -> list[Tensor]:

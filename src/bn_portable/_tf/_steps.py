@@ -141,7 +141,9 @@ def _keras_step(
     # there and rounds y once; other dtypes are their own compute dtype.
     compute = plan.state_dtype
     if options.is_training:
-        mean, variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
+        kept_mean, kept_variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
+        mean, mean_b = _vector_and_broadcast(kept_mean, x, plan, xp)
+        variance, variance_b = _vector_and_broadcast(kept_variance, x, plan, xp)
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = renorm_step(mean, variance, new_state, state, options, xp)
@@ -159,8 +161,9 @@ def _keras_step(
             used = Normalization(mean, variance, gamma, beta)
     else:
         mean, variance, scale, offset = state.moving_mean, state.moving_variance, gamma, beta
+        mean_b, variance_b = mean, variance
         new_state, used = state, Normalization(mean, variance, gamma, beta)
-    y = _normalize_per_channel(x, mean, variance, offset, scale, options, plan, xp, compute)
+    y = _normalize_per_channel(x, mean_b, variance_b, offset, scale, options, plan, xp, compute)
     return y, new_state, used
 
 
@@ -179,8 +182,9 @@ def _legacy_step(
         weights = None
         if batch_weights is not None:
             weights = xp.reshape(batch_weights, (-1,) + (1,) * (x.ndim - 1))
-        mean, variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
-        mean, variance = astype(mean, x.dtype, xp), astype(variance, x.dtype, xp)
+        kept_mean, kept_variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
+        mean, mean_b = _vector_and_broadcast(astype(kept_mean, x.dtype, xp), x, plan, xp)
+        variance, variance_b = _vector_and_broadcast(astype(kept_variance, x.dtype, xp), x, plan, xp)
         new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
             moving_variance=moving_average(
                 state.moving_variance, variance, options.decay, "python", xp=xp
@@ -188,7 +192,8 @@ def _legacy_step(
         )
     else:
         mean, variance, new_state = state.moving_mean, state.moving_variance, state
-    y = _normalize_per_channel(x, mean, variance, state.beta, state.gamma, options, plan, xp)
+        mean_b, variance_b = mean, variance
+    y = _normalize_per_channel(x, mean_b, variance_b, state.beta, state.gamma, options, plan, xp)
     return y, new_state, Normalization(mean, variance, state.gamma, state.beta)
 
 
@@ -196,8 +201,8 @@ def _batch_statistics(
     x: Any, plan: LayerPlan, options: LayerOptions, xp: Namespace, weights: Any = None,
     compute: Any = None, mask: Any = None,
 ) -> tuple[Any, Any]:
-    """``[C]`` mean and biased variance of the (global) batch, in ``compute`` where it is
-    wider than x; 0 for zero total weight (or an all-zero mask)."""
+    """Mean and biased variance of the (global) batch, keepdims (as they broadcast against
+    x), in ``compute`` where it is wider than x; 0 for zero total weight (or an all-zero mask)."""
     compute = None if compute is None or compute == x.dtype else compute
     reducer = options.cross_replica_sum
     if mask is not None:
@@ -208,16 +213,24 @@ def _batch_statistics(
             empty="nan" if weights is None else "zero", compute=compute,
         )
     weighted = weights is not None or mask is not None
-    variance = biased_variance(summary, empty="zero" if weighted else "nan", xp=xp)
-    return xp.reshape(summary.mean, (-1,)), xp.reshape(variance, (-1,))
+    return summary.mean, biased_variance(summary, empty="zero" if weighted else "nan", xp=xp)
+
+
+def _vector_and_broadcast(kept: Any, x: Any, plan: LayerPlan, xp: Namespace) -> tuple[Any, Any]:
+    """A keepdims batch statistic as the state's ``[C]`` vector and as it broadcasts against x:
+    the vector itself where the channels are last, else the keepdims array (no reshape back;
+    a reshape is a call of a microsecond on PyTorch, and a small call makes several)."""
+    vector = xp.reshape(kept, (-1,))
+    return vector, vector if plan.channel == x.ndim - 1 else kept
 
 
 def _normalize_per_channel(
     x: Any, mean: Any, variance: Any, offset: Any, scale: Any, options: LayerOptions,
     plan: LayerPlan, xp: Namespace, compute: Any = None,
 ) -> Any:
-    """``tf.nn.batch_normalization`` with ``[C]`` parameters broadcast along the channel axis,
-    in ``compute`` where it is wider than x (rounded back once)."""
+    """``tf.nn.batch_normalization`` with ``[C]`` parameters broadcast along the channel axis
+    (statistics already shaped so stay as they are), in ``compute`` where it is wider than
+    x (rounded back once)."""
     mean_b, variance_b, offset_b, scale_b = (
         None if value is None else _layout.per_channel(value, x.ndim, plan.channel, xp)
         for value in (mean, variance, offset, scale)
