@@ -23,15 +23,24 @@ down 10⁵ rows adds them one by one in float32, which the contract rules out.
 at small sizes, and ``_models.FloorBatchNorm`` puts them in a model, so that an
 end-to-end ratio has its floor too. Not a strict bound: cache blocking beats it
 where fresh memory costs more than the arithmetic.
+
+``checked`` adds what every checked call reads before its arithmetic, the cheapest
+form the checks can take: the call's arrays' metadata (type, shape, dtype, and for
+PyTorch device and layout: ``_backends.metadata``) as one key, looked up in a dict.
+A public call must raise on bad input and may not read values (nor remember that a
+check passed for anything but such a key), so no checked call comes in under it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+
+from bn_portable._lib._backends import metadata
 
 #: Values per float32 partial of a NumPy sum down rows (as bn_portable's NumPy Σx bounds its own).
 NUMPY_PARTIAL = 64
@@ -77,6 +86,17 @@ def non_fused(x: Any, mean: Any, variance: Any, gamma: Any, beta: Any, epsilon: 
 
 #: The floor of each of the module's paths.
 FORMULAS = {"fused": fused, "non-fused": non_fused}
+
+
+def checked(floor: Callable[[], Any], arrays: tuple[Any, ...]) -> Callable[[], Any]:
+    """The floor after the call's metadata key is read and looked up (the checks' least)."""
+    remembered: dict[Any, Any] = {}
+
+    def call() -> Any:
+        remembered.get(metadata(*arrays))
+        return floor()
+
+    return call
 
 
 def _grouped(x: Any, channel: int) -> tuple[Any, tuple[int, ...]]:

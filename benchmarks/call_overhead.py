@@ -17,11 +17,10 @@ statistics in two accurately summed passes, ``rsqrt(σ² + ε)``, its product wi
 fused multiply-add where PyTorch's channels are innermost in memory, a multiply
 and an add elsewhere): ``floor / native`` is about the best a wrapper of the library's operations that
 keeps the accuracy contract can reach. ``floor + checks`` adds what every checked
-call reads before its arithmetic, the cheapest form the checks can take: the
-layer call's arrays' metadata (x's and the state's type, shape, dtype, device and
-layout, ``_backends.metadata``) as one key, looked up in a dict. A public call
-must raise on bad input and may not read values, so no public call comes in under
-it; where it is above a target's limit, so is every checked layer in Python.
+call reads before its arithmetic, the cheapest form the checks can take
+(``_floors.checked``: the layer call's arrays' metadata as one key, looked up in a
+dict); no public call comes in under it, so where it is above a target's limit, so
+is every checked layer in Python.
 Each figure is the quickest of 15 means over 200 calls, a row's calls taking turns.
 """
 
@@ -42,7 +41,6 @@ import torch.nn.functional as F
 import _floors
 import bn_portable as bn
 from bn_portable._kernels import _normalize
-from bn_portable._lib._backends import metadata
 from bn_portable._native import _numpy as numpy_kernels
 from bn_portable._native import _torch as torch_kernels
 
@@ -122,7 +120,7 @@ def _measure_case(library, name, fmt, x, g, b, m, v) -> list[dict]:
         if kernel() is NotImplemented:  # a small batch: the generic kernel runs
             kernel = _generic(operation, tx, tg, tb, tm, tv, channel)
         timed = {
-            "floor": floor[operation], "checked": _checked(floor[operation], (tl, None, None, *state)),
+            "floor": floor[operation], "checked": _floors.checked(floor[operation], (tl, None, None, *state)),
             "kernel": kernel, "public": public, "layer": layer,
         }
         if operation in native:
@@ -143,17 +141,6 @@ def _floor_calls(x, scale, offset, mean, variance, channel) -> dict:
 
     moving_mean, moving_variance = mean.reshape(shape), variance.reshape(shape)
     return {"train": train, "infer": lambda: _floors.fused(x, moving_mean, moving_variance, gamma, beta, EPSILON)}
-
-
-def _checked(floor: Callable[[], Any], arrays: tuple[Any, ...]) -> Callable[[], Any]:
-    """The floor after the layer call's metadata key is read and looked up (the checks' least)."""
-    remembered: dict[Any, Any] = {}
-
-    def call() -> Any:
-        remembered.get(metadata(*arrays))
-        return floor()
-
-    return call
 
 
 def _generic(operation, x, scale, offset, mean, variance, channel):

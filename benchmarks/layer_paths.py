@@ -17,7 +17,9 @@ and mode; its variants run interleaved in the same rounds (``_timing``) against
 train. ``floor …`` rows are the path's formula in the fewest whole-array
 operations of the backend's library (PyTorch or NumPy) within the accuracy
 contract (``_floors``, which says which): what the formula costs in that
-library's operations, the moving averages included in training. A ``step`` floor
+library's operations, the moving averages included in training. At the small
+shapes, ``floor … + checks`` adds the least any checked call reads first (the
+layer call's arrays' metadata as one dict key, ``_floors.checked``). A ``step`` floor
 is a training step as the native one runs, with those operations as the batch
 norm (``_models.FloorBatchNorm``: PyTorch's own backward kernel behind a minimal
 autograd node, as the end-to-end floors), differentiated by ``autograd.grad``:
@@ -159,8 +161,9 @@ def native_call(data: Data, mode: str) -> Callable[[], Any]:
     return step
 
 
-def floor_calls(data: Data, mode: str, backend: str) -> dict[str, Callable[[], Any]]:
-    """The fewest operations of the backend's library within the accuracy contract (``_floors``)."""
+def floor_calls(data: Data, mode: str, backend: str, checks: bool = False) -> dict[str, Callable[[], Any]]:
+    """The fewest operations of the backend's library within the accuracy contract (``_floors``);
+    with ``checks``, each also after the cheapest checks a public call can make (``_floors.checked``)."""
     if mode == "step":
         return _step_floors(data)
     x = data.torch if backend == "torch" else data.numpy
@@ -182,7 +185,11 @@ def floor_calls(data: Data, mode: str, backend: str) -> dict[str, Callable[[], A
     def floor(formula: Callable[..., Any]) -> Callable[[], Any]:
         return lambda: formula(x, *statistics(), gamma, beta, EPSILON)
 
-    return {f"floor {name}": floor(formula) for name, formula in _floors.FORMULAS.items()}
+    floors = {f"floor {name}": floor(formula) for name, formula in _floors.FORMULAS.items()}
+    if checks:  # the layer call's arrays: x, no batch weights, no mask, the state
+        arrays = (x, None, None, *_state(data, "fused", backend))
+        floors |= {f"{name} + checks": _floors.checked(call, arrays) for name, call in floors.items()}
+    return floors
 
 
 def _step_floors(data: Data) -> dict[str, Callable[[], Any]]:
@@ -232,7 +239,8 @@ def run_case(size: str, backend: str, shape: str, layout: str, dtype: str, mode:
     paths = {"train": tuple(PATHS), "infer": INFERENCE_PATHS, "step": STEP_PATHS}[mode]
     calls: dict[str, Callable[[], Any]] = {"native": native_call(data, mode)}
     calls |= {path: portable_call(data, path, backend, mode) for path in paths}
-    calls |= floor_calls(data, mode, backend)
+    # Small batches, where a call's microseconds count: the floors with the checks' least too.
+    calls |= floor_calls(data, mode, backend, checks=shape != next(iter(SHAPES[size])))
     results = add_ratios(time_case(calls, rounds, 2, rng, lambda: None), "native")
     record = {
         "key": f"{backend}/{shape}/{layout}/{dtype}/{mode}", "backend": backend, "shape": shape,
