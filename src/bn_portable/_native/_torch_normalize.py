@@ -39,9 +39,8 @@ def normalize(
     """
     if torch._C._are_functorch_transforms_active():
         return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
-    parameters = [t for t in (mean, variance, offset, scale) if t is not None]
     blocked = compute is not None and blocked_on_cpu(x)
-    if blocked and needs_autograd([x, *parameters]):
+    if blocked and needs_autograd([t for t in (x, mean, variance, offset, scale) if t is not None]):
         return NotImplemented
     inv = rsqrt(variance + operand(variance_epsilon, variance), xp)
     if scale is not None:
@@ -80,7 +79,11 @@ def _broadcasts_into(parameter: Tensor, x: Tensor) -> bool:
     ``torch.broadcast_shapes`` cost more than the arithmetic on an MLP's batch)."""
     if parameter.ndim > x.ndim:
         return False
-    return all(p in (1, d) for p, d in zip(reversed(parameter.shape), reversed(x.shape)))
+    offset = x.ndim - parameter.ndim
+    for axis, length in enumerate(parameter.shape):  # a loop: all() of a generator costs more
+        if length != 1 and length != x.shape[offset + axis]:
+            return False
+    return True
 
 
 def _rows_of(parameter: Tensor, rows: slice, x: Tensor) -> Tensor:

@@ -231,13 +231,14 @@ def _normalize_per_channel(
     """``tf.nn.batch_normalization`` with ``[C]`` parameters broadcast along the channel axis
     (statistics already shaped so stay as they are), in ``compute`` where it is wider than
     x (rounded back once)."""
-    mean_b, variance_b, offset_b, scale_b = (
-        None if value is None else _layout.per_channel(value, x.ndim, plan.channel, xp)
-        for value in (mean, variance, offset, scale)
-    )
+    if plan.channel != x.ndim - 1:  # (channels last broadcast as they are: no call per parameter)
+        mean, variance, offset, scale = (
+            None if value is None else _layout.per_channel(value, x.ndim, plan.channel, xp)
+            for value in (mean, variance, offset, scale)
+        )
     if compute is not None and compute == x.dtype:
         compute = None
-    return normalize(x, mean_b, variance_b, offset_b, scale_b, options.epsilon, xp=xp, compute=compute)
+    return normalize(x, mean, variance, offset, scale, options.epsilon, xp=xp, compute=compute)
 
 
 def _update_moving_mean(
