@@ -56,6 +56,16 @@ def batch_statistics(x: Any, channel: int) -> tuple[Any, Any]:
     return mean, _channel_sums(centred, dims) * inverse_count
 
 
+def per_channel(vector: Any, x: Any, channel: int) -> Any:
+    """A ``[C]`` variable as it broadcasts against x: as it is where the channels are last,
+    else reshaped (a floor does this within the call: a layer's state holds ``[C]`` vectors)."""
+    if channel == x.ndim - 1:
+        return vector
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    return vector.reshape(shape)
+
+
 def moving_average(moving: Any, value: Any, weight: float) -> Any:
     """``v − (v − value)·(1 − decay)``, ``weight`` being ``1 − decay`` (under one half)."""
     if isinstance(moving, torch.Tensor):

@@ -130,17 +130,20 @@ def _measure_case(library, name, fmt, x, g, b, m, v) -> list[dict]:
 
 
 def _floor_calls(x, scale, offset, mean, variance, channel) -> dict:
-    """The fused formula's operations with nothing around them (``_floors``), either library."""
-    shape = [1] * x.ndim
-    shape[channel] = -1
-    gamma, beta = scale.reshape(shape), offset.reshape(shape)
+    """The fused formula's operations with nothing around them (``_floors``), either library,
+    the ``[C]`` variables shaped within the call (``_floors.per_channel``)."""
+
+    def shaped(*vectors):
+        return [_floors.per_channel(vector, x, channel) for vector in vectors]
 
     def train():
         batch_mean, batch_variance = _floors.batch_statistics(x, channel)
-        return _floors.fused(x, batch_mean.reshape(shape), batch_variance.reshape(shape), gamma, beta, EPSILON)
+        return _floors.fused(x, *shaped(batch_mean, batch_variance, scale, offset), EPSILON)
 
-    moving_mean, moving_variance = mean.reshape(shape), variance.reshape(shape)
-    return {"train": train, "infer": lambda: _floors.fused(x, moving_mean, moving_variance, gamma, beta, EPSILON)}
+    def infer():
+        return _floors.fused(x, *shaped(mean, variance, scale, offset), EPSILON)
+
+    return {"train": train, "infer": infer}
 
 
 def _generic(operation, x, scale, offset, mean, variance, channel):

@@ -168,22 +168,22 @@ def floor_calls(data: Data, mode: str, backend: str, checks: bool = False) -> di
         return _step_floors(data)
     x = data.torch if backend == "torch" else data.numpy
     channel = 1 if data.layout == "NCHW" else x.ndim - 1
-    view = [1] * x.ndim
-    view[channel] = -1
     v = {k: torch.from_numpy(a) if backend == "torch" else a for k, a in data.vectors.items()}
-    gamma, beta = v["gamma"].reshape(view), v["beta"].reshape(view)
 
-    def statistics() -> tuple[Any, Any]:
+    def operands() -> tuple[Any, ...]:
+        """The statistics (moved into the moving ones in training) and the parameters, each
+        shaped to broadcast against x within the call (``_floors.per_channel``)."""
         if mode == "infer":
-            return v["moving_mean"].reshape(view), v["moving_variance"].reshape(view)
-        mean, variance = _floors.batch_statistics(x, channel)
-        # The native kernel updates its running statistics in the same call.
-        _floors.moving_average(v["moving_mean"], mean, DECAY_WEIGHT)
-        _floors.moving_average(v["moving_variance"], variance, DECAY_WEIGHT)
-        return mean.reshape(view), variance.reshape(view)
+            mean, variance = v["moving_mean"], v["moving_variance"]
+        else:
+            mean, variance = _floors.batch_statistics(x, channel)
+            # The native kernel updates its running statistics in the same call.
+            _floors.moving_average(v["moving_mean"], mean, DECAY_WEIGHT)
+            _floors.moving_average(v["moving_variance"], variance, DECAY_WEIGHT)
+        return tuple(_floors.per_channel(t, x, channel) for t in (mean, variance, v["gamma"], v["beta"]))
 
     def floor(formula: Callable[..., Any]) -> Callable[[], Any]:
-        return lambda: formula(x, *statistics(), gamma, beta, EPSILON)
+        return lambda: formula(x, *operands(), EPSILON)
 
     floors = {f"floor {name}": floor(formula) for name, formula in _floors.FORMULAS.items()}
     if checks:  # the layer call's arrays: x, no batch weights, no mask, the state
