@@ -30,6 +30,7 @@ import torch
 from ._lib._backends import operand
 from ._lib._typing import Namespace
 from ._native._torch import batch_norm_backward
+from ._native._torch_blocks import needs_autograd
 from ._native._torch_normalize import rsqrt
 from ._tf._gradients import layer_backward
 from ._tf._options import LayerOptions
@@ -69,9 +70,9 @@ def _wants_one_node(x: torch.Tensor, state: BatchNormState, options: LayerOption
     """A non-fused path in training, recorded, eagerly (the fused kernel has its own node)."""
     if not options.is_training or plan.fused_kernel or torch.compiler.is_compiling():
         return False
-    if not torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+    if torch._C._are_functorch_transforms_active():
         return False
-    return any(t is not None and t.requires_grad for t in (x, state.gamma, state.beta))
+    return needs_autograd([t for t in (x, state.gamma, state.beta) if t is not None])
 
 
 class _LayerStep(torch.autograd.Function):
