@@ -27,19 +27,27 @@ from ._moments import biased_variance, two_pass_moments
 @overridable(Kernel.NORMALIZE)
 def normalize(
     x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, *,
-    xp: Namespace, compute: Any = None,
+    xp: Namespace, compute: Any = None, channel: int | None = None,
 ) -> Any:
     """``tf.nn.batch_normalization``: ``x·inv + (offset − mean·inv)``, both terms in x's dtype.
 
     ``compute``: a wider dtype for the arithmetic (the Keras layer normalizes half
     input in float32): x is widened to it, and y rounded back to x's dtype once.
     A fast path then never holds the whole widened input.
+
+    ``channel``: the parameters are ``[C]`` vectors along that axis of x (a layer's
+    variables); ``inv`` and ``shift`` are shaped to it once computed (the same
+    bits: two reshapes where shaping the four parameters took four). None: the
+    parameters broadcast against x as they are.
     """
     widened = x if compute is None else astype(x, compute, xp)
     inv = rsqrt(variance + variance_epsilon, xp)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
+    if channel is not None:
+        inv = _layout.per_channel(inv, x.ndim, channel, xp)
+        shift = _layout.per_channel(shift, x.ndim, channel, xp)
     y = widened * xp.astype(inv, widened.dtype) + xp.astype(shift, widened.dtype)
     return y if compute is None else astype(y, x.dtype, xp)
 

@@ -20,7 +20,9 @@ class Kernel(enum.Enum):
     WEIGHTED_MOMENTS = (
         "weighted_local_moments(x, axes, weights, empty, *, xp, compute=None) -> (count, mean, m2)"
     )
-    NORMALIZE = "normalize(x, mean, variance, offset, scale, variance_epsilon, *, xp, compute=None)"
+    NORMALIZE = (
+        "normalize(x, mean, variance, offset, scale, variance_epsilon, *, xp, compute=None, channel=None)"
+    )
     GRADIENT_SUMS = "gradient_sums(dy, x, mean, channel, *, xp)"
     GRADIENT_INPUT = "gradient_input(dy, x, mean, a, b, c, share, *, xp)"
     MOVE_TOWARD = "move_toward(variable, value, weight, *, xp)"

@@ -87,7 +87,7 @@ from ._switch import fast_paths_enabled
 from ._torch_averages import move_toward
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
 from ._torch_moments import grouped, local_moments, two_pass_sums
-from ._torch_normalize import normalize, rsqrt
+from ._torch_normalize import normalize, per_channel, rsqrt
 from ._torch_weighted import weighted_local_moments
 
 
@@ -159,15 +159,6 @@ def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
     return sums.mean, sums.m2 * inverse_count, sums.centred
 
 
-def _per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
-    """``[C]`` broadcast along ``channel`` of x (as it is when the channels are last)."""
-    if channel == x.ndim - 1:
-        return vector
-    shape = [1] * x.ndim
-    shape[channel] = -1
-    return vector.view(*shape)  # sizes as arguments: a third quicker than as one list
-
-
 def _affine(
     x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset: Tensor, channel: int,
     centred: Tensor | None = None,
@@ -181,11 +172,11 @@ def _affine(
     no gradient is asked for, or this is the autograd Function's forward): it is
     scaled and shifted in place and becomes y.
     """
-    factor_b = _per_channel(inverse_std * scale, x, channel)
-    offset_b = _per_channel(offset, x, channel)
+    factor_b = per_channel(inverse_std * scale, x, channel)
+    offset_b = per_channel(offset, x, channel)
     if centred is not None:
         return _scale_and_shift(centred, factor_b, offset_b, channel)
-    mean_b = _per_channel(mean, x, channel)
+    mean_b = per_channel(mean, x, channel)
     if needs_autograd([x, mean, inverse_std, scale, offset]):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
         return y.to(x.dtype)

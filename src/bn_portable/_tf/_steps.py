@@ -18,7 +18,6 @@ from .._kernels._moving_averages import (
     zero_debiased_average,
 )
 from .._kernels._normalize import fused_inference, fused_training, normalize
-from .._lib import _layout
 from .._lib._backends import operand, stop_gradient
 from .._lib._compat import device
 from .._lib._dtypes import ComputeRule, astype, compute_dtype
@@ -142,8 +141,7 @@ def _keras_step(
     compute = plan.state_dtype
     if options.is_training:
         kept_mean, kept_variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
-        mean, mean_b = _vector_and_broadcast(kept_mean, x, plan, xp)
-        variance, variance_b = _vector_and_broadcast(kept_variance, x, plan, xp)
+        mean, variance = xp.reshape(kept_mean, (-1,)), xp.reshape(kept_variance, (-1,))
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = renorm_step(mean, variance, new_state, state, options, xp)
@@ -161,9 +159,8 @@ def _keras_step(
             used = Normalization(mean, variance, gamma, beta)
     else:
         mean, variance, scale, offset = state.moving_mean, state.moving_variance, gamma, beta
-        mean_b, variance_b = mean, variance
         new_state, used = state, Normalization(mean, variance, gamma, beta)
-    y = _normalize_per_channel(x, mean_b, variance_b, offset, scale, options, plan, xp, compute)
+    y = _normalize_per_channel(x, mean, variance, offset, scale, options, plan, xp, compute)
     return y, new_state, used
 
 
@@ -183,8 +180,8 @@ def _legacy_step(
         if batch_weights is not None:
             weights = xp.reshape(batch_weights, (-1,) + (1,) * (x.ndim - 1))
         kept_mean, kept_variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
-        mean, mean_b = _vector_and_broadcast(astype(kept_mean, x.dtype, xp), x, plan, xp)
-        variance, variance_b = _vector_and_broadcast(astype(kept_variance, x.dtype, xp), x, plan, xp)
+        mean = xp.reshape(astype(kept_mean, x.dtype, xp), (-1,))
+        variance = xp.reshape(astype(kept_variance, x.dtype, xp), (-1,))
         new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
             moving_variance=moving_average(
                 state.moving_variance, variance, options.decay, "python", xp=xp
@@ -192,8 +189,7 @@ def _legacy_step(
         )
     else:
         mean, variance, new_state = state.moving_mean, state.moving_variance, state
-        mean_b, variance_b = mean, variance
-    y = _normalize_per_channel(x, mean_b, variance_b, state.beta, state.gamma, options, plan, xp)
+    y = _normalize_per_channel(x, mean, variance, state.beta, state.gamma, options, plan, xp)
     return y, new_state, Normalization(mean, variance, state.gamma, state.beta)
 
 
@@ -216,29 +212,17 @@ def _batch_statistics(
     return summary.mean, biased_variance(summary, empty="zero" if weighted else "nan", xp=xp)
 
 
-def _vector_and_broadcast(kept: Any, x: Any, plan: LayerPlan, xp: Namespace) -> tuple[Any, Any]:
-    """A keepdims batch statistic as the state's ``[C]`` vector and as it broadcasts against x:
-    the vector itself where the channels are last, else the keepdims array (no reshape back;
-    a reshape is a call of a microsecond on PyTorch, and a small call makes several)."""
-    vector = xp.reshape(kept, (-1,))
-    return vector, vector if plan.channel == x.ndim - 1 else kept
-
-
 def _normalize_per_channel(
     x: Any, mean: Any, variance: Any, offset: Any, scale: Any, options: LayerOptions,
     plan: LayerPlan, xp: Namespace, compute: Any = None,
 ) -> Any:
-    """``tf.nn.batch_normalization`` with ``[C]`` parameters broadcast along the channel axis
-    (statistics already shaped so stay as they are), in ``compute`` where it is wider than
-    x (rounded back once)."""
-    if plan.channel != x.ndim - 1:  # (channels last broadcast as they are: no call per parameter)
-        mean, variance, offset, scale = (
-            None if value is None else _layout.per_channel(value, x.ndim, plan.channel, xp)
-            for value in (mean, variance, offset, scale)
-        )
+    """``tf.nn.batch_normalization`` with ``[C]`` parameters along the channel axis, in
+    ``compute`` where it is wider than x (rounded back once)."""
     if compute is not None and compute == x.dtype:
         compute = None
-    return normalize(x, mean, variance, offset, scale, options.epsilon, xp=xp, compute=compute)
+    return normalize(
+        x, mean, variance, offset, scale, options.epsilon, xp=xp, compute=compute, channel=plan.channel
+    )
 
 
 def _update_moving_mean(

@@ -178,10 +178,11 @@ def weighted_local_moments(
 
 def normalize(
     x: Any, mean: Any, variance: Any, offset: Any, scale: Any, variance_epsilon: Any, *, xp: Any,
-    compute: Any = None,
+    compute: Any = None, channel: int | None = None,
 ) -> Any:
     """``x·inv + shift`` with the generic kernel's ``inv`` and ``shift``, blocked (a float16
-    x widened to float32 block by block with ``compute=float32``)."""
+    x widened to float32 block by block with ``compute=float32``); ``[C]`` parameters
+    along ``channel`` as the generic kernel takes them."""
     if not large_plain_array(x, MOMENT_DTYPES):
         return NotImplemented
     arithmetic = x.dtype if compute is None else np.dtype(compute)
@@ -190,7 +191,8 @@ def normalize(
     parameters = [value for value in (mean, variance, offset, scale) if value is not None]
     if not all(isinstance(value, np.ndarray) for value in parameters):
         return NotImplemented
-    axis = single_varying_axis(x.shape, [value.shape for value in parameters])
+    shapes = [value.shape for value in parameters]
+    axis = single_varying_axis(x.shape, shapes) if channel is None else _vectors_along(x, shapes, channel)
     if axis is None:
         return NotImplemented
     inv, shift = _elementwise.normalization_terms(mean, variance, offset, scale, variance_epsilon)
@@ -233,6 +235,12 @@ def gradient_input(
         plan, dy.reshape(shape), x.reshape(shape), dx.reshape(shape), *vectors
     )
     return dx
+
+
+def _vectors_along(x: Any, shapes: list[tuple[int, ...]], channel: int) -> int | None:
+    """``channel`` where every parameter is a ``[C]`` vector of x's channel count, else None."""
+    vector = (x.shape[channel],)
+    return channel if all(shape == vector for shape in shapes) else None
 
 
 def _along(value: Any, axis: int) -> Any:
