@@ -28,6 +28,11 @@ class Run:
         value = self.cases.get(key, {}).get("results", {}).get(variant, {}).get("median_ms")
         return float(value) if value is not None else None
 
+    def faults(self, key: str, variant: str) -> float | None:
+        """Minor page faults per timed call (median over rounds), where the run counted them."""
+        value = self.cases.get(key, {}).get("results", {}).get(variant, {}).get("minor_faults")
+        return float(value) if value is not None else None
+
     def memory(self, key: str, variant: str) -> float | None:
         value = self.cases.get(key, {}).get("peak_memory_vs_input", {}).get(variant)
         return float(value) if value is not None else None

@@ -66,6 +66,22 @@ def model_rows(models: Run) -> list[str]:
     return rows
 
 
+FAULT_VARIANTS = ("native", "fused", "non-fused", "floor fused", "floor non-fused")
+
+
+def fault_rows(models: Run) -> list[str]:
+    """Minor page faults per call of each eager model case, per variant (``_timing.time_case``)."""
+    rows = []
+    for key, case in models.cases.items():
+        if key.startswith("layer ") or key.endswith("compiled") or case.get("backend") == "jax":
+            continue
+        counts = [models.faults(key, variant) for variant in FAULT_VARIANTS]
+        if any(count is not None for count in counts):
+            cells = " | ".join("–" if count is None else f"{count:,.0f}" for count in counts)
+            rows.append(f"| {key} | {cells} |")
+    return rows
+
+
 def path_rows(paths: Run) -> list[str]:
     rows = []
     limits = {
@@ -153,6 +169,24 @@ def _other_processors(*runs: Run) -> list[str]:
     ] + ([""] if changed else [])
 
 
+def _fault_section(models: Run) -> list[str]:
+    """The end-to-end cases' page faults, where the run counted them."""
+    rows = fault_rows(models)
+    if not rows:
+        return []
+    return [
+        "Minor page faults per call (median over the rounds): fresh memory costs a microsecond",
+        "or more per 4 KB page, and how much of it a call gets depends on what the allocator",
+        "handed back to the system before, so a variant with many more faults than the others",
+        "was measured in a slower state of memory, not necessarily with slower code.",
+        "",
+        f"| case | {' | '.join(FAULT_VARIANTS)} |",
+        "| --- |" + " --- |" * len(FAULT_VARIANTS),
+        *rows,
+        "",
+    ]
+
+
 def render(models: Run, paths: Run) -> str:
     header = "| target | limit | measured | met | floor in Python |\n| --- | --- | --- | --- | --- |"
     regressions = models.payload.get("regressions", []) + paths.payload.get("regressions", [])
@@ -178,6 +212,7 @@ def render(models: Run, paths: Run) -> str:
         "",
         header, *model_rows(models),
         "",
+        *_fault_section(models),
         f"## Every path at {LARGE}",
         "",
         header, *path_rows(paths),

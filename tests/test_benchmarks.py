@@ -119,6 +119,17 @@ def test_models_harness_runs_every_model(tiny_runs: tuple[Path, Path]) -> None:
     for model in ("ResNet-18", "ResNet-18 channels-last", "MLP"):
         assert {f"{model}/train", f"{model}/infer"} <= keys
     assert "MLP/train compiled" in keys
+    if _counts_page_faults():  # every variant's faults per call, counted around its timed calls
+        for case in payload["cases"]:
+            assert all(result["minor_faults"] >= 0 for result in case["results"].values()), case["key"]
+
+
+def _counts_page_faults() -> bool:
+    try:
+        import resource  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_models_harness_runs_the_jax_cases(tiny_runs: tuple[Path, Path]) -> None:
@@ -136,7 +147,10 @@ def test_report_and_page_render_from_the_runs(tiny_runs: tuple[Path, Path], tmp_
     _run("page.py", "--models", models, "--paths", paths, "--out", str(tmp_path / "performance.md"))
     page = (tmp_path / "performance.md").read_text()
     assert "## What a model costs" in page and "| ResNet-18 | training step |" in page
-    assert "| target | limit | measured | met |" in (tmp_path / "targets.md").read_text()
+    targets = (tmp_path / "targets.md").read_text()
+    assert "| target | limit | measured | met |" in targets
+    if _counts_page_faults():
+        assert "| ResNet-18/train | " in targets.split("Minor page faults per call")[1]
 
 
 def test_regressions_flag_ratios_a_quarter_above_the_previous_run() -> None:
@@ -154,6 +168,9 @@ def test_regressions_flag_ratios_a_quarter_above_the_previous_run() -> None:
         "k a: 1.30× (previous run 1.00×; a 2.00 ms (was 2.00 ms); b 1.54 ms (was 2.00 ms))"
     ]
     assert regressions(None, after) == []
+    # Page faults per call, where the run counted them, beside the medians.
+    after["cases"][0]["results"]["a"]["minor_faults"] = 3840.0
+    assert regressions(before, after)[0].startswith("k a: 1.30× (previous run 1.00×; a 2.00 ms, 3,840 page faults (was")
 
 
 @pytest.mark.parametrize(
