@@ -129,8 +129,8 @@ def time_case(
     fault per 4 KB page, a microsecond or more each, and glibc hands large freed
     blocks back to the system, to map them afresh later, or not, depending on
     what else was freed: on 2 CPU cores one ResNet-18 training step of the same
-    code took 500 faults and 96 ms in one repetition, 12,000 and 114 ms in the
-    next. The count says when a ratio moved for that reason.
+    code took 12,000 faults and 114 ms in one repetition of ten steps, 500 and
+    96 ms in the next. The count says when a ratio moved for that reason.
     """
     samples: dict[str, list[float]] = {name: [] for name in impls}
     faults: dict[str, list[float]] = {name: [] for name in impls}
