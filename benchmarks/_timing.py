@@ -209,8 +209,8 @@ def regressions(previous: dict[str, Any] | None, payload: dict[str, Any]) -> lis
     Each flag also gives both medians then and now (and the page faults per call
     where counted): a ratio grows when the implementation slowed down or when the
     reference sped up, and only the first is a regression (``compare_versions.py``
-    settles it). Both payloads list
-    ``cases`` with a ``key``, a ``reference`` and ``results[name]["ratio"]``.
+    settles it). Both payloads list ``cases`` with a ``key``, a ``reference`` and
+    ``results[name]["ratio"]``.
     """
     if not previous:
         return []

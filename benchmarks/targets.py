@@ -66,20 +66,8 @@ def model_rows(models: Run) -> list[str]:
     return rows
 
 
+#: The variants whose page faults the report tables, per end-to-end PyTorch case.
 FAULT_VARIANTS = ("native", "fused", "non-fused", "floor fused", "floor non-fused")
-
-
-def fault_rows(models: Run) -> list[str]:
-    """Minor page faults per call of each eager model case, per variant (``_timing.time_case``)."""
-    rows = []
-    for key, case in models.cases.items():
-        if key.startswith("layer ") or key.endswith("compiled") or case.get("backend") == "jax":
-            continue
-        counts = [models.faults(key, variant) for variant in FAULT_VARIANTS]
-        if any(count is not None for count in counts):
-            cells = " | ".join("–" if count is None else f"{count:,.0f}" for count in counts)
-            rows.append(f"| {key} | {cells} |")
-    return rows
 
 
 def path_rows(paths: Run) -> list[str]:
@@ -169,9 +157,14 @@ def _other_processors(*runs: Run) -> list[str]:
     ] + ([""] if changed else [])
 
 
-def _fault_section(models: Run) -> list[str]:
-    """The end-to-end cases' page faults, where the run counted them."""
-    rows = fault_rows(models)
+def fault_section(models: Run) -> list[str]:
+    """The PyTorch model cases' page faults per call (``_timing.time_case``), where counted."""
+    rows = []
+    for key, case in models.cases.items():
+        counts = [models.faults(key, variant) for variant in FAULT_VARIANTS]
+        if case.get("backend") == "torch" and any(count is not None for count in counts):
+            cells = " | ".join("–" if count is None else f"{count:,.0f}" for count in counts)
+            rows.append(f"| {key} | {cells} |")
     if not rows:
         return []
     return [
@@ -212,7 +205,7 @@ def render(models: Run, paths: Run) -> str:
         "",
         header, *model_rows(models),
         "",
-        *_fault_section(models),
+        *fault_section(models),
         f"## Every path at {LARGE}",
         "",
         header, *path_rows(paths),
