@@ -140,8 +140,7 @@ def _keras_step(
     # there and rounds y once; other dtypes are their own compute dtype.
     compute = plan.state_dtype
     if options.is_training:
-        kept_mean, kept_variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
-        mean, variance = xp.reshape(kept_mean, (-1,)), xp.reshape(kept_variance, (-1,))
+        mean, variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
         new_state = _update_moving_mean(state, mean, options, "python", xp)
         if options.renorm:
             r, d, new_state = renorm_step(mean, variance, new_state, state, options, xp)
@@ -179,9 +178,8 @@ def _legacy_step(
         weights = None
         if batch_weights is not None:
             weights = xp.reshape(batch_weights, (-1,) + (1,) * (x.ndim - 1))
-        kept_mean, kept_variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
-        mean = xp.reshape(astype(kept_mean, x.dtype, xp), (-1,))
-        variance = xp.reshape(astype(kept_variance, x.dtype, xp), (-1,))
+        mean, variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
+        mean, variance = astype(mean, x.dtype, xp), astype(variance, x.dtype, xp)
         new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
             moving_variance=moving_average(
                 state.moving_variance, variance, options.decay, "python", xp=xp
@@ -197,8 +195,8 @@ def _batch_statistics(
     x: Any, plan: LayerPlan, options: LayerOptions, xp: Namespace, weights: Any = None,
     compute: Any = None, mask: Any = None,
 ) -> tuple[Any, Any]:
-    """Mean and biased variance of the (global) batch, keepdims (as they broadcast against
-    x), in ``compute`` where it is wider than x; 0 for zero total weight (or an all-zero mask)."""
+    """``[C]`` mean and biased variance of the (global) batch, in ``compute`` where it is
+    wider than x; 0 for zero total weight (or an all-zero mask)."""
     compute = None if compute is None or compute == x.dtype else compute
     reducer = options.cross_replica_sum
     if mask is not None:
@@ -209,7 +207,8 @@ def _batch_statistics(
             empty="nan" if weights is None else "zero", compute=compute,
         )
     weighted = weights is not None or mask is not None
-    return summary.mean, biased_variance(summary, empty="zero" if weighted else "nan", xp=xp)
+    variance = biased_variance(summary, empty="zero" if weighted else "nan", xp=xp)
+    return xp.reshape(summary.mean, (-1,)), xp.reshape(variance, (-1,))
 
 
 def _normalize_per_channel(
