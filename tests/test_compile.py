@@ -323,3 +323,41 @@ def test_a_compiled_function_may_make_the_first_call_of_a_process():
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "compiled: (4, 3, 5, 6)" in completed.stdout
+
+
+def test_the_switch_is_marked_as_the_public_decorator_marks_a_constant():
+    """``_torch.enabled`` carries what ``torch.compiler.assume_constant_result`` sets, set
+    without that decorator's import of the compiler (the test above traces it)."""
+    from bn_portable._native import _torch
+
+    def probe() -> bool:
+        return True
+
+    marks = vars(torch.compiler.assume_constant_result(probe))
+    assert marks
+    for name, value in marks.items():
+        assert getattr(_torch.enabled, name, None) == value, name
+
+
+_EAGER_SCRIPT = """
+import sys
+import torch
+import bn_portable as bn
+from bn_portable.torch import BatchNorm
+x = torch.randn(4, 3, 5, 6, requires_grad=True)
+for fused in (True, False):
+    y, state = bn.batch_norm(x, data_format="NCHW", fused=fused, scale=True)
+    module = BatchNorm.from_state(state, data_format="NCHW", fused=fused, scale=True)
+    module(x).sum().backward()
+print("compiler imported:", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_eager_calls_do_not_import_the_compiler():
+    """Eager programs never pay for importing ``torch._dynamo`` (seconds on a small CPU)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    completed = subprocess.run(
+        [sys.executable, "-c", _EAGER_SCRIPT], capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "compiler imported: False" in completed.stdout

@@ -91,8 +91,6 @@ from ._torch_normalize import normalize, per_channel, rsqrt
 from ._torch_weighted import weighted_local_moments
 
 
-# torch.compiler's decorators are not annotated; enabled stays () -> bool.
-@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
 def enabled() -> bool:
     """The fast-path switch; under ``torch.compile`` read once, at tracing, as a constant.
 
@@ -100,6 +98,12 @@ def enabled() -> bool:
     the compiler calls it once while tracing and keeps the answer in the graph.
     """
     return fast_paths_enabled()
+
+
+# What torch.compiler.assume_constant_result does, without its import of the compiler: that
+# import took 3 s of a 2-core machine, every eager program's first call paying for a compiler
+# it never runs. tests/test_compile.py checks that the public decorator marks a function so.
+enabled._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
