@@ -76,19 +76,25 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
 
 class Grouped:
     """x viewed with the channel on one axis: ``values`` summed over ``dims``;
-    ``per_channel`` reshapes a ``[C]`` vector to broadcast against it; ``regroup``
-    views another tensor of x's shape and memory layout the same way."""
+    ``broadcast`` makes a ``[C]`` vector broadcast against it; ``centred`` subtracts one."""
 
-    def __init__(
-        self, x: Tensor, values: Tensor, dims: tuple[int, ...], per_channel: tuple[int, ...], moved: bool
-    ) -> None:
-        self.x, self.values, self.dims, self.per_channel = x, values, dims, per_channel
+    def __init__(self, x: Tensor, values: Tensor, dims: tuple[int, ...], moved: bool) -> None:
+        self.x, self.values, self.dims = x, values, dims
         self._moved = moved
 
-    def regroup(self, like_x: Tensor) -> Tensor:
-        if self.values is self.x:  # x is its own view (an MLP's [N, C]): a reshape is a call too
-            return like_x
-        return (like_x.movedim(1, -1) if self._moved else like_x).reshape(self.values.shape)
+    def broadcast(self, vector: Tensor) -> Tensor:
+        """A ``[C]`` vector against ``values``: as it is against rows of C (a view is a call too)."""
+        return vector if self.dims == (0,) else vector.view(1, -1, 1)
+
+    def centred(self, values: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+        """``values − mean``, and the same memory as a tensor of x's shape and layout of its
+        own (not a view: the fused kernel's autograd node writes y into it in place)."""
+        if self.values is self.x:  # x is its own view (an MLP's [N, C]): the difference is both
+            difference = torch.sub(values, self.broadcast(mean))
+            return difference, difference
+        kept = torch.empty_like(self.x, dtype=values.dtype)
+        regrouped = (kept.movedim(1, -1) if self._moved else kept).reshape(self.values.shape)
+        return torch.sub(values, self.broadcast(mean), out=regrouped), kept
 
 
 def grouped(x: Tensor, channel: int) -> Grouped | None:
@@ -98,12 +104,12 @@ def grouped(x: Tensor, channel: int) -> Grouped | None:
         return None
     channels = x.shape[channel]
     if channel == 1 and x.ndim > 2 and x.is_contiguous():
-        return Grouped(x, x.reshape(x.shape[0], channels, -1), (0, 2), (1, channels, 1), False)
+        return Grouped(x, x.reshape(x.shape[0], channels, -1), (0, 2), False)
     moved = channel != x.ndim - 1
     last = x.movedim(1, -1) if moved else x  # NCHW in channels-last memory
     if last.is_contiguous():
         rows = last if last.ndim == 2 else last.reshape(-1, channels)
-        return Grouped(x, rows, (0,), (1, channels), moved)
+        return Grouped(x, rows, (0,), moved)
     return None
 
 
@@ -133,11 +139,10 @@ def two_pass_sums(
         if values.dtype != dtype:  # (a same-dtype .to is a call too, on a small batch)
             values = values.to(dtype)  # a half batch is widened exactly
         mean = mean_of(_sum(values, dims, dtype, wide))
-        if keep_centred:  # written in x's layout, squared into a new tensor (square_'s products)
-            kept = torch.empty_like(view.x, dtype=dtype)
-            centred = torch.sub(values, mean.view(view.per_channel), out=view.regroup(kept))
+        if keep_centred:  # squared into a new tensor (square_'s products), given back in x's layout
+            centred, kept = view.centred(values, mean)
             return Sums(mean, _sum(centred * centred, dims, dtype, wide), kept)
-        centred = torch.sub(values, mean.view(view.per_channel))
+        centred = torch.sub(values, view.broadcast(mean))
         return Sums(mean, _sum(centred.square_(), dims, dtype, wide))
     blocks = _blocks(values)
     if values.dtype == dtype:
@@ -145,7 +150,7 @@ def two_pass_sums(
     else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
         total = _total([torch.sum(b.to(dtype), dims) for b in blocks], dtype)
     mean = mean_of(total)
-    mean_b = mean.view(view.per_channel)
+    mean_b = view.broadcast(mean)
     # torch.sub widens a half block exactly (type promotion to the mean's dtype).
     m2 = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks], dtype)
     return Sums(mean, m2)
@@ -162,7 +167,7 @@ def _sum(values: Tensor, dims: tuple[int, ...], dtype: torch.dtype, wide: bool) 
 def _differentiable_sums(view: Grouped, count: int) -> tuple[Tensor, Tensor]:
     """The two passes as plain differentiable calls, for autograd to record."""
     mean = torch.sum(view.values, view.dims) / count
-    centred = view.values - mean.view(view.per_channel)
+    centred = view.values - view.broadcast(mean)
     return mean, torch.sum(centred * centred, view.dims)
 
 
