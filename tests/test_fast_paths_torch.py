@@ -282,7 +282,6 @@ def test_torch_local_moments_decline_what_they_do_not_cover(torch_fast):
     xp = _torch_xp()
     big = torch.randn(16, 32, 12, 12)
     assert torch_fast.local_moments(big[:2], (0, 2, 3), xp=xp) is NotImplemented  # small
-    assert torch_fast.local_moments(big.half(), (0, 2, 3), xp=xp) is NotImplemented
     assert torch_fast.local_moments(big, (0, 1, 3), xp=xp) is NotImplemented  # channel on axis 2
     assert torch_fast.local_moments(big, (0, 2), xp=xp) is NotImplemented  # two kept axes
     strided = big[:, :, ::2]  # neither layout dense: the generic kernel
@@ -317,6 +316,42 @@ def test_torch_local_moments_blocked_and_widened(torch_fast, monkeypatch, layout
         eps = float(np.finfo(np.float32).eps)
         assert np.all(np.abs(mean.double().numpy() - mean64) <= 2 * eps * np.abs(mean64) + 2 * eps)
         assert np.all(np.abs(m2.double().numpy() - m2_64) <= 4 * eps * m2_64 * (1 + loc))
+
+
+@pytest.mark.parametrize("block_elements", [None, 4096], ids=["whole", "blocks"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC", "NCHW-channels-last", "rows"])
+def test_torch_local_moments_in_half_precision(torch_fast, monkeypatch, layout, dtype, block_elements):
+    """Half moments in their own dtype (TensorFlow's for bfloat16): the mean is the exact mean
+    rounded once, m2 the exact sum of the half-rounded squares of the half-rounded
+    differences from it, rounded once (within one ulp: sums accumulated in float32), whole
+    or block by block, where the generic kernel's sums are no closer."""
+    torch = pytest.importorskip("torch")
+    from bn_portable._kernels import _moments
+
+    _small_torch_blocks(monkeypatch, torch_fast, block_elements)
+    xp = _torch_xp()
+    half = getattr(torch, dtype)
+    shape, channel = {"NHWC": ((16, 12, 12, 32), 3), "rows": ((4096, 24), 1)}.get(layout, ((16, 32, 12, 12), 1))
+    axes = tuple(axis for axis in range(len(shape)) if axis != channel)
+    ulp = 2.0 ** (-7 if dtype == "bfloat16" else -10)  # relative spacing at 1: one ulp at most
+    for loc in (0.5, 6.0):
+        tensor = torch.from_numpy(np.random.default_rng(7).normal(loc, 1.0, shape)).to(half)
+        if layout == "NCHW-channels-last":
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        results = {"fast": torch_fast.local_moments(tensor, axes, xp=xp)}
+        results["generic"] = _moments.local_moments.generic(tensor, axes, xp=xp)
+        errors = {}
+        for name, (mean, m2) in results.items():
+            assert mean.dtype == m2.dtype == half
+            x64 = tensor.double().numpy().astype(np.longdouble)
+            mean64 = x64.mean(axis=axes, keepdims=True)
+            assert np.all(np.abs(mean.double().numpy() - mean64) <= ulp * np.abs(mean64))
+            squares = (tensor - mean).square()  # each rounded to the half dtype, as TensorFlow's
+            exact = squares.double().numpy().astype(np.longdouble).sum(axis=axes, keepdims=True)
+            errors[name] = np.abs(m2.double().numpy() - exact) / exact
+            assert np.all(errors[name] <= ulp)
+        assert errors["fast"].max() <= errors["generic"].max() + ulp / 2
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no-autograd", "autograd"])

@@ -18,8 +18,11 @@ the arithmetic), the same terms added in another order, at least as
 accurately. Only the order of the additions differs from the generic kernel,
 so the results are within the accuracy contract.
 
-``local_moments`` takes float32 and float64 batches (or half ones widened to
-float32, ``compute``) of at least ``SMALLEST_INPUT`` values, eagerly. Where
+``local_moments`` takes float32 and float64 batches, and half ones widened to
+float32 (``compute``) or in their own dtype (TensorFlow's moments of bfloat16 are
+bfloat16: each difference and square rounded to it, the sums accumulated in
+float32 and rounded once, as ``torch.sum`` of a whole half tensor accumulates),
+of at least ``SMALLEST_INPUT`` values, eagerly. Where
 autograd records, it runs the two passes unblocked as plain differentiable
 calls (double backward included). Everything else (smaller batches, other
 layouts, ``torch.compile``, whose float32 sums the generic kernel widens)
@@ -52,8 +55,7 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
     dtype = x.dtype if compute is None else compute
     if (
         len(kept) != 1
-        or dtype not in _DTYPES
-        or (x.dtype != dtype and (x.dtype not in _HALF or dtype != torch.float32))
+        or not _served(x.dtype, dtype)
         or x.numel() < SMALLEST_INPUT
         or torch.compiler.is_compiling()
         or torch._C._are_functorch_transforms_active()
@@ -72,6 +74,14 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
     else:
         mean, m2, _ = two_pass_sums(view, dtype, lambda total: total / operand(count, total))
     return mean.reshape(keepdims), m2.reshape(keepdims)
+
+
+def _served(x_dtype: torch.dtype, dtype: torch.dtype) -> bool:
+    """float32 and float64 in themselves; half precision widened to float32, or in itself
+    (TensorFlow takes bfloat16's moments in bfloat16)."""
+    if x_dtype == dtype:
+        return dtype in _DTYPES or dtype in _HALF
+    return x_dtype in _HALF and dtype == torch.float32
 
 
 class Grouped:
@@ -151,8 +161,10 @@ def two_pass_sums(
         total = _total([torch.sum(b.to(dtype), dims) for b in blocks], dtype)
     mean = mean_of(total)
     mean_b = view.broadcast(mean)
-    # torch.sub widens a half block exactly (type promotion to the mean's dtype).
-    m2 = _total([torch.sum(torch.sub(b, mean_b).square_(), dims) for b in blocks], dtype)
+    # torch.sub widens a half block exactly (type promotion to the mean's dtype); a half
+    # block's squares (half moments) are summed in float32, as torch.sum of a whole one is.
+    partial = torch.float32 if dtype in _HALF else dtype
+    m2 = _total([torch.sum(torch.sub(b, mean_b).square_(), dims, dtype=partial) for b in blocks], dtype)
     return Sums(mean, m2)
 
 
@@ -174,7 +186,7 @@ def _differentiable_sums(view: Grouped, count: int) -> tuple[Tensor, Tensor]:
 def _total(partials: list[Tensor], dtype: torch.dtype) -> Tensor:
     """The sum of per-block sums, added in float64 and rounded once to ``dtype``."""
     if len(partials) == 1:
-        return partials[0]
+        return partials[0].to(dtype)
     return torch.stack(partials).double().sum(0).to(dtype)
 
 
