@@ -85,8 +85,10 @@ def _without_gradient(new_state: BatchNormState, state: BatchNormState, xp: Name
     for index in _STATISTICS:
         new = new_state[index]
         if new is not state[index]:
-            values = list(new_state) if values is None else values
-            values[index] = stop_gradient(new, xp)
+            constant = stop_gradient(new, xp)
+            if constant is not new:  # rebuilt only where a detach made a new array
+                values = list(new_state) if values is None else values
+                values[index] = constant
     return new_state if values is None else BatchNormState._make(values)
 
 
@@ -117,10 +119,11 @@ def _fused_step(
     # tf-slim's fused path rounds 1 - decay in double precision; the Keras
     # layer's fused path makes decay a float32 tensor first.
     rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
-    new_state = _update_moving_mean(state, batch_mean, options, rounding, xp)._replace(
+    new_state = state._replace(
+        **_moved_mean(state, batch_mean, options, rounding, xp),
         moving_variance=moving_average(
             state.moving_variance, biased * operand(bessel, biased), options.decay, rounding, xp=xp
-        )
+        ),
     )
     return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
 
@@ -141,18 +144,17 @@ def _keras_step(
     compute = plan.state_dtype
     if options.is_training:
         mean, variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
-        new_state = _update_moving_mean(state, mean, options, "python", xp)
+        moved_mean = _moved_mean(state, mean, options, "python", xp)
         if options.renorm:
-            r, d, new_state = renorm_step(mean, variance, new_state, state, options, xp)
+            r, d, new_state = renorm_step(mean, variance, state._replace(**moved_mean), state, options, xp)
             # r and d are constants for the gradient (tf.stop_gradient in tf-keras).
             r, d = stop_gradient(r, xp), stop_gradient(d, xp)
             scale, offset = compose(r, d, gamma, beta)
             used = Normalization(mean, variance, gamma, beta, r, d)
         else:
-            new_state = new_state._replace(
-                moving_variance=moving_average(
-                    state.moving_variance, variance, options.decay, "python", xp=xp
-                )
+            new_state = state._replace(
+                **moved_mean,
+                moving_variance=moving_average(state.moving_variance, variance, options.decay, "python", xp=xp),
             )
             scale, offset = gamma, beta
             used = Normalization(mean, variance, gamma, beta)
@@ -180,10 +182,9 @@ def _legacy_step(
             weights = xp.reshape(batch_weights, (-1,) + (1,) * (x.ndim - 1))
         mean, variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
         mean, variance = astype(mean, x.dtype, xp), astype(variance, x.dtype, xp)
-        new_state = _update_moving_mean(state, mean, options, "python", xp)._replace(
-            moving_variance=moving_average(
-                state.moving_variance, variance, options.decay, "python", xp=xp
-            )
+        new_state = state._replace(
+            **_moved_mean(state, mean, options, "python", xp),
+            moving_variance=moving_average(state.moving_variance, variance, options.decay, "python", xp=xp),
         )
     else:
         mean, variance, new_state = state.moving_mean, state.moving_variance, state
@@ -224,15 +225,14 @@ def _normalize_per_channel(
     )
 
 
-def _update_moving_mean(
+def _moved_mean(
     state: BatchNormState, batch_mean: Any, options: LayerOptions, rounding: WeightRounding, xp: Namespace
-) -> BatchNormState:
-    """The moving mean's update, zero-debiased when asked."""
+) -> dict[str, Any]:
+    """The moving mean's update (zero-debiased when asked), as the state fields it changes:
+    the caller makes the new state in one ``_replace`` (each costs a small call a microsecond)."""
     if not options.zero_debias_moving_mean:
-        return state._replace(
-            moving_mean=moving_average(state.moving_mean, batch_mean, options.decay, rounding, xp=xp)
-        )
+        return {"moving_mean": moving_average(state.moving_mean, batch_mean, options.decay, rounding, xp=xp)}
     unbiased, biased, step = zero_debiased_average(
         state.moving_mean_biased, state.local_step, batch_mean, options.decay, xp=xp
     )
-    return state._replace(moving_mean=unbiased, moving_mean_biased=biased, local_step=step)
+    return {"moving_mean": unbiased, "moving_mean_biased": biased, "local_step": step}
