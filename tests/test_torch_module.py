@@ -121,6 +121,18 @@ def test_gradients_reach_the_parameters():
     assert all(b.grad is None and not b.requires_grad for b in module.buffers())
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_buffer_that_requires_grad_is_updated_without_recording(fused):
+    """The statistics are copied into the buffers with autograd off where a buffer requires
+    grad (an in-place copy into such a leaf would raise otherwise), and stay leaves."""
+    module = _perturb(BatchNorm(3, scale=True, fused=fused))
+    module.moving_variance.requires_grad_(True)
+    before = module.moving_variance.detach().clone()
+    module(_input().requires_grad_(True)).sum().backward()
+    assert not torch.equal(module.moving_variance.detach(), before)
+    assert all(b.grad_fn is None for b in module.buffers())
+
+
 def test_parametrized_and_swapped_parameters_are_the_ones_used():
     """The state is read where PyTorch keeps it: a parametrization's computed gamma and
     ``torch.func.functional_call``'s swapped tensors, not the module's stored ones."""
