@@ -73,7 +73,6 @@ CPU batch into the cache-sized blocks these passes share.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -119,12 +118,11 @@ def fused_training_core(
     if count < 2:
         return NotImplemented
     recorded = needs_autograd([x, scale, offset])
-    # The statistics carry no gradient; autograd's off switch costs microseconds, so
-    # it is entered only where autograd would record.
-    with torch.no_grad() if recorded else contextlib.nullcontext():
-        batch_mean, biased, centred = _summed_statistics(x, channel, count)
-        # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-        inverse_std = rsqrt(biased + operand(epsilon, biased), xp)
+    # The statistics carry no gradient: taken from x detached where autograd would record
+    # (a detach costs a small call a quarter of what switching autograd off does).
+    batch_mean, biased, centred = _summed_statistics(x.detach() if recorded else x, channel, count)
+    # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
+    inverse_std = rsqrt(biased + operand(epsilon, biased), xp)
     if recorded:
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
