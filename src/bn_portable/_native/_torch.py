@@ -40,8 +40,8 @@ kernels and one blocked pass for y. How TensorFlow's semantics are kept:
   do not vary along the innermost axis, PyTorch's three-operand kernel does
   not vectorize and took 1.5–2.5× as long as a multiply and an add in place
   (2 cores), so those stay two operations, rounded as the generic kernel
-  rounds. In training, where float32 x on CPU is taken whole, the subtraction
-  is the statistics' own second pass.
+  rounds. In training, for float32 x on CPU, the subtraction is the
+  statistics' own second pass.
 - **Gradients.** y is differentiable with respect to x, scale and offset
   through the full batch-norm backward: a small autograd node calls PyTorch's
   ``native_batch_norm_backward`` with the saved mean and ``1/sqrt(var + ε)``,
@@ -134,7 +134,7 @@ def fused_training_core(
 
 
 def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
-    """Mean, biased variance and (float32 x on CPU taken whole, eagerly) the centred values,
+    """Mean, biased variance and (float32 x on CPU, eagerly) the centred values,
     TensorFlow's fused way (float32 sum × 1/n, then Σ(x − mean)² × 1/n), from
     ``_torch_moments.two_pass_sums``.
 

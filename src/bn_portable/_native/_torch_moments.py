@@ -102,9 +102,13 @@ class Grouped:
         if self.values is self.x:  # x is its own view (an MLP's [N, C]): the difference is both
             difference = torch.sub(values, self.broadcast(mean))
             return difference, difference
-        kept = torch.empty_like(self.x, dtype=values.dtype)
-        regrouped = (kept.movedim(1, -1) if self._moved else kept).reshape(self.values.shape)
+        kept, regrouped = self.empty(values.dtype)
         return torch.sub(values, self.broadcast(mean), out=regrouped), kept
+
+    def empty(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """A new tensor of x's shape and layout, and the same memory viewed as ``values``."""
+        kept = torch.empty_like(self.x, dtype=dtype)
+        return kept, (kept.movedim(1, -1) if self._moved else kept).reshape(self.values.shape)
 
 
 def grouped(x: Tensor, channel: int) -> Grouped | None:
@@ -139,9 +143,11 @@ def two_pass_sums(
     Called without autograd recording; under ``torch.compile`` both sums are
     taken in float64 and rounded once (the compiler's float32 sums were several
     ε off, and with |mean| = 10⁴σ the variance 200–500 ε, worse than TensorFlow's).
-    With ``keep_centred``, a batch taken whole also gives back its centred values
-    (``x − mean`` in ``dtype``): TensorFlow's fused formula subtracts the same mean
-    from the same values, so the fused kernel's y starts from them, one pass fewer.
+    With ``keep_centred``, the batch's centred values (``x − mean`` in ``dtype``, x's
+    shape and layout) come back too: TensorFlow's fused formula subtracts the same mean
+    from the same values, so the fused kernel's y starts from them, one pass fewer (a
+    batch in blocks writes each block's differences there, its squares a block-sized
+    temporary).
     """
     values, dims = view.values, view.dims
     wide = torch.compiler.is_compiling()
@@ -154,18 +160,25 @@ def two_pass_sums(
             return Sums(mean, _sum(centred * centred, dims, dtype, wide), kept)
         centred = torch.sub(values, view.broadcast(mean))
         return Sums(mean, _sum(centred.square_(), dims, dtype, wide))
-    blocks = _blocks(values)
+    rows = _torch_blocks.outer_blocks(values)
     if values.dtype == dtype:
         total = torch.sum(values, dims)
     else:  # widened block by block: quicker than torch.sum(..., dtype=float32)
-        total = _total([torch.sum(b.to(dtype), dims) for b in blocks], dtype)
+        total = _total([torch.sum(values[r].to(dtype), dims) for r in rows], dtype)
     mean = mean_of(total)
     mean_b = view.broadcast(mean)
     # torch.sub widens a half block exactly (type promotion to the mean's dtype); a half
     # block's squares (half moments) are summed in float32, as torch.sum of a whole one is.
     partial = torch.float32 if dtype in _HALF else dtype
-    m2 = _total([torch.sum(torch.sub(b, mean_b).square_(), dims, dtype=partial) for b in blocks], dtype)
-    return Sums(mean, m2)
+    if not keep_centred:
+        m2 = _total([torch.sum(torch.sub(values[r], mean_b).square_(), dims, dtype=partial) for r in rows], dtype)
+        return Sums(mean, m2)
+    kept, regrouped = view.empty(dtype)
+    partials = []
+    for r in rows:  # each block's differences written where they are kept, squared while in cache
+        difference = torch.sub(values[r], mean_b, out=regrouped[r])
+        partials.append(torch.sum(difference * difference, dims, dtype=partial))
+    return Sums(mean, _total(partials, dtype), kept)
 
 
 def _sum(values: Tensor, dims: tuple[int, ...], dtype: torch.dtype, wide: bool) -> Tensor:
@@ -194,8 +207,3 @@ def _one_block(x: Tensor) -> Any:
     """Whether x is taken whole eagerly (the compiler takes every batch whole, as it plans
     the memory): small, or on a GPU (kernel launches cost more than temporaries there)."""
     return x.numel() <= _torch_blocks.BLOCK_ELEMENTS or not x.is_cpu
-
-
-def _blocks(values: Tensor) -> list[Tensor]:
-    """Cache-sized blocks of the first axis."""
-    return [values[rows] for rows in _torch_blocks.outer_blocks(values)]
