@@ -3,6 +3,8 @@
 ``time_case`` interleaves the implementations of one case round by round, so
 that load from other processes slows them alike; its summary is the median
 over rounds, with the minor page faults per call where the system counts them.
+``time_in_passes`` times a harness's cases in several passes over all of them,
+so that each case's ratios come from several states of a shared machine.
 ``peak_extra_memory`` is the peak of Python-visible allocations (NumPy's
 included) during one call, over the input's bytes.
 """
@@ -132,6 +134,20 @@ def time_case(
     code took 12,000 faults and 114 ms in one repetition of ten steps, 500 and
     96 ms in the next. The count says when a ratio moved for that reason.
     """
+    return _summary(*_rounds(impls, rounds, warmup, rng, after_round, settle, inner))
+
+
+def _rounds(
+    impls: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int,
+    rng: random.Random,
+    after_round: Callable[[], None],
+    settle: float,
+    inner: int,
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, str]]:
+    """``time_case``'s rounds: each implementation's samples (seconds), page faults per
+    call, and the errors of those that failed."""
     samples: dict[str, list[float]] = {name: [] for name in impls}
     faults: dict[str, list[float]] = {name: [] for name in impls}
     errors: dict[str, str] = {}
@@ -159,9 +175,20 @@ def time_case(
             if faults_before is not None and faults_after is not None:
                 faults[name].append((faults_after - faults_before) / inner)
         after_round()
+    return samples, faults, errors
+
+
+def _summary(
+    samples: dict[str, list[float]], faults: dict[str, list[float]], errors: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Median, quartiles and quickest of each implementation's samples, its median page
+    faults per call where counted, or its error."""
     results: dict[str, dict[str, Any]] = {}
-    for name in live:
-        values = sorted(samples[name])
+    for name, unsorted in samples.items():
+        if name in errors:
+            results[name] = {"error": errors[name]}
+            continue
+        values = sorted(unsorted)
         quartiles = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
         results[name] = {
             "median_ms": statistics.median(values) * 1e3,
@@ -172,9 +199,74 @@ def time_case(
         }
         if faults[name]:
             results[name]["minor_faults"] = statistics.median(faults[name])
-    for name, message in errors.items():
-        results[name] = {"error": message}
     return results
+
+
+#: One case of a harness: its key, the name of its reference variant, and a function that
+#: builds its variants (the calls ``time_case`` takes).
+Case = tuple[str, str, Callable[[], dict[str, Callable[[], Any]]]]
+
+
+def time_in_passes(
+    cases: list[Case],
+    passes: int,
+    rounds: int,
+    warmup: int,
+    rng: random.Random,
+    *,
+    keep_built: bool = False,
+    progress: Callable[[str], None] = lambda key: None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each case's results (``time_case``'s, with ``ratio``), from ``passes`` passes over all
+    the cases, each pass visiting them in a new shuffled order for ``rounds`` interleaved rounds.
+
+    On a shared machine the state a case meets (other load, how much memory the
+    allocator handed back) changes over minutes, and it does not slow every variant
+    alike: two runs of the same code minutes apart on 2 CPU cores moved 48 of 188
+    layer-path ratios by more than 20 %, in both directions, when each case was timed
+    in one stretch of 21 rounds; two runs of three passes of 7 rounds moved 26. Here
+    each variant's ``ratio`` is the median of its ratios of the passes (each from
+    rounds that shared one state), ``pass_ratios`` lists them, and the times and page
+    faults summarize every round of every pass. The cases' calls are built anew for
+    each pass unless ``keep_built`` (compiled models: built once).
+    """
+    built: dict[str, dict[str, Callable[[], Any]]] = {}
+    pooled: dict[str, tuple[dict[str, list[float]], dict[str, list[float]], dict[str, str]]] = {}
+    ratios: dict[str, dict[str, list[float]]] = {key: {} for key, _, _ in cases}
+    order = list(cases)
+    for _ in range(passes):
+        rng.shuffle(order)
+        for key, reference, build in order:
+            progress(key)
+            calls = built[key] if key in built else build()
+            if keep_built:
+                built[key] = calls
+            samples, faults, errors = _rounds(calls, rounds, warmup, rng, lambda: None, 0.0, 3)
+            del calls
+            for name, ratio in _ratios(_summary(samples, faults, errors), reference).items():
+                ratios[key].setdefault(name, []).append(ratio)
+            all_samples, all_faults, all_errors = pooled.setdefault(key, ({}, {}, {}))
+            for name in samples:
+                all_samples.setdefault(name, []).extend(samples[name])
+                all_faults.setdefault(name, []).extend(faults[name])
+            all_errors.update(errors)
+    merged = {}
+    for key, (samples, faults, errors) in pooled.items():
+        results = _summary(samples, faults, errors)
+        for name, per_pass in ratios[key].items():
+            if name in results and "error" not in results[name]:
+                results[name]["ratio"] = statistics.median(per_pass)
+                results[name]["pass_ratios"] = per_pass
+        merged[key] = results
+    return {key: merged[key] for key, _, _ in cases}
+
+
+def _ratios(results: dict[str, dict[str, Any]], reference: str) -> dict[str, float]:
+    """Each timed result's median over the reference's."""
+    base = results.get(reference, {}).get("median_ms")
+    if not base:
+        return {}
+    return {name: result["median_ms"] / base for name, result in results.items() if "median_ms" in result}
 
 
 def minor_faults() -> int | None:
@@ -238,15 +330,6 @@ def _ms(result: dict[str, Any] | None) -> str:
     if value is None:
         return "–"
     return f"{value:.2f} ms" if faults is None else f"{value:.2f} ms, {faults:,.0f} page faults"
-
-
-def add_ratios(results: dict[str, dict[str, Any]], reference: str) -> dict[str, dict[str, Any]]:
-    """Each result's ``ratio``: its median over the reference's, from the same rounds."""
-    base = results.get(reference, {}).get("median_ms")
-    for result in results.values():
-        if base and "median_ms" in result:
-            result["ratio"] = result["median_ms"] / base
-    return results
 
 
 def save_run(out: Path, payload: dict[str, Any], *, compare: bool) -> None:

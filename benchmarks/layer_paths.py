@@ -8,7 +8,8 @@ Usage::
 the fused kernel (``fused=True``), the Keras layer without it (the default,
 ``fused=False``; ``renorm=True`` too) and tf-slim's composite (``batch_weights``,
 ``zero_debias_moving_mean=True``). Each case is one backend, shape, layout, dtype
-and mode; its variants run interleaved in the same rounds (``_timing``) against
+and mode; its variants run interleaved in the same rounds (``_timing``), in three
+passes over every case (a ratio is the median of its passes'), against
 ``torch.nn.functional.batch_norm`` on the same data in the same memory layout
 (channels-last for NHWC) and dtype. Modes: ``train`` and ``infer`` forwards of
 ``batch_norm``, ``step`` (forward and backward with autograd, torch, float32).
@@ -28,7 +29,7 @@ differentiable operations, which autograd records one by one, was no quicker at
 the small sizes here).
 
 NumPy cases record each path's peak memory over the input's bytes (output
-included). ``--tiny`` runs everything on tiny sizes with two rounds (the test
+included). ``--tiny`` runs everything on tiny sizes in two passes of one round (the test
 suite runs it). Any ratio more than 25 % above the previous saved run's is
 listed under ``regressions``.
 """
@@ -36,6 +37,7 @@ listed under ``regressions``.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 from collections.abc import Callable
@@ -49,7 +51,7 @@ import torch.nn.functional as F
 import _floors
 import bn_portable as bn
 from _models import FloorBatchNorm
-from _timing import add_ratios, load_average, machine_info, peak_extra_memory, save_run, time_case
+from _timing import Case, load_average, machine_info, peak_extra_memory, save_run, time_in_passes
 from bn_portable.torch import BatchNorm
 
 HERE = Path(__file__).resolve().parent
@@ -234,20 +236,32 @@ def case_list(size: str) -> list[tuple[str, str, str, str, str]]:
     return cases
 
 
-def run_case(size: str, backend: str, shape: str, layout: str, dtype: str, mode: str, rounds: int, rng: random.Random) -> dict[str, Any]:
+def case_calls(size: str, backend: str, shape: str, layout: str, dtype: str, mode: str) -> dict[str, Callable[[], Any]]:
+    """The variants of one case: the native call, each path, and the floors."""
     data = Data(SHAPES[size][shape], layout, dtype)
     paths = {"train": tuple(PATHS), "infer": INFERENCE_PATHS, "step": STEP_PATHS}[mode]
     calls: dict[str, Callable[[], Any]] = {"native": native_call(data, mode)}
     calls |= {path: portable_call(data, path, backend, mode) for path in paths}
     # Small batches, where a call's microseconds count: the floors with the checks' least too.
     calls |= floor_calls(data, mode, backend, checks=shape != next(iter(SHAPES[size])))
-    results = add_ratios(time_case(calls, rounds, 2, rng, lambda: None), "native")
+    return calls
+
+
+def case_record(
+    size: str, backend: str, shape: str, layout: str, dtype: str, mode: str, results: dict[str, Any]
+) -> dict[str, Any]:
+    """One case's saved record: its timings, and for NumPy each path's peak memory."""
     record = {
         "key": f"{backend}/{shape}/{layout}/{dtype}/{mode}", "backend": backend, "shape": shape,
         "layout": layout, "dtype": dtype, "mode": mode, "reference": "native", "results": results,
     }
     if backend == "numpy" and mode != "step":
-        record["peak_memory_vs_input"] = {path: peak_extra_memory(calls[path], data.numpy.nbytes) for path in paths}
+        calls = case_calls(size, backend, shape, layout, dtype, mode)
+        input_bytes = Data(SHAPES[size][shape], layout, dtype).numpy.nbytes
+        paths = tuple(PATHS) if mode == "train" else INFERENCE_PATHS
+        for path in paths:  # warm, as the timed calls were: a first call fills caches
+            calls[path]()
+        record["peak_memory_vs_input"] = {path: peak_extra_memory(calls[path], input_bytes) for path in paths}
     return record
 
 
@@ -255,20 +269,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "layer_paths.json")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes, two rounds: the harness works")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes, two passes of one round: the harness works")
+    parser.add_argument("--passes", type=int, default=None, help="passes over every case (default 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case and pass (default 7)")
     args = parser.parse_args(argv)
     size = "tiny" if args.tiny else "full"
-    rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 9)
+    passes = args.passes or (2 if args.tiny else 1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.tiny else 5 if args.quick else 7)
     rng = random.Random(0)
     info = machine_info(torch)
-    cases = []
-    for spec in case_list(size):
-        print("/".join(spec), file=sys.stderr, flush=True)
-        cases.append(run_case(size, *spec, rounds, rng))
+    specs = {"/".join(spec): spec for spec in case_list(size)}
+    cases: list[Case] = [
+        (key, "native", functools.partial(case_calls, size, *spec)) for key, spec in specs.items()
+    ]
+    results = time_in_passes(cases, passes, rounds, 2, rng, progress=lambda key: print(key, file=sys.stderr, flush=True))
     payload = {
-        "schema": 1, "size": size, "rounds": rounds, "epsilon": EPSILON,
-        "machine": {**info, "load_average_end": load_average()}, "cases": cases,
+        "schema": 1, "size": size, "passes": passes, "rounds": rounds, "epsilon": EPSILON,
+        "machine": {**info, "load_average_end": load_average()},
+        "cases": [case_record(size, *specs[key], results[key]) for key in specs],
     }
     save_run(args.out, payload, compare=not args.tiny)
     return 0

@@ -7,7 +7,8 @@ Usage::
 What a user feels is the model, not the layer. Each case is one model in one
 mode, and its variants run interleaved in the same rounds (``_timing``), so a
 noisy machine slows them alike; the figure to read is the ratio to the native
-variant from the same rounds.
+variant from the same rounds, the median of three passes over every case (each
+model built once).
 
 PyTorch (``_models``): a ResNet-18 (width 32, 32×3×32×32 images, batch 32) in
 NCHW and in channels-last memory, and an MLP (4 × 512, batch 256), each with
@@ -25,7 +26,7 @@ bn_portable against ``flax.nnx.BatchNorm`` with two-pass statistics
 (``use_fast_variance=False``, the same convention) and with its default
 one-pass E[x²] − E[x]².
 
-``--tiny`` runs every case on tiny sizes with two rounds: that the harness works,
+``--tiny`` runs every case on tiny sizes in two passes of one round: that the harness works,
 not how fast (the test suite runs it). The run is saved as JSON; any ratio more
 than 25 % above the previous saved run's is listed under ``regressions``.
 """
@@ -33,6 +34,7 @@ than 25 % above the previous saved run's is listed under ``regressions``.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 from collections.abc import Callable
@@ -43,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from _models import ResNet18, mlp, with_batch_norm
-from _timing import add_ratios, load_average, machine_info, optional, save_run, time_case
+from _timing import Case, load_average, machine_info, optional, save_run, time_in_passes
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("native", "fused", "non-fused")
@@ -117,19 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "models.json")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes, two rounds: the harness works")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes, two passes of one round: the harness works")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--passes", type=int, default=None, help="passes over every case (default 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case and pass (default 7)")
     parser.add_argument("--models", nargs="+", default=None, help="only these models")
     parser.add_argument("--no-jax", action="store_true", help="skip the JAX cases")
     args = parser.parse_args(argv)
     size = "tiny" if args.tiny else "full"
-    rounds = args.rounds or (2 if args.tiny else 5 if args.quick else 11)
+    passes = args.passes or (2 if args.tiny else 1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.tiny else 5 if args.quick else 7)
     info = machine_info(torch)
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
-    rng = random.Random(0)
-    cases = []
+    cases: list[Case] = []
+    fields: dict[str, dict[str, Any]] = {}
     names = [n for n in SIZES[size] if not args.models or n in args.models]
     for name in names:
         for mode in MODES:
@@ -138,33 +142,35 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "train compiled" and "channels-last" in name:
                 continue  # compiled, the layout is the compiler's choice; the NCHW model stands for both
             key = f"{name}/{mode}"
-            print(key, file=sys.stderr, flush=True)
-            results = time_case(torch_case(name, mode, size, args.device), rounds, 2, rng, lambda: None)
-            cases.append(_record(key, "native", results, {"model": name, "mode": mode, "backend": "torch"}))
+            cases.append((key, "native", functools.partial(torch_case, name, mode, size, args.device)))
+            fields[key] = {"model": name, "mode": mode, "backend": "torch"}
     jax_reason = "--no-jax" if args.no_jax else None
     if jax_reason is None:
         jax_models, jax_reason = optional("_jax_models")
         if jax_models is not None:
             for key, reference, calls in jax_models.cases(size):
-                print(key, file=sys.stderr, flush=True)
-                results = time_case(calls, rounds, 2, rng, lambda: None)
-                cases.append(_record(key, reference, results, {"backend": "jax"}))
+                cases.append((key, reference, functools.partial(dict, calls)))
+                fields[key] = {"backend": "jax"}
+    # Built once (compiling a model again would take minutes), timed in every pass.
+    results = time_in_passes(
+        cases, passes, rounds, 2, random.Random(0), keep_built=True,
+        progress=lambda key: print(key, file=sys.stderr, flush=True),
+    )
     payload = {
         "schema": 1,
         "size": size,
+        "passes": passes,
         "rounds": rounds,
         "device": args.device,
         "machine": {**info, "load_average_end": load_average()},
         "absent": {"jax": jax_reason} if jax_reason else {},
-        "cases": cases,
+        "cases": [
+            {"key": key, "reference": reference, **fields[key], "results": results[key]}
+            for key, reference, _ in cases
+        ],
     }
     save_run(args.out, payload, compare=not args.tiny)
     return 0
-
-
-def _record(key: str, reference: str, results: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    """One case: each variant's timings and its ratio to ``reference`` from the same rounds."""
-    return {"key": key, "reference": reference, **fields, "results": add_ratios(results, reference)}
 
 
 if __name__ == "__main__":

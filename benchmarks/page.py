@@ -166,8 +166,9 @@ def render(models: Run, paths: Run) -> str:
         "",
         "What bn_portable costs inside the models you run, which path and layout to pick, then the"
         " tables. Every figure is a ratio to the native batch norm timed in the same interleaved"
-        " rounds (on a shared machine, absolute times move by tens of percent between runs; the"
-        " ratios much less). This page is generated from the saved runs:",
+        " rounds, the median of three passes over every case made at different times of the run"
+        " (on a shared machine, absolute times move by tens of percent between runs; the ratios"
+        " much less). This page is generated from the saved runs:",
         "",
         "```",
         "nox -s bench   # or, one at a time:",
