@@ -9,6 +9,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 LARGE = "32x64x56x56"
+#: The layer paths ``layer_paths.py`` times in training, and in inference (renorm and
+#: weighted layers infer as the non-fused and zero-debias ones).
+TRAINING_PATHS = ("fused", "non-fused", "renorm", "weighted", "zero-debias")
+INFERENCE_PATHS = ("fused", "non-fused", "zero-debias")
 
 
 class Run:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import random
 import sys
 from collections.abc import Callable
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 import _floors
 import bn_portable as bn
 from _models import FloorBatchNorm
+from _runs import INFERENCE_PATHS, TRAINING_PATHS
 from _timing import Case, load_average, machine_info, peak_extra_memory, save_run, time_in_passes
 from bn_portable.torch import BatchNorm
 
@@ -66,9 +68,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "weighted": {"fused": False, "weighted": True},
     "zero-debias": {"fused": False, "zero_debias_moving_mean": True},
 }
-#: Inference of renorm and weighted layers is the non-fused and zero-debias one.
-INFERENCE_PATHS = ("fused", "non-fused", "zero-debias")
 STEP_PATHS = ("fused", "non-fused")
+#: The paths each mode times (``PATHS`` in training).
+MODE_PATHS = {"train": TRAINING_PATHS, "infer": INFERENCE_PATHS, "step": STEP_PATHS}
 #: name → NCHW shape (rank 2: an MLP batch, N×C).
 SHAPES = {
     "full": {"32x64x56x56": (32, 64, 56, 56), "8x32x16x16": (8, 32, 16, 16), "256x512": (256, 512), "64x64": (64, 64)},
@@ -239,9 +241,8 @@ def case_list(size: str) -> list[tuple[str, str, str, str, str]]:
 def case_calls(size: str, backend: str, shape: str, layout: str, dtype: str, mode: str) -> dict[str, Callable[[], Any]]:
     """The variants of one case: the native call, each path, and the floors."""
     data = Data(SHAPES[size][shape], layout, dtype)
-    paths = {"train": tuple(PATHS), "infer": INFERENCE_PATHS, "step": STEP_PATHS}[mode]
     calls: dict[str, Callable[[], Any]] = {"native": native_call(data, mode)}
-    calls |= {path: portable_call(data, path, backend, mode) for path in paths}
+    calls |= {path: portable_call(data, path, backend, mode) for path in MODE_PATHS[mode]}
     # Small batches, where a call's microseconds count: the floors with the checks' least too.
     calls |= floor_calls(data, mode, backend, checks=shape != next(iter(SHAPES[size])))
     return calls
@@ -257,11 +258,12 @@ def case_record(
     }
     if backend == "numpy" and mode != "step":
         calls = case_calls(size, backend, shape, layout, dtype, mode)
-        input_bytes = Data(SHAPES[size][shape], layout, dtype).numpy.nbytes
-        paths = tuple(PATHS) if mode == "train" else INFERENCE_PATHS
-        for path in paths:  # warm, as the timed calls were: a first call fills caches
+        input_bytes = math.prod(SHAPES[size][shape]) * np.dtype(dtype).itemsize
+        for path in MODE_PATHS[mode]:  # warm, as the timed calls were: a first call fills caches
             calls[path]()
-        record["peak_memory_vs_input"] = {path: peak_extra_memory(calls[path], input_bytes) for path in paths}
+        record["peak_memory_vs_input"] = {
+            path: peak_extra_memory(calls[path], input_bytes) for path in MODE_PATHS[mode]
+        }
     return record
 
 

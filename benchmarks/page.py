@@ -19,8 +19,6 @@ from _runs import LARGE, RESULTS, Run, machine_line, path_key, times
 DOCS = RESULTS.parent.parent / "docs"
 MODELS = ("ResNet-18", "ResNet-18 channels-last", "MLP")
 MODES = {"train": "training step", "infer": "inference", "train compiled": "training step, compiled"}
-TRAINING_PATHS = ("fused", "non-fused", "renorm", "weighted", "zero-debias")
-INFERENCE_PATHS = ("fused", "non-fused", "zero-debias")
 
 
 def model_table(models: Run) -> list[str]:

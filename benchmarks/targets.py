@@ -17,7 +17,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _runs import LARGE, RESULTS, Run, machine_line, path_key, times
+from _runs import (
+    INFERENCE_PATHS,
+    LARGE,
+    RESULTS,
+    TRAINING_PATHS,
+    Run,
+    machine_line,
+    path_key,
+    times,
+)
 
 #: (label, model, mode, variant, limit)
 MODEL_TARGETS = [
@@ -38,8 +47,6 @@ MODEL_TARGETS = [
     ("compiled MLP training step, fused", "MLP", "train compiled", "fused", 1.05),
     ("compiled MLP training step, non-fused", "MLP", "train compiled", "non-fused", 1.05),
 ]
-TRAINING_PATHS = ("fused", "non-fused", "renorm", "weighted", "zero-debias")
-INFERENCE_PATHS = ("fused", "non-fused", "zero-debias")
 
 
 def _row(label: str, value: float | None, limit: float, floor: float | None = None) -> str:
