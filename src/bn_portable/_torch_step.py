@@ -72,7 +72,7 @@ def _wants_one_node(x: torch.Tensor, state: BatchNormState, options: LayerOption
         return False
     if torch._C._are_functorch_transforms_active():
         return False
-    return needs_autograd([t for t in (x, state.gamma, state.beta) if t is not None])
+    return needs_autograd((x, state.gamma, state.beta))
 
 
 class _LayerStep(torch.autograd.Function):

@@ -55,13 +55,18 @@ def moving_average(
     variable: Any, value: Any, decay: float, rounding: WeightRounding, *, xp: Namespace
 ) -> Any:
     """``variable − (variable − value)·(1 − decay)``, a new array."""
-    weight: Any
+    weight = average_weight(variable, decay, rounding, xp=xp)
+    return move_toward(variable, astype(value, variable.dtype, xp), weight, xp=xp)
+
+
+def average_weight(variable: Any, decay: float, rounding: WeightRounding, *, xp: Namespace) -> Any:
+    """``1 − decay`` rounded per ``rounding``, as ``move_toward`` takes it for ``variable``:
+    a Python float for float32 and float64 variables (no array operations to make it), a
+    0-d array of their dtype for half-precision ones and while PyTorch's compiler traces."""
     name = dtype_name(variable.dtype)
     if name in ("float32", "float64") and not compiling(xp):
-        weight = python_weight(decay, rounding, name)  # no array operations to make it
-    else:  # half-precision variables, or being compiled: a 0-d array of their dtype
-        weight = update_weight(decay, rounding, variable.dtype, xp, device(variable))
-    return move_toward(variable, astype(value, variable.dtype, xp), weight, xp=xp)
+        return python_weight(decay, rounding, name)
+    return update_weight(decay, rounding, variable.dtype, xp, device(variable))
 
 
 @overridable(Kernel.MOVE_TOWARD)

@@ -26,6 +26,10 @@ class Kernel(enum.Enum):
     GRADIENT_SUMS = "gradient_sums(dy, x, mean, channel, *, xp)"
     GRADIENT_INPUT = "gradient_input(dy, x, mean, a, b, c, share, *, xp)"
     MOVE_TOWARD = "move_toward(variable, value, weight, *, xp)"
+    LAYER_TRAINING = (
+        "layer_training(x, moving_mean, moving_variance, offset, scale, variance_epsilon, weight, axes,"
+        " channel, *, xp, compute=None, reducer=None) -> (y, mean, variance, new_mean, new_variance)"
+    )
 
     # Every kernel call looks its fast path up by member: Enum's own __hash__ (hashing the
     # name in Python) took 150 of the lookup's 250 ns on 2 CPU cores. Members are

@@ -85,6 +85,7 @@ from ._registry import Kernel
 from ._switch import fast_paths_enabled
 from ._torch_averages import move_toward
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
+from ._torch_layer_training import layer_training
 from ._torch_moments import grouped, local_moments, two_pass_sums
 from ._torch_normalize import normalize, per_channel, rsqrt
 from ._torch_weighted import weighted_local_moments
@@ -367,4 +368,5 @@ KERNELS = {
     Kernel.GRADIENT_SUMS: gradient_sums,
     Kernel.GRADIENT_INPUT: gradient_input,
     Kernel.MOVE_TOWARD: move_toward,
+    Kernel.LAYER_TRAINING: layer_training,
 }

@@ -32,6 +32,12 @@ def move_toward(variable: Tensor, value: Tensor, weight: Any, *, xp: Namespace) 
     subtractions one operation."""
     if type(weight) is not float or variable.dtype not in _DTYPES or torch.compiler.is_compiling():
         return NotImplemented
+    return lerp_toward(variable, value, weight)
+
+
+def lerp_toward(variable: Tensor, value: Tensor, weight: float) -> Tensor:
+    """``move_toward``'s arithmetic, unchecked: eagerly, float32 or float64 variables, a
+    Python float weight."""
     if 0.0 <= weight < 0.5:  # lerp's own formula there: start + weight·(end − start)
         return torch.lerp(variable, value, weight)
     return torch.sub(variable, torch.sub(variable, value), alpha=weight)

@@ -33,9 +33,9 @@ def blocked_on_cpu(x: Tensor) -> bool:
 
 
 def needs_autograd(tensors: Any) -> bool:
-    """Whether autograd would record an operation on any of ``tensors``."""
+    """Whether autograd would record an operation on any of ``tensors`` (None: an absent one)."""
     if torch.is_grad_enabled():
         for tensor in tensors:  # a loop: any() of a generator costs a small call more
-            if tensor.requires_grad:
+            if tensor is not None and tensor.requires_grad:
                 return True
     return False

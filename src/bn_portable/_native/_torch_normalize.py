@@ -42,14 +42,9 @@ def normalize(
     if torch._C._are_functorch_transforms_active():
         return NotImplemented  # in-place ops under vmap/grad transforms: stay generic
     blocked = compute is not None and blocked_on_cpu(x)
-    if blocked and needs_autograd([t for t in (x, mean, variance, offset, scale) if t is not None]):
+    if blocked and needs_autograd((x, mean, variance, offset, scale)):
         return NotImplemented
-    inv = rsqrt(variance + operand(variance_epsilon, variance), xp)
-    if scale is not None:
-        inv = inv * scale
-    shift = -mean * inv if offset is None else offset - mean * inv
-    if channel is not None:
-        inv, shift = per_channel(inv, x, channel), per_channel(shift, x, channel)
+    inv, shift = inverse_and_shift(x, mean, variance, offset, scale, variance_epsilon, channel, xp)
     if compute is not None:
         if not blocked or not (_broadcasts_into(inv, x) and _broadcasts_into(shift, x)):
             return NotImplemented
@@ -58,6 +53,26 @@ def normalize(
         for rows in outer_blocks(x):
             y[rows].copy_(x[rows].to(compute).mul_(_rows_of(inv, rows, x)).add_(_rows_of(shift, rows, x)))
         return y
+    return affine(x, inv, shift)
+
+
+def inverse_and_shift(
+    x: Tensor, mean: Tensor, variance: Tensor, offset: Tensor | None, scale: Tensor | None,
+    variance_epsilon: float, channel: int | None, xp: Namespace,
+) -> tuple[Tensor, Tensor]:
+    """The generic kernel's ``inv = rsqrt(variance + ε)·scale`` and ``shift = offset − mean·inv``,
+    shaped along x's ``channel`` (as they are for None)."""
+    inv = rsqrt(variance + operand(variance_epsilon, variance), xp)
+    if scale is not None:
+        inv = inv * scale
+    shift = -mean * inv if offset is None else offset - mean * inv
+    if channel is not None:
+        inv, shift = per_channel(inv, x, channel), per_channel(shift, x, channel)
+    return inv, shift
+
+
+def affine(x: Tensor, inv: Tensor, shift: Tensor) -> Tensor:
+    """``x·inv + shift``, both terms in x's dtype, the shift added in place into the product."""
     # Each cast only where needed: a same-dtype .to is a call too, on an MLP's small batch.
     y = x * (inv if inv.dtype == x.dtype else inv.to(x.dtype))
     if shift.dtype != x.dtype:

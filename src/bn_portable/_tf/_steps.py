@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .._kernels._layer_training import layer_training
 from .._kernels._moments import biased_variance, masked_moments, two_pass_moments
 from .._kernels._moving_averages import (
     WeightRounding,
+    average_weight,
     kernel_average,
     moving_average,
     zero_debiased_average,
@@ -142,6 +144,17 @@ def _keras_step(
     # The layer casts half inputs to float32 (its compute dtype), normalizes
     # there and rounds y once; other dtypes are their own compute dtype.
     compute = plan.state_dtype
+    if options.is_training and not options.renorm and mask is None:
+        # The plain step, one kernel: the statistics, both moving averages (one weight:
+        # the variables share the state's dtype), y.
+        weight = average_weight(state.moving_mean, options.decay, "python", xp=xp)
+        y, mean, variance, moving_mean, moving_variance = layer_training(
+            x, state.moving_mean, state.moving_variance, beta, gamma, options.epsilon, weight,
+            plan.axes, plan.channel, xp=xp, compute=None if compute == x.dtype else compute,
+            reducer=options.cross_replica_sum,
+        )
+        new_state = state._replace(moving_mean=moving_mean, moving_variance=moving_variance)
+        return y, new_state, Normalization(mean, variance, gamma, beta)
     if options.is_training:
         mean, variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
         moved_mean = _moved_mean(state, mean, options, "python", xp)
@@ -151,7 +164,7 @@ def _keras_step(
             r, d = stop_gradient(r, xp), stop_gradient(d, xp)
             scale, offset = compose(r, d, gamma, beta)
             used = Normalization(mean, variance, gamma, beta, r, d)
-        else:
+        else:  # masked statistics
             new_state = state._replace(
                 **moved_mean,
                 moving_variance=moving_average(state.moving_variance, variance, options.decay, "python", xp=xp),
