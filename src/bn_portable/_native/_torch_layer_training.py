@@ -75,7 +75,7 @@ def layer_training(
         view = _torch_moments.grouped(x, channel)
         if view is None:
             return NotImplemented
-        mean, m2, _ = _torch_moments.two_pass_sums(view, x.dtype, lambda total: total / operand(count, total))
+        mean, m2 = _torch_moments.divided_sums(view, x.dtype, count)
         variance = m2 / operand(count, m2)
     inv, shift = inverse_and_shift(x, mean, variance, offset, scale, variance_epsilon, channel, xp)
     return (

@@ -72,8 +72,15 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
             return NotImplemented
         mean, m2 = _differentiable_sums(view, count)
     else:
-        mean, m2, _ = two_pass_sums(view, dtype, lambda total: total / operand(count, total))
+        mean, m2 = divided_sums(view, dtype, count)
     return mean.reshape(keepdims), m2.reshape(keepdims)
+
+
+def divided_sums(view: Grouped, dtype: torch.dtype, count: int) -> tuple[Tensor, Tensor]:
+    """``[C]`` mean and m2 in ``dtype`` by ``two_pass_sums``, the mean the total divided by the
+    count (as the generic moments kernel divides: by the remembered 0-d operand)."""
+    mean, m2, _ = two_pass_sums(view, dtype, lambda total: total / operand(count, total))
+    return mean, m2
 
 
 def _served(x_dtype: torch.dtype, dtype: torch.dtype) -> bool:
