@@ -145,7 +145,7 @@ def render(payload: dict, json_name: str) -> str:
         " 1.5 ulps of the exactly rounded statistics at 10⁵ values per channel. Large"
         " inference, moments and backward calls share their blocks among threads"
         " (`BN_PORTABLE_NUM_THREADS`, one per usable CPU by default).",
-        "- PyTorch (`_native/_torch.py`): two blocked `torch.sum` passes for the"
+        "- PyTorch (`_native/_torch_fused.py`): two blocked `torch.sum` passes for the"
         " statistics (`_native/_torch_moments.py`), then TensorFlow's unfolded formula for y,"
         " with PyTorch's `native_batch_norm_backward` as the autograd node; ranks 2"
         " to 5. Nothing reads array values on the host, so CUDA calls never"

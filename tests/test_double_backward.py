@@ -14,7 +14,7 @@ import pytest
 import bn_portable as bn
 
 torch = pytest.importorskip("torch")
-from bn_portable._native import _torch as torch_fast  # noqa: E402  (needs torch)
+from bn_portable._native import _torch_fused as torch_fast  # noqa: E402  (needs torch)
 
 #: Norm-wise relative error allowed, in epsilons of the dtype (float32 arithmetic
 #: gives about 0.2; float16 arithmetic gave 1.1 on these shapes).

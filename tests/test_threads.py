@@ -124,9 +124,9 @@ def test_one_thread_keeps_the_work_in_the_calling_thread(small_blocks, monkeypat
 
 
 #: Kernels NumPy's fast path leaves to the generic code: NumPy has no fused multiply-add,
-#: which is all PyTorch's moving average gains; the Keras layer's training step is the
-#: composition of kernels NumPy serves (one dispatch more: 0.93–1.02 of the time at 64×64).
-NOT_SERVED = {Kernel.MOVE_TOWARD, Kernel.LAYER_TRAINING}
+#: which is all PyTorch's moving average gains; the layers' training steps are compositions
+#: of kernels NumPy serves (one dispatch more: 0.93–1.02 of the time at 64×64).
+NOT_SERVED = {Kernel.MOVE_TOWARD, Kernel.LAYER_TRAINING, Kernel.FUSED_LAYER_TRAINING}
 
 
 def test_the_package_serves_every_kernel_with_xp_as_a_keyword():

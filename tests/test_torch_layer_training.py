@@ -1,6 +1,6 @@
-"""PyTorch's ``layer_training`` (the Keras layer's plain training step as one kernel): the
-same bits as the generic composition with PyTorch's other fast paths, and the inputs it
-hands back to it."""
+"""PyTorch's ``layer_training`` and ``fused_layer_training`` (a layer's plain training step
+as one kernel, without and with the fused kernel): the same bits as the generic
+composition with PyTorch's other fast paths, and the inputs each hands back to it."""
 
 from __future__ import annotations
 
@@ -108,3 +108,74 @@ def test_hands_back_what_the_generic_composition_serves(torch_fast):
     with torch.no_grad():
         assert call(x=x.detach().requires_grad_()) is not NotImplemented
     assert call(x=x[:0]) is NotImplemented
+
+
+def _fused_arguments(shape, channel, dtype, requires_grad=False):
+    """The fused kernel's arguments: float32 statistics and parameters, x of ``dtype``."""
+    x, mean, variance, offset, scale, epsilon, _, channel = _arguments(shape, channel, "float32", loc=1e3)
+    x = x.to(getattr(pytest.importorskip("torch"), dtype)).requires_grad_(requires_grad)
+    return x, mean, variance, offset, scale, epsilon, channel
+
+
+@pytest.mark.parametrize("block_elements", [None, 64])
+@pytest.mark.parametrize("weight", [0.001, 0.75])
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize(("shape", "channel"), SHAPES)
+def test_fused_step_the_same_bits_as_the_generic_composition(
+    torch_fast, monkeypatch, shape, channel, dtype, requires_grad, weight, block_elements
+):
+    """y, the statistics and both moved averages bit for bit, the moving variance toward the
+    Bessel-corrected variance; with autograd recording, y's gradient bit for bit too."""
+    import torch
+
+    from bn_portable._kernels._layer_training import fused_layer_training
+
+    _small_torch_blocks(monkeypatch, torch_fast, block_elements)
+    x, mean, variance, offset, scale, epsilon, channel = _fused_arguments(shape, channel, dtype, requires_grad)
+    given = [t.detach().clone() for t in (x, mean, variance, offset, scale)]
+    outputs = []
+    for kernel in (torch_fast.fused_layer_training, fused_layer_training.generic):
+        result = kernel(x, mean, variance, offset, scale, epsilon, weight, channel, xp=_torch_xp())
+        assert result is not NotImplemented
+        gradient = torch.autograd.grad(result[0].float().square().sum(), x)[0] if requires_grad else None
+        outputs.append((*result, gradient))
+    names = ("y", "mean", "variance", "moving mean", "moving variance", "dx")
+    for name, a, b in zip(names, *outputs):
+        if name == "dx" and not requires_grad:
+            continue
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert torch.equal(a, b), name
+    assert all(torch.equal(a, b) for a, b in zip(given, (x, mean, variance, offset, scale)))
+
+
+def test_fused_step_moves_the_variance_toward_the_bessel_corrected_variance(torch_fast):
+    """The moved variance against float64 arithmetic on the returned statistics: the
+    Bessel factor n/(n − 1) is there (without it the move would be 1/64 smaller)."""
+    x, mean, variance, offset, scale, epsilon, channel = _fused_arguments((65, 8), 1, "float32")
+    _, _, batch_variance, _, moved = torch_fast.fused_layer_training(
+        x, mean, variance, offset, scale, epsilon, 0.5, channel, xp=_torch_xp()
+    )
+    expected = 0.5 * variance.double() + 0.5 * batch_variance.double() * 65 / 64
+    assert np.allclose(moved.double().numpy(), expected.numpy(), rtol=4e-7, atol=0)
+
+
+def test_fused_step_hands_back_what_the_generic_composition_serves(torch_fast):
+    """Other variables than float32, a weight that is an array, whatever the fused kernel's
+    fast path hands back (float64 x, a single value per channel)."""
+    import torch
+
+    xp = _torch_xp()
+    x, mean, variance, offset, scale, epsilon, channel = _fused_arguments((8, 16), 1, "float32")
+
+    def call(**changes):
+        arguments = {"x": x, "moving_mean": mean, "moving_variance": variance, "offset": offset,
+                     "scale": scale, "epsilon": epsilon, "weight": 0.001, "channel": channel, **changes}
+        return torch_fast.fused_layer_training(**arguments, xp=xp)
+
+    assert call() is not NotImplemented
+    assert call(moving_mean=mean.double()) is NotImplemented
+    assert call(moving_variance=variance.double()) is NotImplemented
+    assert call(weight=torch.tensor(0.001)) is NotImplemented
+    assert call(x=x.double()) is NotImplemented
+    assert call(x=x[:1]) is NotImplemented

@@ -1,25 +1,30 @@
-"""The Keras layer's plain training arithmetic as one kernel.
+"""A layer's plain training arithmetic as one kernel, with and without the fused kernel.
 
 Without the fused kernel, renorm or a mask, a training call of TensorFlow's layer
 takes the batch's mean and biased variance (``tf.nn.moments``), moves both moving
 statistics toward them with one weight (``assign_moving_average``) and normalizes
-with them (``tf.nn.batch_normalization``). The generic kernel is exactly that
-composition of the kernels that define each part, so its result is theirs, bit for
-bit. As one kernel it is also one dispatch: a library's fast path can check what it
-is given once and run the whole step, where at small sizes each part's own dispatch
-and checks cost more than its arithmetic.
+with them (``tf.nn.batch_normalization``): ``layer_training``. With the fused kernel
+(tf-slim's, and the Keras layer's where the layer moves the averages), the kernel
+gives y and the statistics, and the moving variance moves toward the
+Bessel-corrected variance: ``fused_layer_training``. Each generic kernel is exactly
+the composition of the kernels that define each part, so its result is theirs, bit
+for bit. As one kernel it is also one dispatch: a library's fast path can check what
+it is given once and run the whole step, where at small sizes each part's own
+dispatch and checks cost more than its arithmetic.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .._lib._backends import operand
+from .._lib._compat import device
 from .._lib._dtypes import astype
 from .._lib._typing import CrossReplicaSum, Namespace
 from .._native import Kernel, overridable
 from ._moments import biased_variance, two_pass_moments
 from ._moving_averages import move_toward
-from ._normalize import normalize
+from ._normalize import bessel_correction, fused_training_core, normalize
 
 
 @overridable(Kernel.LAYER_TRAINING)
@@ -56,3 +61,31 @@ def layer_training(
         x, mean, variance, offset, scale, variance_epsilon, xp=xp, compute=compute, channel=channel
     )
     return y, mean, variance, new_mean, new_variance
+
+
+@overridable(Kernel.FUSED_LAYER_TRAINING)
+def fused_layer_training(
+    x: Any,
+    moving_mean: Any,
+    moving_variance: Any,
+    offset: Any,
+    scale: Any,
+    epsilon: float,
+    weight: Any,
+    channel: int,
+    *,
+    xp: Namespace,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """``(y, mean, biased variance, new moving mean, new moving variance)`` of one training
+    call of the fused kernel on the local batch.
+
+    ``offset`` and ``scale`` are ``[C]`` float32 (ones and zeros where the layer has
+    none); the statistics are float32, as the kernel gives them. The moving mean moves
+    toward the batch mean and the moving variance toward the Bessel-corrected one,
+    both by ``weight`` (``_moving_averages.average_weight`` of the moving variables).
+    """
+    y, mean, biased, count = fused_training_core(x, scale, offset, epsilon, channel, xp=xp)
+    corrected = biased * operand(bessel_correction(count, xp, device(x)), biased)
+    new_mean = move_toward(moving_mean, astype(mean, moving_mean.dtype, xp), weight, xp=xp)
+    new_variance = move_toward(moving_variance, astype(corrected, moving_variance.dtype, xp), weight, xp=xp)
+    return y, mean, biased, new_mean, new_variance

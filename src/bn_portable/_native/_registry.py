@@ -30,6 +30,10 @@ class Kernel(enum.Enum):
         "layer_training(x, moving_mean, moving_variance, offset, scale, variance_epsilon, weight, axes,"
         " channel, *, xp, compute=None, reducer=None) -> (y, mean, variance, new_mean, new_variance)"
     )
+    FUSED_LAYER_TRAINING = (
+        "fused_layer_training(x, moving_mean, moving_variance, offset, scale, epsilon, weight, channel,"
+        " *, xp) -> (y, mean, biased_variance, new_mean, new_variance)"
+    )
 
     # Every kernel call looks its fast path up by member: Enum's own __hash__ (hashing the
     # name in Python) took 150 of the lookup's 250 ns on 2 CPU cores. Members are

@@ -1,4 +1,5 @@
-"""PyTorch's ``layer_training``: the same operations, after one check.
+"""PyTorch's ``layer_training`` and ``fused_layer_training``: the same operations, after
+one check.
 
 At small sizes a PyTorch operation costs a microsecond or two of dispatch whatever
 its arithmetic, and the generic composition added about as much again in Python
@@ -17,6 +18,13 @@ Everything else returns ``NotImplemented`` to the generic composition: half inpu
 (normalized in float32, blocked), a reducer, a weight that is an array
 (half-precision variables, the compiler), autograd recording on x or the parameters,
 functorch transforms, and layouts without a channel-grouped view.
+
+``fused_layer_training`` runs the fused kernel's fast path (``_torch_fused``, which
+makes its own checks and records y's gradient) and then the two averages as
+``_torch_averages`` moves them, the Bessel factor a Python float as the generic kernel
+gives it eagerly: the same bits. Variables other than float32, a weight that is an
+array (the compiler) and whatever the fused kernel's fast path hands back go to the
+generic composition.
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ import torch
 from torch import Tensor
 
 from .._lib._backends import operand
+from .._lib._dtypes import round_to_float32
 from .._lib._typing import CrossReplicaSum, Namespace
 from . import _torch_moments
 from ._torch_averages import lerp_toward
 from ._torch_blocks import needs_autograd
+from ._torch_fused import fused_training_core
 from ._torch_normalize import affine, inverse_and_shift
 
 _DTYPES = (torch.float32, torch.float64)
@@ -85,3 +95,27 @@ def layer_training(
         lerp_toward(moving_mean, mean, weight),
         lerp_toward(moving_variance, variance, weight),
     )
+
+
+def fused_layer_training(
+    x: Tensor,
+    moving_mean: Tensor,
+    moving_variance: Tensor,
+    offset: Tensor,
+    scale: Tensor,
+    epsilon: float,
+    weight: Any,
+    channel: int,
+    *,
+    xp: Namespace,
+) -> Any:
+    """The generic kernel's ``(y, mean, biased variance, new moving mean, new moving variance)``."""
+    if type(weight) is not float or moving_mean.dtype != torch.float32 or moving_variance.dtype != torch.float32:
+        return NotImplemented
+    core = fused_training_core(x, scale, offset, epsilon, channel, xp=xp)
+    if core is NotImplemented:
+        return core
+    y, mean, biased, count = core
+    # bessel_correction's eager value (a float weight means no compiler traces this).
+    corrected = biased * operand(round_to_float32(count / max(count - 1, 1)), biased)
+    return y, mean, biased, lerp_toward(moving_mean, mean, weight), lerp_toward(moving_variance, corrected, weight)

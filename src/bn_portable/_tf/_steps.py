@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._kernels._layer_training import layer_training
+from .._kernels._layer_training import fused_layer_training, layer_training
 from .._kernels._moments import biased_variance, masked_moments, two_pass_moments
 from .._kernels._moving_averages import (
     WeightRounding,
@@ -106,10 +106,23 @@ def _fused_step(
             x, gamma, beta, state.moving_mean, state.moving_variance, options.epsilon, plan.channel, xp=xp
         )
         return y, state, Normalization(state.moving_mean, state.moving_variance, state.gamma, state.beta)
+    kernel_moves = plan.path == "keras_fused" and options.execution == "eager"
+    # tf-slim's fused path rounds 1 - decay in double precision; the Keras
+    # layer's fused path makes decay a float32 tensor first.
+    rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
+    if not kernel_moves and options.cross_replica_sum is None and not options.zero_debias_moving_mean:
+        # The plain step, one kernel: y, the statistics and both moving averages.
+        weight = average_weight(state.moving_mean, options.decay, rounding, xp=xp)
+        y, batch_mean, biased, moving_mean, moving_variance = fused_layer_training(
+            x, state.moving_mean, state.moving_variance, beta, gamma, options.epsilon, weight,
+            plan.channel, xp=xp,
+        )
+        new_state = state._replace(moving_mean=moving_mean, moving_variance=moving_variance)
+        return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
     y, batch_mean, biased, bessel = fused_training(
         x, gamma, beta, options.epsilon, plan.channel, xp=xp, reducer=options.cross_replica_sum
     )
-    if plan.path == "keras_fused" and options.execution == "eager":
+    if kernel_moves:
         # Keras 2 outside graphs and XLA: the kernel moves the averages itself.
         new_state = state._replace(
             moving_mean=kernel_average(state.moving_mean, batch_mean, options.decay, xp=xp),
@@ -118,9 +131,6 @@ def _fused_step(
             ),
         )
         return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
-    # tf-slim's fused path rounds 1 - decay in double precision; the Keras
-    # layer's fused path makes decay a float32 tensor first.
-    rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
     new_state = state._replace(
         **_moved_mean(state, batch_mean, options, rounding, xp),
         moving_variance=moving_average(
