@@ -168,8 +168,16 @@ def native_call(data: Data, mode: str) -> Callable[[], Any]:
 def floor_calls(data: Data, mode: str, backend: str, checks: bool = False) -> dict[str, Callable[[], Any]]:
     """The fewest operations of the backend's library within the accuracy contract (``_floors``);
     with ``checks``, each also after the cheapest checks a public call can make (``_floors.checked``)."""
-    if mode == "step":
-        return _step_floors(data)
+    floors = _step_floors(data) if mode == "step" else _forward_floors(data, mode, backend)
+    if checks:  # the layer call's arrays: x, no batch weights, no mask, the state
+        x = data.torch if backend == "torch" else data.numpy
+        arrays = (x, None, None, *_state(data, "fused", backend))
+        floors |= {f"{name} + checks": _floors.checked(call, arrays) for name, call in floors.items()}
+    return floors
+
+
+def _forward_floors(data: Data, mode: str, backend: str) -> dict[str, Callable[[], Any]]:
+    """A forward call's floors: the formula on the call's arrays, the statistics moved in training."""
     x = data.torch if backend == "torch" else data.numpy
     channel = 1 if data.layout == "NCHW" else x.ndim - 1
     v = {k: torch.from_numpy(a) if backend == "torch" else a for k, a in data.vectors.items()}
@@ -189,11 +197,7 @@ def floor_calls(data: Data, mode: str, backend: str, checks: bool = False) -> di
     def floor(formula: Callable[..., Any]) -> Callable[[], Any]:
         return lambda: formula(x, *operands(), EPSILON)
 
-    floors = {f"floor {name}": floor(formula) for name, formula in _floors.FORMULAS.items()}
-    if checks:  # the layer call's arrays: x, no batch weights, no mask, the state
-        arrays = (x, None, None, *_state(data, "fused", backend))
-        floors |= {f"{name} + checks": _floors.checked(call, arrays) for name, call in floors.items()}
-    return floors
+    return {f"floor {name}": floor(formula) for name, formula in _floors.FORMULAS.items()}
 
 
 def _step_floors(data: Data) -> dict[str, Callable[[], Any]]:

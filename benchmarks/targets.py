@@ -136,7 +136,7 @@ SMALL = [  # (label, shape, layout, mode, limit)
 
 def small_rows(paths: Run) -> list[str]:
     """The small-batch rows, each with the floor after the least checks a public call makes
-    (``layer_paths``' ``floor … + checks``; none for a step, whose floor is a module's)."""
+    (``layer_paths``' ``floor … + checks``; a step's is the floor module's step after them)."""
     rows = []
     for label, shape, layout, mode, limit in SMALL:
         key = path_key("torch", layout, "float32", mode, shape)
