@@ -30,7 +30,7 @@ import torch
 from ._lib._backends import operand
 from ._lib._typing import Namespace
 from ._native._torch_blocks import needs_autograd
-from ._native._torch_fused import batch_norm_backward
+from ._native._torch_gradients import batch_norm_backward
 from ._native._torch_normalize import rsqrt
 from ._tf._gradients import layer_backward
 from ._tf._options import LayerOptions

@@ -79,7 +79,7 @@ def fused_layer_training(
     """``(y, mean, biased variance, new moving mean, new moving variance)`` of one training
     call of the fused kernel on the local batch.
 
-    ``offset`` and ``scale`` are ``[C]`` float32 (ones and zeros where the layer has
+    ``offset`` and ``scale`` are ``[C]`` float32 (zeros and ones where the layer has
     none); the statistics are float32, as the kernel gives them. The moving mean moves
     toward the batch mean and the moving variance toward the Bessel-corrected one,
     both by ``weight`` (``_moving_averages.average_weight`` of the moving variables).

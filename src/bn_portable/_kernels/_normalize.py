@@ -17,8 +17,8 @@ from typing import Any
 from .._lib import _layout
 from .._lib._backends import compiling
 from .._lib._compat import device
-from .._lib._dtypes import astype, round_to_float32, scalar
-from .._lib._numerics import rsqrt
+from .._lib._dtypes import astype, scalar
+from .._lib._numerics import bessel_factor, rsqrt
 from .._lib._typing import CrossReplicaSum, Device, Namespace
 from .._native import Kernel, overridable
 from ._moments import biased_variance, two_pass_moments
@@ -158,12 +158,11 @@ def fused_affine(
 def bessel_correction(count: Any, xp: Namespace, dev: Device) -> Any:
     """``n / max(n − 1, 1)`` rounded to float32 (TF's guard gives variance 0 when n = 1).
 
-    A Python float: multiplying a float32 array by it gives the bits the float32
-    constant would (``round_to_float32``), with no array to make. A 0-d array
+    A Python float (``_numerics.bessel_factor``): multiplying a float32 array by it
+    gives the bits the float32 constant would, with no array to make. A 0-d array
     while ``torch.compile`` traces, where the count may be symbolic (a batch
     size the compiler made dynamic) and the compiler folds the constant anyway.
     """
-    value = count / max(count - 1, 1)
     if compiling(xp):
-        return scalar(xp, value, xp.float32, dev)
-    return round_to_float32(value)
+        return scalar(xp, count / max(count - 1, 1), xp.float32, dev)
+    return bessel_factor(count)

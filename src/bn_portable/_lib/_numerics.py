@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._dtypes import is_half
+from ._dtypes import is_half, round_to_float32
 from ._typing import Namespace
 
 
@@ -29,3 +29,10 @@ def divide_no_nan(numerator: Any, denominator: Any, xp: Namespace) -> Any:
     is_zero = denominator == 0
     safe_denominator = xp.where(is_zero, xp.ones_like(denominator), denominator)
     return xp.where(is_zero, xp.zeros_like(numerator), numerator / safe_denominator)
+
+
+def bessel_factor(count: int) -> float:
+    """TensorFlow's fused kernel's Bessel factor ``n / max(n − 1, 1)``, rounded to float32, as
+    a Python float (its guard gives the variance 0 when n = 1); eagerly, for a count that is
+    a number."""
+    return round_to_float32(count / max(count - 1, 1))

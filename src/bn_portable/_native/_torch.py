@@ -16,7 +16,8 @@ Each module says how its arithmetic stays within the accuracy contract:
   (and why PyTorch's one-pass inference kernel, whose formula this is, does not
   serve it);
 - ``_torch_averages``: ``move_toward``, a moving average in one fused multiply-add;
-- ``_torch_gradients``: the backward's sums and dx, block by block;
+- ``_torch_gradients``: PyTorch's batch-norm backward with given statistics, and the
+  backward's sums and dx, block by block;
 - ``_torch_blocks``: the cache-sized blocks of a CPU batch these passes share.
 """
 

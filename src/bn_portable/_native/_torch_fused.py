@@ -1,8 +1,9 @@
 """PyTorch's fused kernel: TensorFlow's fused batch norm in few passes, its formula kept.
 
 ``fused_training_core`` and ``fused_inference`` replace the generic
-expression's half-dozen passes and temporaries with PyTorch's statistics
-kernels and one blocked pass for y. How TensorFlow's semantics are kept:
+expression's half-dozen passes and temporaries with two blocked sums for the
+statistics (``_torch_moments``) and one pass for y. How TensorFlow's semantics
+are kept:
 
 - **Layout.** TensorFlow's NHWC/NDHWC input is the same memory as PyTorch's
   channels-last NCHW/NCDHW: ``x.movedim(-1, 1)`` is a view, so the backward
@@ -64,6 +65,7 @@ from torch import Tensor
 from .._lib._backends import operand
 from .._lib._typing import Namespace
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
+from ._torch_gradients import batch_norm_backward
 from ._torch_moments import grouped, two_pass_sums
 from ._torch_normalize import per_channel, rsqrt
 
@@ -205,30 +207,6 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
         return dx, dscale, doffset, None, None, None, None, None
 
 
-def batch_norm_backward(
-    dy: Tensor, x: Tensor, scale: Tensor | None, mean: Tensor, inverse_std: Tensor, channel: int,
-    epsilon: float, mask: list[bool],
-) -> tuple[Any, Any, Any]:
-    """``(dx, dscale, doffset)`` of batch norm with batch statistics: PyTorch's own
-    ``native_batch_norm_backward`` (NHWC as channels-last views), ``mask`` saying which.
-
-    Under create_graph (grad mode on here), autograd differentiates this
-    backward op by op in its inputs' dtype: half inputs would make the
-    second-order gradient half-precision arithmetic. In float32 it is float32
-    arithmetic, and only dx is rounded to x's dtype. First-order gradients keep
-    the half kernel (float32 inside, the same result).
-    """
-    widen = torch.is_grad_enabled() and x.dtype not in (torch.float32, torch.float64)
-    dx, dscale, doffset = torch.ops.aten.native_batch_norm_backward(
-        _channels_second(dy.float() if widen else dy, channel),
-        _channels_second(x.float() if widen else x, channel),
-        scale, None, None, mean, inverse_std, True, epsilon, mask,
-    )
-    if dx is not None:
-        dx = _channels_back(dx.to(x.dtype) if widen else dx, channel)
-    return dx, dscale, doffset
-
-
 def fused_inference(
     x: Tensor, scale: Tensor, offset: Tensor, mean: Tensor, variance: Tensor, epsilon: float, channel: int, *, xp: Namespace
 ) -> Any:
@@ -248,20 +226,10 @@ def _eligible(x: Tensor, channel: int, *parameters: Any) -> bool:
     if channel not in (1, x.ndim - 1) or not (x.is_cpu or x.is_cuda):
         return False
     if torch._C._are_functorch_transforms_active():
-        return False  # the kernel writes its running-statistics buffers in place
+        return False  # in-place operations under vmap/grad transforms: stay generic
     # A loop, not all() of a generator: every small call asks, and the generator costs more.
     on_cpu = x.is_cpu  # no device object to make per parameter there
     for p in parameters:
         if p.dtype != torch.float32 or p.ndim != 1 or not (p.is_cpu if on_cpu else p.device == x.device):
             return False
     return True
-
-
-def _channels_second(x: Tensor, channel: int) -> Any:
-    """NHWC/NDHWC as PyTorch's channels-last NCHW/NCDHW: a view, no copy."""
-    return x if channel == 1 else x.movedim(channel, 1)
-
-
-def _channels_back(y: Tensor, channel: int) -> Any:
-    return y if channel == 1 else y.movedim(1, channel)
-

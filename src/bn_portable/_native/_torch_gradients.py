@@ -1,4 +1,8 @@
-"""PyTorch's backward kernels: the generic backward's passes, block by block.
+"""PyTorch's backward kernels.
+
+``batch_norm_backward`` is PyTorch's own ``native_batch_norm_backward`` with given
+batch statistics (NHWC as channels-last views): the fused kernel's autograd node and
+the non-fused layer's one-node training step (``_torch_step``) both call it.
 
 ``gradient_sums`` and ``gradient_input`` (the backward) work block by block
 along the batch with block-sized temporaries, where the generic expressions
@@ -73,3 +77,35 @@ def gradient_input(
             out.copy_(product)  # one rounding to x's dtype
     return dx
 
+
+def batch_norm_backward(
+    dy: Tensor, x: Tensor, scale: Tensor | None, mean: Tensor, inverse_std: Tensor, channel: int,
+    epsilon: float, mask: list[bool],
+) -> tuple[Any, Any, Any]:
+    """``(dx, dscale, doffset)`` of batch norm with batch statistics: PyTorch's own
+    ``native_batch_norm_backward`` (NHWC as channels-last views), ``mask`` saying which.
+
+    Under create_graph (grad mode on here), autograd differentiates this
+    backward op by op in its inputs' dtype: half inputs would make the
+    second-order gradient half-precision arithmetic. In float32 it is float32
+    arithmetic, and only dx is rounded to x's dtype. First-order gradients keep
+    the half kernel (float32 inside, the same result).
+    """
+    widen = torch.is_grad_enabled() and x.dtype not in (torch.float32, torch.float64)
+    dx, dscale, doffset = torch.ops.aten.native_batch_norm_backward(
+        _channels_second(dy.float() if widen else dy, channel),
+        _channels_second(x.float() if widen else x, channel),
+        scale, None, None, mean, inverse_std, True, epsilon, mask,
+    )
+    if dx is not None:
+        dx = _channels_back(dx.to(x.dtype) if widen else dx, channel)
+    return dx, dscale, doffset
+
+
+def _channels_second(x: Tensor, channel: int) -> Any:
+    """NHWC/NDHWC as PyTorch's channels-last NCHW/NCDHW: a view, no copy."""
+    return x if channel == 1 else x.movedim(channel, 1)
+
+
+def _channels_back(y: Tensor, channel: int) -> Any:
+    return y if channel == 1 else y.movedim(1, channel)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .._lib._backends import operand
-from .._lib._dtypes import round_to_float32
+from .._lib._numerics import bessel_factor
 from .._lib._typing import CrossReplicaSum, Namespace
 from . import _torch_moments
 from ._torch_averages import lerp_toward
@@ -110,12 +110,16 @@ def fused_layer_training(
     xp: Namespace,
 ) -> Any:
     """The generic kernel's ``(y, mean, biased variance, new moving mean, new moving variance)``."""
-    if type(weight) is not float or moving_mean.dtype != torch.float32 or moving_variance.dtype != torch.float32:
+    if (
+        type(weight) is not float
+        or moving_mean.dtype != torch.float32
+        or moving_variance.dtype != torch.float32
+        or torch.compiler.is_compiling()
+    ):
         return NotImplemented
     core = fused_training_core(x, scale, offset, epsilon, channel, xp=xp)
     if core is NotImplemented:
         return core
     y, mean, biased, count = core
-    # bessel_correction's eager value (a float weight means no compiler traces this).
-    corrected = biased * operand(round_to_float32(count / max(count - 1, 1)), biased)
+    corrected = biased * operand(bessel_factor(count), biased)  # bessel_correction's, eagerly
     return y, mean, biased, lerp_toward(moving_mean, mean, weight), lerp_toward(moving_variance, corrected, weight)

@@ -8,7 +8,7 @@ view (NHWC, and NCHW in channels-last memory, as ``(N·H·W, C)`` over rows),
 without a copy.
 
 ``two_pass_sums`` is the one place both torch kernels take their statistics
-(``local_moments`` here, the fused training kernel's in ``_torch``): the sum,
+(``local_moments`` here, the fused training kernel's in ``_torch_fused``): the sum,
 the mean from it (each caller's rounding), then the sum of squared deviations
 from that rounded mean, each a ``torch.sum`` (cascade summation). A large batch
 on CPU goes through cache-sized blocks of its first axis, half input widened

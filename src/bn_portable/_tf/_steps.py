@@ -111,7 +111,8 @@ def _fused_step(
     # layer's fused path makes decay a float32 tensor first.
     rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
     if not kernel_moves and options.cross_replica_sum is None and not options.zero_debias_moving_mean:
-        # The plain step, one kernel: y, the statistics and both moving averages.
+        # The plain step, one kernel: y, the statistics and both moving averages (one
+        # weight: the variables share the state's dtype).
         weight = average_weight(state.moving_mean, options.decay, rounding, xp=xp)
         y, batch_mean, biased, moving_mean, moving_variance = fused_layer_training(
             x, state.moving_mean, state.moving_variance, beta, gamma, options.epsilon, weight,
