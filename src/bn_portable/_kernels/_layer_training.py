@@ -18,13 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from .._lib._backends import operand
-from .._lib._compat import device
 from .._lib._dtypes import astype
 from .._lib._typing import CrossReplicaSum, Namespace
 from .._native import Kernel, overridable
 from ._moments import biased_variance, two_pass_moments
 from ._moving_averages import move_toward
-from ._normalize import bessel_correction, fused_training_core, normalize
+from ._normalize import fused_training, normalize
 
 
 @overridable(Kernel.LAYER_TRAINING)
@@ -84,8 +83,8 @@ def fused_layer_training(
     toward the batch mean and the moving variance toward the Bessel-corrected one,
     both by ``weight`` (``_moving_averages.average_weight`` of the moving variables).
     """
-    y, mean, biased, count = fused_training_core(x, scale, offset, epsilon, channel, xp=xp)
-    corrected = biased * operand(bessel_correction(count, xp, device(x)), biased)
+    y, mean, biased, bessel = fused_training(x, scale, offset, epsilon, channel, xp=xp)
+    corrected = biased * operand(bessel, biased)
     new_mean = move_toward(moving_mean, astype(mean, moving_mean.dtype, xp), weight, xp=xp)
     new_variance = move_toward(moving_variance, astype(corrected, moving_variance.dtype, xp), weight, xp=xp)
     return y, mean, biased, new_mean, new_variance
