@@ -17,6 +17,7 @@ from typing import Any
 
 from .._kernels._moments import Moments, biased_variance, per_count, two_pass_moments
 from .._lib import _checks, _layout
+from .._lib._backends import optimization_barrier
 from .._lib._compat import device
 from .._lib._dtypes import astype, dtype_name, is_half
 from .._lib._numerics import rsqrt
@@ -128,9 +129,11 @@ def normalize(
     formed before scaling, so a mean far larger than the spread does not cancel
     (the folded ``x·a + (bias − mean·a)`` that PyTorch's and ONNX Runtime's CPU
     kernels compute loses those digits; this form is never further from the
-    float64 truth).
+    float64 truth). The mean passes an ``optimization_barrier``: with the batch's own,
+    XLA would merge this x − mean with the statistics' and keep it in memory.
     """
     rank = x.ndim
+    mean = optimization_barrier(mean, xp)
     factor = astype(inv_std, compute, xp)
     if weight is not None:
         factor = factor * astype(weight, compute, xp)

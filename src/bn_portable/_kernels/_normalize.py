@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._lib import _layout
-from .._lib._backends import compiling
+from .._lib._backends import compiling, optimization_barrier
 from .._lib._compat import device
 from .._lib._dtypes import astype, scalar
 from .._lib._numerics import bessel_factor, rsqrt
@@ -68,7 +68,9 @@ def fused_training_core(
     """y, batch mean, biased batch variance (``[C]``, float32) and the element count per channel."""
     x32 = astype(x, xp.float32, xp)  # once: a half batch is widened for both passes
     batch_mean, biased_variance, count = fused_statistics(x32, channel, xp=xp)
-    y = _fused_formula(x32, x.dtype, scale, offset, batch_mean, biased_variance, epsilon, channel, xp=xp)
+    # y's own x − mean, not merged by XLA with the statistics' (which it would keep in memory).
+    mean = optimization_barrier(batch_mean, xp)
+    y = _fused_formula(x32, x.dtype, scale, offset, mean, biased_variance, epsilon, channel, xp=xp)
     return y, batch_mean, biased_variance, count
 
 
@@ -116,7 +118,8 @@ def fused_training(
         )
         return y, batch_mean, biased_variance, bessel_correction(count, xp, device(x))
     batch_mean, biased_variance, count = fused_statistics(x, channel, xp=xp, reducer=reducer)
-    y = fused_inference(x, scale, offset, batch_mean, biased_variance, epsilon, channel, xp=xp)
+    mean = optimization_barrier(batch_mean, xp)  # as in fused_training_core
+    y = fused_inference(x, scale, offset, mean, biased_variance, epsilon, channel, xp=xp)
     one = xp.ones_like(count)
     return y, batch_mean, biased_variance, count / xp.maximum(count - one, one)
 
