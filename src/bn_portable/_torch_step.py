@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 
-from ._lib._backends import operand
 from ._lib._typing import Namespace
 from ._native._torch_blocks import needs_autograd
 from ._native._torch_gradients import batch_norm_backward
-from ._native._torch_normalize import rsqrt
+from ._native._torch_normalize import inverse_std_of
 from ._tf._gradients import layer_backward
 from ._tf._options import LayerOptions
 from ._tf._plan import LayerPlan
@@ -95,7 +94,7 @@ class _LayerStep(torch.autograd.Function):
             # The Keras layer without renorm, weights or replicas: the gradient of batch
             # norm with the batch's statistics, which PyTorch's backward kernel computes.
             used = ctx.used
-            inverse_std = rsqrt(used.variance + operand(step.options.epsilon, used.variance), step.xp)
+            inverse_std = inverse_std_of(used.variance, step.options.epsilon, step.xp)
             mask = [bool(needs[0]), bool(needs[1]), bool(needs[2])]
             dx, dgamma, dbeta = batch_norm_backward(
                 dy, x, gamma, used.mean, inverse_std, step.plan.channel, step.options.epsilon, mask

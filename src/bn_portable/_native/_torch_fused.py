@@ -67,7 +67,7 @@ from .._lib._typing import Namespace
 from ._torch_blocks import blocked_on_cpu, needs_autograd, outer_blocks
 from ._torch_gradients import batch_norm_backward
 from ._torch_moments import grouped, two_pass_sums
-from ._torch_normalize import per_channel, rsqrt
+from ._torch_normalize import inverse_std_of, per_channel
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -87,7 +87,7 @@ def fused_training_core(
     # (a detach costs a small call a quarter of what switching autograd off does).
     batch_mean, biased, centred = _summed_statistics(x.detach() if recorded else x, channel, count)
     # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-    inverse_std = rsqrt(biased + operand(epsilon, biased), xp)
+    inverse_std = inverse_std_of(biased, epsilon, xp)
     if recorded:
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
@@ -122,8 +122,8 @@ def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
     # 1/n, a Python number applied in float32 as TF's 1/n tensor: both sums are float32,
     # so float32 x serves as operand's dtype (half x gets the number back, the same bits).
     inverse_count = operand(1.0 / count, x)
-    sums = two_pass_sums(view, torch.float32, lambda total: total * inverse_count, keep_centred=keep_centred)
-    return sums.mean, sums.m2 * inverse_count, sums.centred
+    sums = two_pass_sums(view, torch.float32, lambda total: total.mul_(inverse_count), keep_centred=keep_centred)
+    return sums.mean, sums.m2.mul_(inverse_count), sums.centred
 
 
 def _affine(
@@ -216,7 +216,7 @@ def fused_inference(
     if x.numel() == 0:
         return NotImplemented
     # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
-    inverse_std = rsqrt(variance + operand(epsilon, variance), xp)
+    inverse_std = inverse_std_of(variance, epsilon, xp)
     return _affine(x, mean, inverse_std, scale, offset, channel)
 
 

@@ -38,7 +38,7 @@ from .._lib._backends import operand
 from .._lib._numerics import bessel_factor
 from .._lib._typing import CrossReplicaSum, Namespace
 from . import _torch_moments
-from ._torch_averages import lerp_toward
+from ._torch_averages import lerp_both
 from ._torch_blocks import needs_autograd
 from ._torch_fused import fused_training_core
 from ._torch_normalize import affine, inverse_and_shift
@@ -77,23 +77,22 @@ def layer_training(
     count = x.numel() // x.shape[channel]
     if x.numel() < _torch_moments.SMALLEST_INPUT:  # the generic two passes (see the module doc)
         divisor = operand(count, x)
-        mean = torch.sum(x, axes, keepdim=True) / divisor
+        mean = torch.sum(x, axes, keepdim=True).div_(divisor)  # in place: new sums
         centred = x - mean
-        variance = torch.sum(centred.square_(), axes) / divisor
+        variance = torch.sum(centred.square_(), axes).div_(divisor)
         mean = mean.view(-1)
     else:
         view = _torch_moments.grouped(x, channel)
         if view is None:
             return NotImplemented
         mean, m2 = _torch_moments.divided_sums(view, x.dtype, count)
-        variance = m2 / operand(count, m2)
+        variance = m2.div_(operand(count, m2))
     inv, shift = inverse_and_shift(x, mean, variance, offset, scale, variance_epsilon, channel, xp)
     return (
         affine(x, inv, shift),
         mean,
         variance,
-        lerp_toward(moving_mean, mean, weight),
-        lerp_toward(moving_variance, variance, weight),
+        *lerp_both(moving_mean, mean, moving_variance, variance, weight),
     )
 
 
@@ -122,4 +121,4 @@ def fused_layer_training(
         return core
     y, mean, biased, count = core
     corrected = biased * operand(bessel_factor(count), biased)  # bessel_correction's, eagerly
-    return y, mean, biased, lerp_toward(moving_mean, mean, weight), lerp_toward(moving_variance, corrected, weight)
+    return (y, mean, biased, *lerp_both(moving_mean, mean, moving_variance, corrected, weight))

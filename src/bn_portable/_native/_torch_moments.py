@@ -79,7 +79,7 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
 def divided_sums(view: Grouped, dtype: torch.dtype, count: int) -> tuple[Tensor, Tensor]:
     """``[C]`` mean and m2 in ``dtype`` by ``two_pass_sums``, the mean the total divided by the
     count (as the generic moments kernel divides: by the remembered 0-d operand)."""
-    mean, m2, _ = two_pass_sums(view, dtype, lambda total: total / operand(count, total))
+    mean, m2, _ = two_pass_sums(view, dtype, lambda total: total.div_(operand(count, total)))
     return mean, m2
 
 
@@ -145,7 +145,8 @@ class Sums(NamedTuple):
 def two_pass_sums(
     view: Grouped, dtype: torch.dtype, mean_of: Callable[[Tensor], Tensor], *, keep_centred: bool = False
 ) -> Sums:
-    """``[C]`` mean (``mean_of`` the total) and sum of squared deviations from it, in ``dtype``.
+    """``[C]`` mean (``mean_of`` the total, a new tensor it may change in place) and sum of
+    squared deviations from it (a new tensor too), in ``dtype``.
 
     Called without autograd recording; under ``torch.compile`` both sums are
     taken in float64 and rounded once (the compiler's float32 sums were several

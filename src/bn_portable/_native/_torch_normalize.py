@@ -62,7 +62,7 @@ def inverse_and_shift(
 ) -> tuple[Tensor, Tensor]:
     """The generic kernel's ``inv = rsqrt(variance + ε)·scale`` and ``shift = offset − mean·inv``,
     shaped along x's ``channel`` (as they are for None)."""
-    inv = rsqrt(variance + operand(variance_epsilon, variance), xp)
+    inv = inverse_std_of(variance, variance_epsilon, xp)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
@@ -91,15 +91,20 @@ def per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
     return vector.view(*shape)  # sizes as arguments: a third quicker than as one list
 
 
-def rsqrt(value: Tensor, xp: Namespace) -> Tensor:
-    """The generic kernels' ``1 / sqrt`` (``_lib._numerics.rsqrt``), the same bits: for
-    float32 and float64 ``torch.reciprocal`` of the root, without the Python-level
-    ``Tensor.__rdiv__`` (a reciprocal and a product by 1); half precision as the generic
-    one (in float32, rounded once)."""
-    if value.dtype in (torch.float32, torch.float64):
+def inverse_std_of(variance: Tensor, epsilon: float, xp: Namespace) -> Tensor:
+    """The generic kernels' ``rsqrt(variance + ε)`` (``_lib._numerics.rsqrt``: ``1 / sqrt``),
+    the same bits: for float32 and float64 ``torch.reciprocal`` of the root, without the
+    Python-level ``Tensor.__rdiv__`` (a reciprocal and a product by 1), both in place
+    in the new sum where autograd does not record it (a small call's allocations are a
+    third of an operation's cost); half precision as the generic one (in float32,
+    rounded once)."""
+    value: Tensor = variance + operand(epsilon, variance)
+    if value.dtype not in (torch.float32, torch.float64):
+        result: Tensor = _numerics.rsqrt(value, xp)
+        return result
+    if needs_autograd((value,)):  # sqrt's and reciprocal's backward read their results
         return torch.reciprocal(torch.sqrt(value))
-    result: Tensor = _numerics.rsqrt(value, xp)
-    return result
+    return value.sqrt_().reciprocal_()
 
 
 def _broadcasts_into(parameter: Tensor, x: Tensor) -> bool:
