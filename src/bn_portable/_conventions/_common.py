@@ -130,7 +130,8 @@ def normalize(
     (the folded ``x·a + (bias − mean·a)`` that PyTorch's and ONNX Runtime's CPU
     kernels compute loses those digits; this form is never further from the
     float64 truth). The mean passes an ``optimization_barrier``: with the batch's own,
-    XLA would merge this x − mean with the statistics' and keep it in memory.
+    XLA would merge this x − mean with the statistics' and keep it in memory (with
+    running statistics there is nothing to merge, and it changes nothing).
     """
     rank = x.ndim
     mean = optimization_barrier(mean, xp)

@@ -4,7 +4,8 @@ Only here do library names appear outside the fast paths (and ``_compat``,
 which answers array-api-compat's questions directly for NumPy arrays and
 PyTorch tensors): how each library's sums round (and so what ``accurate_sum``
 must do), which arrays are not plain dense arrays, how to stop a gradient,
-whether PyTorch's compiler is tracing, how XLA divides, what a Dask array's
+whether PyTorch's compiler is tracing, how XLA divides, what keeps XLA from
+merging two equal subtractions (``optimization_barrier``), what a Dask array's
 blocks are, what describes an array completely enough for the call cache, and
 which operand PyTorch combines with a Python number quickest. Each answer depends
 on types and metadata, never on values.
@@ -135,8 +136,9 @@ def optimization_barrier(array: Any, xp: Namespace) -> Any:
     reads it back, a whole pass more over an input-sized array (TensorFlow's fused
     training step at 32×56×56×64 float32 under ``jit``, 2 CPU cores: a quarter less
     time with y's own subtraction).
-    Only traced values pass the barrier: eagerly nothing is merged, and it would be one
-    dispatch more.
+    Only tracers pass the barrier (under ``jit``, and eager ``grad`` or ``vmap``, where it
+    changes nothing either): eagerly XLA merges nothing, and it would be one dispatch more.
+    JAX differentiates and batches through it from 0.5.3 (the ``jax`` extra's floor).
     """
     if is_jax_namespace(xp):
         import jax  # optional: only a JAX namespace gets here

@@ -14,7 +14,7 @@ Each module says how its arithmetic stays within the accuracy contract:
 - ``_torch_weighted``: per-example weighted statistics, block by block;
 - ``_torch_normalize``: the generic ``x·inv + shift`` with the shift added in place
   (and why PyTorch's one-pass inference kernel, whose formula this is, does not
-  serve it);
+  serve it), and ``inverse_std_of``, ``rsqrt(variance + ε)`` for every torch kernel;
 - ``_torch_averages``: ``move_toward``, a moving average in one fused multiply-add;
 - ``_torch_gradients``: PyTorch's batch-norm backward with given statistics, and the
   backward's sums and dx, block by block;

@@ -41,17 +41,3 @@ def lerp_toward(variable: Tensor, value: Tensor, weight: float) -> Tensor:
     if 0.0 <= weight < 0.5:  # lerp's own formula there: start + weight·(end − start)
         return torch.lerp(variable, value, weight)
     return torch.sub(variable, torch.sub(variable, value), alpha=weight)
-
-
-def lerp_both(
-    moving_mean: Tensor, mean: Tensor, moving_variance: Tensor, variance: Tensor, weight: float
-) -> tuple[Tensor, Tensor]:
-    """Both moving averages by ``lerp_toward``: on CPU, with lerp's formula, in one call
-    (``torch._foreach_lerp`` runs PyTorch's lerp on each pair: the same bits, one dispatch
-    instead of two, a small call's microsecond). GPUs take one lerp each: their
-    multi-tensor kernel is compiled apart from the lerp kernel, and is not relied on for
-    the same bits."""
-    if 0.0 <= weight < 0.5 and moving_mean.is_cpu:
-        new_mean, new_variance = torch._foreach_lerp((moving_mean, moving_variance), (mean, variance), weight)
-        return new_mean, new_variance
-    return lerp_toward(moving_mean, mean, weight), lerp_toward(moving_variance, variance, weight)

@@ -86,7 +86,6 @@ def fused_training_core(
     # The statistics carry no gradient: taken from x detached where autograd would record
     # (a detach costs a small call a quarter of what switching autograd off does).
     batch_mean, biased, centred = _summed_statistics(x.detach() if recorded else x, channel, count)
-    # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
     inverse_std = inverse_std_of(biased, epsilon, xp)
     if recorded:
         # torch.autograd.Function.apply is not annotated.
@@ -215,7 +214,6 @@ def fused_inference(
         return NotImplemented
     if x.numel() == 0:
         return NotImplemented
-    # The generic kernel's rsqrt (1/sqrt in float32), so y is bit-identical to it.
     inverse_std = inverse_std_of(variance, epsilon, xp)
     return _affine(x, mean, inverse_std, scale, offset, channel)
 

@@ -10,7 +10,7 @@ once, then the operations are the ones the generic composition runs with PyTorch
 fast paths on, in its order, so the result is the same bits: the statistics as
 ``local_moments`` takes them (over a channel-grouped view, in blocks) from
 ``SMALLEST_INPUT`` values, and below it as the generic moments kernel does
-(``torch.sum`` over the same axes, divided by the count as a remembered 0-d operand;
+(``torch.sum`` over the same axes, divided in place by the count as a remembered 0-d operand;
 the squares in place, the same values); the moving averages as ``_torch_averages``
 moves them; y as ``_torch_normalize`` computes it.
 
@@ -38,7 +38,7 @@ from .._lib._backends import operand
 from .._lib._numerics import bessel_factor
 from .._lib._typing import CrossReplicaSum, Namespace
 from . import _torch_moments
-from ._torch_averages import lerp_both
+from ._torch_averages import lerp_toward
 from ._torch_blocks import needs_autograd
 from ._torch_fused import fused_training_core
 from ._torch_normalize import affine, inverse_and_shift
@@ -92,7 +92,8 @@ def layer_training(
         affine(x, inv, shift),
         mean,
         variance,
-        *lerp_both(moving_mean, mean, moving_variance, variance, weight),
+        lerp_toward(moving_mean, mean, weight),
+        lerp_toward(moving_variance, variance, weight),
     )
 
 
@@ -121,4 +122,4 @@ def fused_layer_training(
         return core
     y, mean, biased, count = core
     corrected = biased * operand(bessel_factor(count), biased)  # bessel_correction's, eagerly
-    return (y, mean, biased, *lerp_both(moving_mean, mean, moving_variance, corrected, weight))
+    return y, mean, biased, lerp_toward(moving_mean, mean, weight), lerp_toward(moving_variance, corrected, weight)
