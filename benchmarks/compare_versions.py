@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/compare_versions.py REVISION [--backend torch|numpy]
+    python benchmarks/compare_versions.py REVISION [--backend torch|numpy|jax]
         [--dtypes float32,float16] [--layouts NCHW,NHWC,CL] [--shape 32,64,56,56]
         [--calls N] [--paths fused,non-fused,renorm,zero-debias] [--rounds R]
 
@@ -19,7 +19,8 @@ ratios, which a shared machine disturbs far less than separate runs. With
 the side going first alternating, and the median of the R ratios is printed with
 its quartiles: steadier on a noisy machine. ``--paths`` adds ``renorm`` and
 ``zero-debias`` (non-fused). Outside ``step``, each case also says whether y and the
-new state are the same bits on both sides.
+new state are the same bits on both sides. On ``jax`` each side is its own ``jax.jit``
+program of the call (compiled before the timing).
 """
 
 from __future__ import annotations
@@ -147,13 +148,41 @@ def _input(shape: tuple[int, ...], dtype: str, layout: str, backend: str) -> tup
     data_format = "NCHW" if layout in ("NCHW", "CL") else "NHWC"
     if backend == "numpy":
         return np.ascontiguousarray(x.float().numpy()).astype(dtype), data_format
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(x.float().numpy(), dtype=dtype), data_format
     return x, data_format
+
+
+def _vectors(channels: int, backend: str) -> list[Any]:
+    """gamma, beta, moving mean and moving variance (float32) in the backend's arrays."""
+    import torch
+
+    vectors = [torch.rand(channels) + 0.5, torch.randn(channels), torch.randn(channels), torch.rand(channels) + 0.5]
+    if backend == "numpy":
+        return [v.numpy() for v in vectors]
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return [jnp.asarray(v.numpy()) for v in vectors]
+    return vectors
+
+
+def _forward(library: Any, state: Any, x: Any, options: dict[str, Any], backend: str) -> Any:
+    """``library.batch_norm`` of x and state as a call; on JAX a compiled program, awaited."""
+    if backend != "jax":
+        return lambda: library.batch_norm(x, state, scale=True, **options)
+    import jax
+
+    program = jax.jit(lambda x, state: library.batch_norm(x, state, scale=True, **options))
+    return lambda: jax.block_until_ready(program(x, state))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revision")
-    parser.add_argument("--backend", default="torch", choices=["torch", "numpy"])
+    parser.add_argument("--backend", default="torch", choices=["torch", "numpy", "jax"])
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--layouts", default="NCHW,NHWC")
     parser.add_argument("--shape", default="32,64,56,56")
@@ -171,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(","):
             for layout in args.layouts.split(","):
                 x, data_format = _input(shape, dtype, layout, args.backend)
-                vectors = [torch.rand(channels) + 0.5, torch.randn(channels), torch.randn(channels), torch.rand(channels) + 0.5]
-                if args.backend == "numpy":
-                    vectors = [v.numpy() for v in vectors]
+                vectors = _vectors(channels, args.backend)
                 modes = ("train", "infer", "step") if args.backend == "torch" else ("train", "infer")
                 for mode in modes:
                     for path in args.paths.split(","):
@@ -192,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                                 calls.append(_module_step(library, state, x, data_format, path_options["fused"]))
                                 continue
                             options = {"is_training": mode == "train", "data_format": data_format, **path_options}
-                            calls.append(
-                                lambda lib=library, s=state, x=x, o=options: lib.batch_norm(x, s, scale=True, **o)
-                            )
+                            calls.append(_forward(library, state, x, options, args.backend))
                         bits = "" if mode == "step" else f"  same bits: {_same_bits(*calls)}"
                         if args.rounds:
                             median, q1, q3 = _median_ratio(*calls, args.rounds, max(args.calls, 1))

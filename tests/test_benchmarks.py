@@ -186,6 +186,7 @@ def test_regressions_flag_ratios_a_quarter_above_the_previous_run() -> None:
         ("numpy", "float32", "8,4", "fused,non-fused,renorm,zero-debias", 8),  # training, inference
         # bfloat16, which NumPy lacks, compared as its bytes; torch times a step too.
         ("torch", "bfloat16", "8,4,2,2", "fused,non-fused", 6),
+        ("jax", "float32", "8,4,2,2", "fused,non-fused", 4),  # each side a jit program
     ],
 )
 def test_compare_versions_times_every_path_against_a_revision(
@@ -193,6 +194,7 @@ def test_compare_versions_times_every_path_against_a_revision(
 ) -> None:
     """HEAD beside the working tree: every path named, a median ratio, and the bits compared."""
     pytest.importorskip("torch")
+    pytest.importorskip(library)
     if not (BENCHMARKS.parent / ".git").exists():
         pytest.skip("compares against a git revision: needs the repository")
     output = subprocess.run(
