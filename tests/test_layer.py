@@ -149,3 +149,15 @@ def test_renorm_stddev_starts_at_the_root_of_the_moving_variance(backend):
     )
     np.testing.assert_array_equal(backend.to_numpy(state.moving_stddev), [3.0] * 3)
     np.testing.assert_array_equal(backend.to_numpy(state.renorm_stddev), [3.0] * 3)
+
+
+def test_with_moving_statistics_replaces_only_the_moving_statistics():
+    from bn_portable._tf._fields import FIELDS
+    from bn_portable._tf._state import with_moving_statistics
+
+    state = bn.BatchNormState(*(np.full(1, index, dtype=np.float32) for index, _ in enumerate(FIELDS)))
+    mean, variance = np.zeros(1, np.float32), np.ones(1, np.float32)
+    new = with_moving_statistics(state, mean, variance)
+    expected = state._replace(moving_mean=mean, moving_variance=variance)
+    assert type(new) is bn.BatchNormState
+    assert all(a is b for a, b in zip(new, expected, strict=True))

@@ -29,7 +29,7 @@ from ._nonfinite import keep_state_unless_finite
 from ._options import LayerOptions
 from ._plan import LayerPlan
 from ._renorm import compose, renorm_step
-from ._state import BatchNormState
+from ._state import BatchNormState, with_moving_statistics
 
 
 class Normalization(NamedTuple):
@@ -118,7 +118,7 @@ def _fused_step(
             x, state.moving_mean, state.moving_variance, beta, gamma, options.epsilon, weight,
             plan.channel, xp=xp,
         )
-        new_state = state._replace(moving_mean=moving_mean, moving_variance=moving_variance)
+        new_state = with_moving_statistics(state, moving_mean, moving_variance)
         return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
     y, batch_mean, biased, bessel = fused_training(
         x, gamma, beta, options.epsilon, plan.channel, xp=xp, reducer=options.cross_replica_sum
@@ -164,7 +164,7 @@ def _keras_step(
             plan.axes, plan.channel, xp=xp, compute=None if compute == x.dtype else compute,
             reducer=options.cross_replica_sum,
         )
-        new_state = state._replace(moving_mean=moving_mean, moving_variance=moving_variance)
+        new_state = with_moving_statistics(state, moving_mean, moving_variance)
         return y, new_state, Normalization(mean, variance, gamma, beta)
     if options.is_training:
         mean, variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
