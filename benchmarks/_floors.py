@@ -5,7 +5,8 @@ operations, in the array's own library (PyTorch or NumPy): the statistics in two
 passes (per-channel sums over a channel-grouped view, then the deviations from the
 mean squared in place and summed), the two moving averages ``v − (v − value)·(1 − decay)``
 (one fused multiply-add each on PyTorch, ``torch.lerp``, as bn_portable's; NumPy has
-none: TensorFlow's three small operations), and y by the
+none: TensorFlow's three small operations; the fused path's variance Bessel-corrected
+first, ``variance_target``), and y by the
 fused formula ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` (no fold of μ into the offset:
 three passes, or two on PyTorch where the channels are innermost in memory, the
 scale and shift one fused multiply-add, which is quicker there only) or the non-fused ``x·inv + (β − μ·inv)`` (two passes: no fused
@@ -64,6 +65,13 @@ def per_channel(vector: Any, x: Any, channel: int) -> Any:
     shape = [1] * x.ndim
     shape[channel] = -1
     return vector.reshape(shape)
+
+
+def variance_target(variance: Any, count: int, path: str) -> Any:
+    """What ``path`` moves the moving variance toward: the biased batch variance, or on the
+    fused path (TensorFlow's fused kernel, as PyTorch's own) the Bessel-corrected
+    ``variance · n/(n − 1)``, one small operation more."""
+    return variance * (count / max(count - 1, 1)) if path == "fused" else variance
 
 
 def moving_average(moving: Any, value: Any, weight: float) -> Any:

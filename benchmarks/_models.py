@@ -99,7 +99,7 @@ class FloorBatchNorm(nn.Module):
 
     def __init__(self, native: nn.Module, path: str) -> None:
         super().__init__()
-        self.formula = _floors.FORMULAS[path]
+        self.path, self.formula = path, _floors.FORMULAS[path]
         self.epsilon = float(native.eps)
         self.decay_weight = float(native.momentum)  # 1 − decay
         self.weight = nn.Parameter(native.weight.detach().clone())
@@ -114,7 +114,8 @@ class FloorBatchNorm(nn.Module):
             return self.formula(x, self.running_mean.view(view), self.running_var.view(view), gamma, beta, self.epsilon)
         with torch.no_grad():
             mean, variance = _floors.batch_statistics(x, 1)
-            for moving, value in ((self.running_mean, mean), (self.running_var, variance)):
+            target = _floors.variance_target(variance, x.numel() // x.shape[1], self.path)
+            for moving, value in ((self.running_mean, mean), (self.running_var, target)):
                 moving.copy_(_floors.moving_average(moving, value, self.decay_weight))
             inverse_std = torch.rsqrt(variance + self.epsilon)
 

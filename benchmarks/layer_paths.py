@@ -182,7 +182,9 @@ def _forward_floors(data: Data, mode: str, backend: str) -> dict[str, Callable[[
     channel = 1 if data.layout == "NCHW" else x.ndim - 1
     v = {k: torch.from_numpy(a) if backend == "torch" else a for k, a in data.vectors.items()}
 
-    def operands() -> tuple[Any, ...]:
+    count = math.prod(x.shape) // x.shape[channel]
+
+    def operands(path: str) -> tuple[Any, ...]:
         """The statistics (moved into the moving ones in training) and the parameters, each
         shaped to broadcast against x within the call (``_floors.per_channel``)."""
         if mode == "infer":
@@ -191,13 +193,14 @@ def _forward_floors(data: Data, mode: str, backend: str) -> dict[str, Callable[[
             mean, variance = _floors.batch_statistics(x, channel)
             # The native kernel updates its running statistics in the same call.
             _floors.moving_average(v["moving_mean"], mean, DECAY_WEIGHT)
-            _floors.moving_average(v["moving_variance"], variance, DECAY_WEIGHT)
+            target = _floors.variance_target(variance, count, path)
+            _floors.moving_average(v["moving_variance"], target, DECAY_WEIGHT)
         return tuple(_floors.per_channel(t, x, channel) for t in (mean, variance, v["gamma"], v["beta"]))
 
-    def floor(formula: Callable[..., Any]) -> Callable[[], Any]:
-        return lambda: formula(x, *operands(), EPSILON)
+    def floor(path: str, formula: Callable[..., Any]) -> Callable[[], Any]:
+        return lambda: formula(x, *operands(path), EPSILON)
 
-    return {f"floor {name}": floor(formula) for name, formula in _floors.FORMULAS.items()}
+    return {f"floor {name}": floor(name, formula) for name, formula in _floors.FORMULAS.items()}
 
 
 def _step_floors(data: Data) -> dict[str, Callable[[], Any]]:
