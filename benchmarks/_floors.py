@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from bn_portable._lib._backends import metadata
+from bn_portable._lib._numerics import bessel_factor
 
 #: Values per float32 partial of a NumPy sum down rows (as bn_portable's NumPy Σx bounds its own).
 NUMPY_PARTIAL = 64
@@ -70,8 +71,8 @@ def per_channel(vector: Any, x: Any, channel: int) -> Any:
 def variance_target(variance: Any, count: int, path: str) -> Any:
     """What ``path`` moves the moving variance toward: the biased batch variance, or on the
     fused path (TensorFlow's fused kernel, as PyTorch's own) the Bessel-corrected
-    ``variance · n/(n − 1)``, one small operation more."""
-    return variance * (count / max(count - 1, 1)) if path == "fused" else variance
+    ``variance · n/(n − 1)`` (TensorFlow's factor, ``bessel_factor``), one small operation more."""
+    return variance * bessel_factor(count) if path == "fused" else variance
 
 
 def moving_average(moving: Any, value: Any, weight: float) -> Any:
