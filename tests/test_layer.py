@@ -161,3 +161,39 @@ def test_with_moving_statistics_replaces_only_the_moving_statistics():
     expected = state._replace(moving_mean=mean, moving_variance=variance)
     assert type(new) is bn.BatchNormState
     assert all(a is b for a, b in zip(new, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options"),
+    [
+        ("float32", {"fused": True}),  # the Keras layer's fused path: 1 − decay rounded in float32
+        ("float32", {"fused": True, "zero_debias_moving_mean": True}),  # tf-slim's fused path
+        ("float64", {}),  # the Keras layer
+        ("float16", {"zero_debias_moving_mean": True}),  # legacy: float16 variables, a 0-d array
+    ],
+)
+def test_plan_decay_weight_is_the_steps_average_weight(dtype, options):
+    from bn_portable._kernels._moving_averages import average_weight
+    from bn_portable._tf._options import layer_options
+    from bn_portable._tf._plan import prepare, weight_rounding
+
+    x = np.ones((2, 3, 3, 4), dtype=dtype)
+    decay = 0.9997  # 1 − decay rounds differently in float32 and in double precision
+    xp, plan, state = prepare(x, None, None, layer_options(weighted=False, decay=decay, **options))
+    expected = average_weight(state.moving_mean, decay, weight_rounding(plan.path), xp=xp)
+    if dtype == "float16":
+        assert plan.decay_weight is None and not isinstance(expected, float)
+    else:
+        assert type(plan.decay_weight) is float and plan.decay_weight == expected
+
+
+def test_a_plan_made_while_torch_compiles_leaves_the_weight_to_the_step(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from bn_portable._tf._options import layer_options
+    from bn_portable._tf._plan import prepare
+
+    options = layer_options(weighted=False, fused=True)
+    x = torch.ones((2, 3, 3, 4))
+    assert type(prepare(x, None, None, options)[1].decay_weight) is float
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert prepare(x, None, None, options)[1].decay_weight is None

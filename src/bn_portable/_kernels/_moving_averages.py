@@ -63,10 +63,22 @@ def average_weight(variable: Any, decay: float, rounding: WeightRounding, *, xp:
     """``1 − decay`` rounded per ``rounding``, as ``move_toward`` takes it for ``variable``:
     a Python float for float32 and float64 variables (no array operations to make it), a
     0-d array of their dtype for half-precision ones and while PyTorch's compiler traces."""
-    name = dtype_name(variable.dtype)
+    number = number_weight(decay, rounding, variable.dtype, xp)
+    if number is not None:
+        return number
+    return update_weight(decay, rounding, variable.dtype, xp, device(variable))
+
+
+def number_weight(decay: float, rounding: WeightRounding, dtype: Any, xp: Namespace) -> float | None:
+    """``average_weight`` for variables of ``dtype`` where it is a Python float, else None.
+
+    A function of the dtype and whether the compiler traces, never of values: a
+    layer's plan holds it (``_tf._plan``), made once per call signature.
+    """
+    name = dtype_name(dtype)
     if name in ("float32", "float64") and not compiling(xp):
         return python_weight(decay, rounding, name)
-    return update_weight(decay, rounding, variable.dtype, xp, device(variable))
+    return None
 
 
 @overridable(Kernel.MOVE_TOWARD)

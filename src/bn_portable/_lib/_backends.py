@@ -170,7 +170,7 @@ def not_dense(value: Any) -> str | None:
     return None
 
 
-def metadata(*arrays: Any) -> tuple[Any, ...] | None:
+def metadata(*arrays: Any, eager: bool = False) -> tuple[Any, ...] | None:
     """Everything the checks read of each array, as a hashable key; None if some array has none.
 
     Type, shape, dtype, and for PyTorch device and layout: every check of an
@@ -179,14 +179,15 @@ def metadata(*arrays: Any) -> tuple[Any, ...] | None:
     the key. Other array types (masked arrays, subclasses, JAX tracers, Dask,
     CuPy, array-api-strict) have no key here: their calls are checked in full
     every time. None also while PyTorch's compiler traces, where shapes may be
-    symbolic and the checks are traced once per compiled graph instead.
+    symbolic and the checks are traced once per compiled graph instead (``eager=True``
+    where the caller has asked already).
     """
     numpy = sys.modules.get("numpy")
     ndarray = None if numpy is None else numpy.ndarray
     torch: Any = sys.modules.get("torch")
     tensors = () if torch is None else (torch.Tensor, torch.nn.Parameter)
     parts: list[Any] = []
-    asked_compiler = False
+    asked_compiler = eager
     for array in arrays:
         if array is None:  # first: most of a state's fields are None
             parts.append(None)
@@ -212,7 +213,7 @@ _TORCH_NUMBERS: dict[tuple[float, Any], Any] = {}
 _TORCH_NUMBERS_CAPACITY = 256
 
 
-def operand(number: Any, like: Any) -> Any:
+def operand(number: Any, like: Any, *, eager: bool = False) -> Any:
     """``number`` as the quicker operand to combine with the array ``like``, for the same bits.
 
     PyTorch wraps a Python number in a new 0-d tensor and converts it to the other
@@ -224,14 +225,16 @@ def operand(number: Any, like: Any) -> Any:
     ``number / tensor`` as ``number · (1 / tensor)``); it is made once per (number,
     dtype), a pure function of them, and no caller writes to it. Everything else (other
     libraries, GPUs, half precision, subclasses, tracing, arrays as ``number``) gets
-    ``number`` back.
+    ``number`` back. ``eager=True`` where the caller has asked the compiler already (a
+    torch fast path asks once per call: the question is two Python calls, and a small
+    training call would ask it at every operand).
     """
     torch: Any = sys.modules.get("torch")
     if type(number) not in (float, int) or torch is None:
         return number
     if type(like) not in (torch.Tensor, torch.nn.Parameter) or not like.is_cpu:
         return number
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    if (not eager and torch.compiler.is_compiling()) or torch._C._len_torch_dispatch_stack():
         return number  # the compiler's constants, and fake or proxy tensors, take numbers
     key = (number, like.dtype)
     found = _TORCH_NUMBERS.get(key)

@@ -76,6 +76,15 @@ def fused_training_core(
     x: Tensor, scale: Tensor, offset: Tensor, epsilon: float, channel: int, *, xp: Namespace
 ) -> Any:
     """Training: y, batch mean, biased variance and count, from PyTorch's kernels."""
+    return training_core(x, scale, offset, epsilon, channel, xp=xp, compiling=torch.compiler.is_compiling())
+
+
+def training_core(
+    x: Tensor, scale: Tensor, offset: Tensor, epsilon: float, channel: int, *, xp: Namespace, compiling: bool
+) -> Any:
+    """``fused_training_core`` told whether PyTorch's compiler traces (``compiling``): asked
+    once per call, by the caller, where each part asking again cost a small call two Python
+    calls a time."""
     if not _eligible(x, channel, scale, offset):
         return NotImplemented
     channels = x.shape[channel]
@@ -85,19 +94,19 @@ def fused_training_core(
     recorded = needs_autograd([x, scale, offset])
     # The statistics carry no gradient: taken from x detached where autograd would record
     # (a detach costs a small call a quarter of what switching autograd off does).
-    batch_mean, biased, centred = _summed_statistics(x.detach() if recorded else x, channel, count)
-    inverse_std = inverse_std_of(biased, epsilon, xp)
+    batch_mean, biased, centred = _summed_statistics(x.detach() if recorded else x, channel, count, compiling)
+    inverse_std = inverse_std_of(biased, epsilon, xp, eager=not compiling)
     if recorded:
         # torch.autograd.Function.apply is not annotated.
         y = _NormalizeWithBatchStatistics.apply(  # type: ignore[no-untyped-call]
-            x, scale, offset, batch_mean, inverse_std, channel, epsilon, centred
+            x, scale, offset, batch_mean, inverse_std, channel, epsilon, compiling, centred
         )
     else:  # no graph to record: the formula itself, without the autograd node
-        y = _affine(x, batch_mean, inverse_std, scale, offset, channel, centred)
+        y = _affine(x, batch_mean, inverse_std, scale, offset, channel, compiling, centred)
     return y, batch_mean, biased, count
 
 
-def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
+def _summed_statistics(x: Tensor, channel: int, count: int, compiling: bool) -> Any:
     """Mean, biased variance and (float32 x on CPU, eagerly) the centred values,
     TensorFlow's fused way (float32 sum × 1/n, then Σ(x − mean)² × 1/n), from
     ``_torch_moments.two_pass_sums``.
@@ -112,22 +121,22 @@ def _summed_statistics(x: Tensor, channel: int, count: int) -> Any:
     # The centred values become y (one pass fewer) for float32 x on CPU: a GPU takes
     # every batch whole, and keeping them would add one input-sized tensor to its
     # peak memory; half input's y is a new tensor of its own dtype anyway.
-    keep_centred = (
-        view is not None and x.dtype == torch.float32 and x.is_cpu and not torch.compiler.is_compiling()
-    )
+    keep_centred = view is not None and x.dtype == torch.float32 and x.is_cpu and not compiling
     if view is None:  # another layout: a copy, channels last
         view = grouped(x.movedim(channel, -1).contiguous(), x.ndim - 1)
         assert view is not None
     # 1/n, a Python number applied in float32 as TF's 1/n tensor: both sums are float32,
     # so float32 x serves as operand's dtype (half x gets the number back, the same bits).
-    inverse_count = operand(1.0 / count, x)
-    sums = two_pass_sums(view, torch.float32, lambda total: total.mul_(inverse_count), keep_centred=keep_centred)
+    inverse_count = operand(1.0 / count, x, eager=not compiling)
+    sums = two_pass_sums(
+        view, torch.float32, lambda total: total.mul_(inverse_count), compiling=compiling, keep_centred=keep_centred
+    )
     return sums.mean, sums.m2.mul_(inverse_count), sums.centred
 
 
 def _affine(
     x: Tensor, mean: Tensor, inverse_std: Tensor, scale: Tensor, offset: Tensor, channel: int,
-    centred: Tensor | None = None,
+    compiling: bool, centred: Tensor | None = None,
 ) -> Any:
     """TensorFlow's ``(x − μ)·(rsqrt(σ² + ε)·γ) + β`` in float32, rounded once to x's dtype.
 
@@ -141,7 +150,7 @@ def _affine(
     factor_b = per_channel(inverse_std * scale, x, channel)
     offset_b = per_channel(offset, x, channel)
     if centred is not None:
-        return _scale_and_shift(centred, factor_b, offset_b, channel)
+        return _scale_and_shift(centred, factor_b, offset_b, channel, compiling)
     mean_b = per_channel(mean, x, channel)
     if needs_autograd([x, mean, inverse_std, scale, offset]):
         y = (x.to(torch.float32) - mean_b) * factor_b + offset_b
@@ -152,20 +161,21 @@ def _affine(
         # (twice the input's bytes, fresh memory every call) made this 7-10x slower.
         y = torch.empty_like(x)
         for rows in outer_blocks(x):
-            y[rows].copy_(_scale_and_shift(x[rows].to(torch.float32).sub_(mean_b), factor_b, offset_b, channel))
+            widened = x[rows].to(torch.float32).sub_(mean_b)
+            y[rows].copy_(_scale_and_shift(widened, factor_b, offset_b, channel, compiling))
         return y
     # Centred into a new tensor (half x is widened exactly: type promotion to the
     # mean's float32), then scaled and shifted in place (writing blocks through
     # ``out=`` slices was 20× slower on CPU) and rounded once to x's dtype.
-    y = _scale_and_shift(torch.sub(x, mean_b), factor_b, offset_b, channel)
+    y = _scale_and_shift(torch.sub(x, mean_b), factor_b, offset_b, channel, compiling)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-def _scale_and_shift(centred: Tensor, factor_b: Tensor, offset_b: Tensor, channel: int) -> Tensor:
+def _scale_and_shift(centred: Tensor, factor_b: Tensor, offset_b: Tensor, channel: int, compiling: bool) -> Tensor:
     """``centred·factor + offset`` in place: one fused multiply-add where the channels are
     centred's innermost axis in memory, else a multiply and an add (see the module doc).
     The compiler takes no ``out=`` of another memory layout, and fuses the two anyway."""
-    if centred.stride(channel) == 1 and not torch.compiler.is_compiling():
+    if centred.stride(channel) == 1 and not compiling:
         return torch.addcmul(offset_b, centred, factor_b, out=centred)
     return centred.mul_(factor_b).add_(offset_b)
 
@@ -188,6 +198,7 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
         inverse_std: Tensor,
         channel: int,
         epsilon: float,
+        compiling: bool,
         centred: Tensor | None,
     ) -> Any:
         ctx.save_for_backward(x, scale, mean, inverse_std)
@@ -196,14 +207,14 @@ class _NormalizeWithBatchStatistics(torch.autograd.Function):
         if centred is not None:
             ctx.mark_dirty(centred)  # scaled and shifted in place into y
         # Function.apply runs forward with autograd off: nothing here is recorded.
-        return _affine(x, mean, inverse_std, scale, offset, channel, centred)
+        return _affine(x, mean, inverse_std, scale, offset, channel, compiling, centred)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> Any:
         x, scale, mean, inverse_std = ctx.saved_tensors
         mask = [bool(flag) for flag in ctx.needs_input_grad[:3]]
         dx, dscale, doffset = batch_norm_backward(dy, x, scale, mean, inverse_std, ctx.channel, ctx.epsilon, mask)
-        return dx, dscale, doffset, None, None, None, None, None
+        return dx, dscale, doffset, None, None, None, None, None, None
 
 
 def fused_inference(
@@ -214,8 +225,9 @@ def fused_inference(
         return NotImplemented
     if x.numel() == 0:
         return NotImplemented
-    inverse_std = inverse_std_of(variance, epsilon, xp)
-    return _affine(x, mean, inverse_std, scale, offset, channel)
+    compiling = torch.compiler.is_compiling()
+    inverse_std = inverse_std_of(variance, epsilon, xp, eager=not compiling)
+    return _affine(x, mean, inverse_std, scale, offset, channel, compiling)
 
 
 def _eligible(x: Tensor, channel: int, *parameters: Any) -> bool:

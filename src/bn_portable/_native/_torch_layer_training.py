@@ -6,8 +6,9 @@ its arithmetic, and the generic composition added about as much again in Python
 around each: every kernel's dispatch, its fast path's own checks (dtype, compiler,
 functorch, autograd), the namespace's wrappers. A 64×64 float32 training call spent
 16 of its 41 µs outside PyTorch's operations (2 CPU cores). Here the checks are made
-once, then the operations are the ones the generic composition runs with PyTorch's
-fast paths on, in its order, so the result is the same bits: the statistics as
+once (whether the compiler traces included: the parts are told, ``eager=True``), then
+the operations are the ones the generic composition runs with PyTorch's fast paths
+on, in its order, so the result is the same bits: the statistics as
 ``local_moments`` takes them (over a channel-grouped view, in blocks) from
 ``SMALLEST_INPUT`` values, and below it as the generic moments kernel does
 (``torch.sum`` over the same axes, divided in place by the count as a remembered 0-d operand;
@@ -40,7 +41,7 @@ from .._lib._typing import CrossReplicaSum, Namespace
 from . import _torch_moments
 from ._torch_averages import lerp_toward
 from ._torch_blocks import needs_autograd
-from ._torch_fused import fused_training_core
+from ._torch_fused import training_core
 from ._torch_normalize import affine, inverse_and_shift
 
 _DTYPES = (torch.float32, torch.float64)
@@ -76,7 +77,7 @@ def layer_training(
         return NotImplemented
     count = x.numel() // x.shape[channel]
     if x.numel() < _torch_moments.SMALLEST_INPUT:  # the generic two passes (see the module doc)
-        divisor = operand(count, x)
+        divisor = operand(count, x, eager=True)
         mean = torch.sum(x, axes, keepdim=True).div_(divisor)  # in place: new sums
         centred = x - mean
         variance = torch.sum(centred.square_(), axes).div_(divisor)
@@ -86,8 +87,8 @@ def layer_training(
         if view is None:
             return NotImplemented
         mean, m2 = _torch_moments.divided_sums(view, x.dtype, count)
-        variance = m2.div_(operand(count, m2))
-    inv, shift = inverse_and_shift(x, mean, variance, offset, scale, variance_epsilon, channel, xp)
+        variance = m2.div_(operand(count, m2, eager=True))
+    inv, shift = inverse_and_shift(x, mean, variance, offset, scale, variance_epsilon, channel, xp, eager=True)
     return (
         affine(x, inv, shift),
         mean,
@@ -117,9 +118,9 @@ def fused_layer_training(
         or torch.compiler.is_compiling()
     ):
         return NotImplemented
-    core = fused_training_core(x, scale, offset, epsilon, channel, xp=xp)
+    core = training_core(x, scale, offset, epsilon, channel, xp=xp, compiling=False)
     if core is NotImplemented:
         return core
     y, mean, biased, count = core
-    corrected = biased * operand(bessel_factor(count), biased)  # bessel_correction's, eagerly
+    corrected = biased * operand(bessel_factor(count), biased, eager=True)  # bessel_correction's, eagerly
     return y, mean, biased, lerp_toward(moving_mean, mean, weight), lerp_toward(moving_variance, corrected, weight)

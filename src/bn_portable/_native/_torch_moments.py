@@ -78,8 +78,9 @@ def local_moments(x: Tensor, axes: tuple[int, ...], *, xp: Namespace, compute: A
 
 def divided_sums(view: Grouped, dtype: torch.dtype, count: int) -> tuple[Tensor, Tensor]:
     """``[C]`` mean and m2 in ``dtype`` by ``two_pass_sums``, the mean the total divided by the
-    count (as the generic moments kernel divides: by the remembered 0-d operand)."""
-    mean, m2, _ = two_pass_sums(view, dtype, lambda total: total.div_(operand(count, total)))
+    count (as the generic moments kernel divides: by the remembered 0-d operand). Eagerly:
+    its callers have asked the compiler."""
+    mean, m2, _ = two_pass_sums(view, dtype, lambda total: total.div_(operand(count, total, eager=True)), compiling=False)
     return mean, m2
 
 
@@ -143,13 +144,14 @@ class Sums(NamedTuple):
 
 
 def two_pass_sums(
-    view: Grouped, dtype: torch.dtype, mean_of: Callable[[Tensor], Tensor], *, keep_centred: bool = False
+    view: Grouped, dtype: torch.dtype, mean_of: Callable[[Tensor], Tensor], *, compiling: bool,
+    keep_centred: bool = False,
 ) -> Sums:
     """``[C]`` mean (``mean_of`` the total, a new tensor it may change in place) and sum of
     squared deviations from it (a new tensor too), in ``dtype``.
 
-    Called without autograd recording; under ``torch.compile`` both sums are
-    taken in float64 and rounded once (the compiler's float32 sums were several
+    Called without autograd recording; under ``torch.compile`` (``compiling``, as the
+    caller asked it) both sums are taken in float64 and rounded once (the compiler's float32 sums were several
     ε off, and with |mean| = 10⁴σ the variance 200–500 ε, worse than TensorFlow's).
     With ``keep_centred``, the batch's centred values (``x − mean`` in ``dtype``, x's
     shape and layout) come back too: TensorFlow's fused formula subtracts the same mean
@@ -158,16 +160,16 @@ def two_pass_sums(
     temporary).
     """
     values, dims = view.values, view.dims
-    wide = torch.compiler.is_compiling()
-    if wide or _one_block(values):  # the whole batch at once: no block bookkeeping
+    if compiling or _one_block(values):  # the whole batch at once: no block bookkeeping
         if values.dtype != dtype:  # (a same-dtype .to is a call too, on a small batch)
             values = values.to(dtype)  # a half batch is widened exactly
-        mean = mean_of(_sum(values, dims, dtype, wide))
+        sum_of = _wide_sum if compiling else torch.sum  # chosen once, not by a helper per sum
+        mean = mean_of(sum_of(values, dims))
         if keep_centred:  # squared into a new tensor (square_'s products), given back in x's layout
             centred, kept = view.centred(values, mean)
-            return Sums(mean, _sum(centred * centred, dims, dtype, wide), kept)
+            return Sums(mean, sum_of(centred * centred, dims), kept)
         centred = torch.sub(values, view.broadcast(mean))
-        return Sums(mean, _sum(centred.square_(), dims, dtype, wide))
+        return Sums(mean, sum_of(centred.square_(), dims))
     rows = _torch_blocks.outer_blocks(values)
     if values.dtype == dtype:
         total = torch.sum(values, dims)
@@ -189,12 +191,10 @@ def two_pass_sums(
     return Sums(mean, _total(partials, dtype), kept)
 
 
-def _sum(values: Tensor, dims: tuple[int, ...], dtype: torch.dtype, wide: bool) -> Tensor:
-    """The sum of ``dtype`` values in ``dtype``; ``wide``: taken in float64 and rounded once
-    (for the compiler, see ``two_pass_sums``)."""
-    if wide:
-        return torch.sum(values, dims, dtype=torch.float64).to(dtype)
-    return torch.sum(values, dims)
+def _wide_sum(values: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The sum of the values taken in float64 and rounded once to their dtype (for the
+    compiler, see ``two_pass_sums``)."""
+    return torch.sum(values, dims, dtype=torch.float64).to(values.dtype)
 
 
 def _differentiable_sums(view: Grouped, count: int) -> tuple[Tensor, Tensor]:

@@ -58,11 +58,11 @@ def normalize(
 
 def inverse_and_shift(
     x: Tensor, mean: Tensor, variance: Tensor, offset: Tensor | None, scale: Tensor | None,
-    variance_epsilon: float, channel: int | None, xp: Namespace,
+    variance_epsilon: float, channel: int | None, xp: Namespace, *, eager: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The generic kernel's ``inv = rsqrt(variance + ε)·scale`` and ``shift = offset − mean·inv``,
-    shaped along x's ``channel`` (as they are for None)."""
-    inv = inverse_std_of(variance, variance_epsilon, xp)
+    shaped along x's ``channel`` (as they are for None); ``eager`` as ``operand`` takes it."""
+    inv = inverse_std_of(variance, variance_epsilon, xp, eager=eager)
     if scale is not None:
         inv = inv * scale
     shift = -mean * inv if offset is None else offset - mean * inv
@@ -91,14 +91,14 @@ def per_channel(vector: Tensor, x: Tensor, channel: int) -> Any:
     return vector.view(*shape)  # sizes as arguments: a third quicker than as one list
 
 
-def inverse_std_of(variance: Tensor, epsilon: float, xp: Namespace) -> Tensor:
+def inverse_std_of(variance: Tensor, epsilon: float, xp: Namespace, *, eager: bool = False) -> Tensor:
     """The generic kernels' ``rsqrt(variance + ε)`` (``_lib._numerics.rsqrt``: ``1 / sqrt``),
     the same bits: for float32 and float64 ``torch.reciprocal`` of the root, without the
     Python-level ``Tensor.__rdiv__`` (a reciprocal and a product by 1), both in place
     in the new sum where autograd does not record it (a small call's allocations are a
     third of an operation's cost); half precision as the generic one (in float32,
-    rounded once)."""
-    value: Tensor = variance + operand(epsilon, variance)
+    rounded once). ``eager`` as ``operand`` takes it."""
+    value: Tensor = variance + operand(epsilon, variance, eager=eager)
     if value.dtype not in (torch.float32, torch.float64):
         result: Tensor = _numerics.rsqrt(value, xp)
         return result

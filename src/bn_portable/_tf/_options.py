@@ -145,10 +145,11 @@ def _complete(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return {name: arguments.get(name, default) for name, default in DEFAULTS.items()}
 
 
-def options_key(weighted: bool, values: tuple[Any, ...]) -> Hashable | None:
+def options_key(weighted: bool, values: tuple[Any, ...], *, eager: bool = False) -> Hashable | None:
     """Every option's raw value (``DEFAULTS``' order) with its type, as a key; None if one
-    is not plain (or while the compiler traces: checked once per compiled graph instead)."""
-    if torch_compiling():
+    is not plain (or while the compiler traces: checked once per compiled graph instead;
+    ``eager=True`` where the caller has asked already)."""
+    if not eager and torch_compiling():
         return None
     if values[_PARAM_INITIALIZERS] is not None or values[_RENORM_CLIPPING] is not None:
         converted = list(values)  # mappings: their items

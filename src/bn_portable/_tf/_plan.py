@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
+from .._kernels._moving_averages import WeightRounding, number_weight
 from .._lib import _call_cache, _checks, _layout
-from .._lib._backends import metadata
+from .._lib._backends import metadata, torch_compiling
 from .._lib._compat import device
 from .._lib._dtypes import ComputeRule, compute_dtype, dtype_name
 from .._lib._typing import Namespace
@@ -49,10 +50,21 @@ class LayerPlan:
     channels: int
     state_dtype: Any
     fields: tuple[str, ...]
+    #: ``1 − decay`` as the moving averages take it (``_moving_averages.number_weight``,
+    #: rounded per ``weight_rounding(path)``) where that is a Python float: float32 and float64
+    #: variables, planned eagerly (a plan made while PyTorch's compiler traces has no key,
+    #: so it is never remembered for an eager call). None otherwise: the step makes it.
+    decay_weight: float | None = None
 
     @property
     def fused_kernel(self) -> bool:
         return self.path in ("slim_fused", "keras_fused")
+
+
+def weight_rounding(path: Path) -> WeightRounding:
+    """Where a path rounds ``1 − decay``: the Keras layer's fused path makes decay a float32
+    tensor first; tf-slim and the Keras layer's own updates round it in double precision."""
+    return "float32" if path == "keras_fused" else "python"
 
 
 def prepare_call(
@@ -63,16 +75,16 @@ def prepare_call(
 
     The options and the plan together are remembered per (option values, metadata)
     key: a repeated call of ``batch_norm`` makes one lookup, not one for its options
-    and one for its plan.
+    and one for its plan; and asks once whether PyTorch's compiler traces (no key then).
     """
     weighted = batch_weights is not None
 
     def validated() -> LayerOptions:
         return layer_options(weighted=weighted, **dict(zip(DEFAULTS, option_values)))
 
-    if state is not None and type(state) is BatchNormState:
-        option_key = options_key(weighted, option_values)
-        arrays = None if option_key is None else metadata(x, batch_weights, mask, *state)
+    if state is not None and type(state) is BatchNormState and not torch_compiling():
+        option_key = options_key(weighted, option_values, eager=True)
+        arrays = None if option_key is None else metadata(x, batch_weights, mask, *state, eager=True)
         if arrays is not None:
             checked = state
 
@@ -211,4 +223,5 @@ def plan_layer(options: LayerOptions, rank: int, x: Any, weighted: bool, xp: Nam
         channels=x.shape[channel],
         state_dtype=state_dtype,
         fields=fields,
+        decay_weight=number_weight(options.decay, weight_rounding(path), state_dtype, xp),
     )

@@ -27,7 +27,7 @@ from .._lib._typing import Namespace
 from ._fields import PARAMETERS
 from ._nonfinite import keep_state_unless_finite
 from ._options import LayerOptions
-from ._plan import LayerPlan
+from ._plan import LayerPlan, weight_rounding
 from ._renorm import compose, renorm_step
 from ._state import BatchNormState, with_moving_statistics
 
@@ -107,19 +107,17 @@ def _fused_step(
         )
         return y, state, Normalization(state.moving_mean, state.moving_variance, state.gamma, state.beta)
     kernel_moves = plan.path == "keras_fused" and options.execution == "eager"
-    # tf-slim's fused path rounds 1 - decay in double precision; the Keras
-    # layer's fused path makes decay a float32 tensor first.
-    rounding: WeightRounding = "python" if plan.path == "slim_fused" else "float32"
     if not kernel_moves and options.cross_replica_sum is None and not options.zero_debias_moving_mean:
         # The plain step, one kernel: y, the statistics and both moving averages (one
         # weight: the variables share the state's dtype).
-        weight = average_weight(state.moving_mean, options.decay, rounding, xp=xp)
+        weight = _plain_weight(state, options, plan, xp)
         y, batch_mean, biased, moving_mean, moving_variance = fused_layer_training(
             x, state.moving_mean, state.moving_variance, beta, gamma, options.epsilon, weight,
             plan.channel, xp=xp,
         )
         new_state = with_moving_statistics(state, moving_mean, moving_variance)
         return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
+    rounding = weight_rounding(plan.path)
     y, batch_mean, biased, bessel = fused_training(
         x, gamma, beta, options.epsilon, plan.channel, xp=xp, reducer=options.cross_replica_sum
     )
@@ -141,6 +139,14 @@ def _fused_step(
     return y, new_state, Normalization(batch_mean, biased, state.gamma, state.beta)
 
 
+def _plain_weight(state: BatchNormState, options: LayerOptions, plan: LayerPlan, xp: Namespace) -> Any:
+    """The one weight of a plain step's two moving averages: the plan's number where it
+    has one (float32 and float64 variables, eagerly), else made for the variables."""
+    if plan.decay_weight is not None:
+        return plan.decay_weight
+    return average_weight(state.moving_mean, options.decay, weight_rounding(plan.path), xp=xp)
+
+
 def _keras_step(
     x: Any, state: BatchNormState, options: LayerOptions, plan: LayerPlan, xp: Namespace, mask: Any
 ) -> tuple[Any, BatchNormState, Normalization]:
@@ -158,7 +164,7 @@ def _keras_step(
     if options.is_training and not options.renorm and mask is None:
         # The plain step, one kernel: the statistics, both moving averages (one weight:
         # the variables share the state's dtype), y.
-        weight = average_weight(state.moving_mean, options.decay, "python", xp=xp)
+        weight = _plain_weight(state, options, plan, xp)
         y, mean, variance, moving_mean, moving_variance = layer_training(
             x, state.moving_mean, state.moving_variance, beta, gamma, options.epsilon, weight,
             plan.axes, plan.channel, xp=xp, compute=None if compute == x.dtype else compute,
