@@ -82,9 +82,9 @@ def fused_training_core(
 def training_core(
     x: Tensor, scale: Tensor, offset: Tensor, epsilon: float, channel: int, *, xp: Namespace, compiling: bool
 ) -> Any:
-    """``fused_training_core`` told whether PyTorch's compiler traces (``compiling``): asked
-    once per call, by the caller, where each part asking again cost a small call two Python
-    calls a time."""
+    """``fused_training_core`` told whether PyTorch's compiler traces (``compiling``), which
+    its caller asks once per call: each part asking again cost a small call two Python
+    calls each time."""
     if not _eligible(x, channel, scale, offset):
         return NotImplemented
     channels = x.shape[channel]

@@ -80,7 +80,9 @@ def divided_sums(view: Grouped, dtype: torch.dtype, count: int) -> tuple[Tensor,
     """``[C]`` mean and m2 in ``dtype`` by ``two_pass_sums``, the mean the total divided by the
     count (as the generic moments kernel divides: by the remembered 0-d operand). Eagerly:
     its callers have asked the compiler."""
-    mean, m2, _ = two_pass_sums(view, dtype, lambda total: total.div_(operand(count, total, eager=True)), compiling=False)
+    mean, m2, _ = two_pass_sums(
+        view, dtype, lambda total: total.div_(operand(count, total, eager=True)), compiling=False
+    )
     return mean, m2
 
 
@@ -151,8 +153,9 @@ def two_pass_sums(
     squared deviations from it (a new tensor too), in ``dtype``.
 
     Called without autograd recording; under ``torch.compile`` (``compiling``, as the
-    caller asked it) both sums are taken in float64 and rounded once (the compiler's float32 sums were several
-    ε off, and with |mean| = 10⁴σ the variance 200–500 ε, worse than TensorFlow's).
+    caller asked it) both sums are taken in float64 and rounded once (the compiler's
+    float32 sums were several ε off, and with |mean| = 10⁴σ the variance 200–500 ε,
+    worse than TensorFlow's).
     With ``keep_centred``, the batch's centred values (``x − mean`` in ``dtype``, x's
     shape and layout) come back too: TensorFlow's fused formula subtracts the same mean
     from the same values, so the fused kernel's y starts from them, one pass fewer (a
