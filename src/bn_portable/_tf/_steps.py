@@ -174,7 +174,8 @@ def _keras_step(
         return y, new_state, Normalization(mean, variance, gamma, beta)
     if options.is_training:
         mean, variance = _batch_statistics(x, plan, options, xp, compute=compute, mask=mask)
-        moved_mean = _moved_mean(state, mean, options, "python", xp)
+        rounding = weight_rounding(plan.path)
+        moved_mean = _moved_mean(state, mean, options, rounding, xp)
         if options.renorm:
             r, d, new_state = renorm_step(mean, variance, state._replace(**moved_mean), state, options, xp)
             # r and d are constants for the gradient (tf.stop_gradient in tf-keras).
@@ -184,7 +185,7 @@ def _keras_step(
         else:  # masked statistics
             new_state = state._replace(
                 **moved_mean,
-                moving_variance=moving_average(state.moving_variance, variance, options.decay, "python", xp=xp),
+                moving_variance=moving_average(state.moving_variance, variance, options.decay, rounding, xp=xp),
             )
             scale, offset = gamma, beta
             used = Normalization(mean, variance, gamma, beta)
@@ -212,9 +213,10 @@ def _legacy_step(
             weights = xp.reshape(batch_weights, (-1,) + (1,) * (x.ndim - 1))
         mean, variance = _batch_statistics(x, plan, options, xp, weights, compute=compute)
         mean, variance = astype(mean, x.dtype, xp), astype(variance, x.dtype, xp)
+        rounding = weight_rounding(plan.path)
         new_state = state._replace(
-            **_moved_mean(state, mean, options, "python", xp),
-            moving_variance=moving_average(state.moving_variance, variance, options.decay, "python", xp=xp),
+            **_moved_mean(state, mean, options, rounding, xp),
+            moving_variance=moving_average(state.moving_variance, variance, options.decay, rounding, xp=xp),
         )
     else:
         mean, variance, new_state = state.moving_mean, state.moving_variance, state
